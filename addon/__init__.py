@@ -1,0 +1,1 @@
+"""The mitmproxy side of clickwatch: recognise tracking calls and hand them to the store."""

@@ -1,0 +1,1 @@
+"""The `clickwatch` command: a thin layer turning library errors into messages and exit codes."""

@@ -1,0 +1,90 @@
+"""Recognise tracking traffic by method, host and path."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from core.model import Kind
+
+DEFAULT_CLICKSTREAM_PATH = r"/edge/clickstreamEvents/?$"
+DEFAULT_CONSENT_PATH = r"/consent/[^/]+/consentReferences/?$"
+DEFAULT_STRATEGY_PATH = r"/strategy/(?:v1/sites/[^/]+|[^/]+)/strategies/[^/]+/products/?$"
+DEFAULT_TAG_PATTERN = r"^tag\.static\.[^/]+\.context\.cloud\.sap/(?:js/profile-tag\.js|config/[^/]+)$"
+DEFAULT_TENANT_HOST = ""
+
+
+class PatternError(ValueError):
+    """A configured pattern is not a valid regular expression."""
+
+
+def compile_pattern(name: str, pattern: str) -> re.Pattern[str] | None:
+    """Compile a user-supplied pattern; an empty pattern means 'no restriction'."""
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise PatternError(f"{name}: {pattern!r} is not a valid regular expression ({exc})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The kind of a tracking call; for a preflight, also the kind it precedes."""
+
+    kind: Kind
+    target: Kind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Patterns:
+    """Compiled patterns that decide which flows are tracking calls."""
+
+    clickstream_path: re.Pattern[str] | None
+    consent_path: re.Pattern[str] | None
+    strategy_path: re.Pattern[str] | None
+    tag: re.Pattern[str] | None
+    tenant_host: re.Pattern[str] | None
+
+    @classmethod
+    def compile(
+        cls,
+        clickstream_path: str = DEFAULT_CLICKSTREAM_PATH,
+        consent_path: str = DEFAULT_CONSENT_PATH,
+        strategy_path: str = DEFAULT_STRATEGY_PATH,
+        tag: str = DEFAULT_TAG_PATTERN,
+        tenant_host: str = DEFAULT_TENANT_HOST,
+    ) -> Patterns:
+        """Compile pattern strings, raising PatternError naming the bad one."""
+        return cls(
+            clickstream_path=compile_pattern("clickstream path", clickstream_path),
+            consent_path=compile_pattern("consent reference path", consent_path),
+            strategy_path=compile_pattern("strategy path", strategy_path),
+            tag=compile_pattern("tag pattern", tag),
+            tenant_host=compile_pattern("tenant host", tenant_host),
+        )
+
+    def classify(self, method: str, host: str, path: str) -> Match | None:
+        """Return what kind of tracking call this is, or None for ordinary traffic."""
+        path = path.split("?", 1)[0]
+        method = method.upper()
+        if method in ("GET", "HEAD") and self.tag is not None and self.tag.search(f"{host}/{path.lstrip('/')}"):
+            return Match(Kind.TAG)
+        if self.tenant_host is not None and not self.tenant_host.search(host):
+            return None
+        target = self._tenant_call(path)
+        if target is None:
+            return None
+        if method == "OPTIONS":
+            return Match(Kind.PREFLIGHT, target)
+        expected_method = "GET" if target is Kind.STRATEGY else "POST"
+        return Match(target) if method == expected_method else None
+
+    def _tenant_call(self, path: str) -> Kind | None:
+        if self.clickstream_path is not None and self.clickstream_path.search(path):
+            return Kind.CLICKSTREAM
+        if self.consent_path is not None and self.consent_path.search(path):
+            return Kind.CONSENT_REFERENCE
+        if self.strategy_path is not None and self.strategy_path.search(path):
+            return Kind.STRATEGY
+        return None

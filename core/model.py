@@ -1,0 +1,83 @@
+"""The things clickwatch observes and records, as typed, frozen values."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class Kind(enum.StrEnum):
+    """What a captured tracking call is."""
+
+    CLICKSTREAM = "clickstream"
+    CONSENT_REFERENCE = "consent_reference"
+    PREFLIGHT = "preflight"
+    TAG = "tag"
+    STRATEGY = "strategy"
+
+
+class Verdict(enum.StrEnum):
+    """Whether a delivery reached the tenant as expected."""
+
+    DELIVERED = "delivered"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    PENDING = "pending"
+
+
+class BodyKind(enum.StrEnum):
+    """How a captured body is stored."""
+
+    EMPTY = "empty"
+    JSON = "json"
+    TEXT = "text"
+    BINARY = "binary"
+
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A decoded, possibly truncated message body as it will be stored."""
+
+    kind: BodyKind
+    text: str | None
+    size: int
+    truncated: bool = False
+    note: str | None = None
+    parsed: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSeen:
+    """A tracking request as it left the browser, before any answer."""
+
+    uid: str
+    run: str
+    kind: Kind
+    target: Kind | None  # for a preflight: the kind of call it clears the way for
+    method: str
+    url: str
+    host: str
+    path: str
+    client_addr: str
+    user_agent: str
+    headers: Headers
+    raw_body: bytes
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How a tracking request ended: an HTTP response, or an error instead of one."""
+
+    uid: str
+    kind: Kind
+    sent_at: float
+    ended_at: float
+    status_code: int | None = None
+    headers: Headers = ()
+    raw_body: bytes = b""
+    error: str | None = None

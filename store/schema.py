@@ -1,0 +1,72 @@
+"""The store's schema, as named migrations applied in one place."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+migrations = Migrations("clickwatch")
+
+
+@migrations(name="0001_deliveries")
+def _deliveries(db: sqlite_utils.Database) -> None:
+    db["deliveries"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "uid": str,
+            "run": str,
+            "kind": str,
+            "target_kind": str,
+            "verdict": str,
+            "method": str,
+            "url": str,
+            "host": str,
+            "path": str,
+            "client_addr": str,
+            "user_agent": str,
+            "visitor": str,
+            "schema": str,
+            "schema_name": str,
+            "consent_reference": str,
+            "origin": str,
+            "sent_at": float,
+            "answered_at": float,
+            "ended_at": float,
+            "duration_ms": float,
+            "status_code": int,
+            "error": str,
+            "request_headers": str,
+            "request_body": str,
+            "request_body_kind": str,
+            "request_body_size": int,
+            "request_body_truncated": int,
+            "request_body_note": str,
+            "response_headers": str,
+            "response_body": str,
+            "response_body_kind": str,
+            "response_body_size": int,
+            "response_body_truncated": int,
+            "response_body_note": str,
+        },
+        pk="id",
+        not_null={"uid", "run", "kind", "verdict", "method", "url", "visitor", "sent_at"},
+    )
+    table = db["deliveries"]
+    table.create_index(["uid"], unique=True)  # type: ignore[union-attr]
+    table.create_index(["sent_at"])  # type: ignore[union-attr]
+    # One index per dashboard filter, each ordered by time for "newest first" pages.
+    for column in ("kind", "verdict", "schema_name", "visitor", "run"):
+        table.create_index([column, "sent_at"])  # type: ignore[union-attr]
+
+
+def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:
+    """Open the store for writing: WAL, NORMAL sync, migrations applied."""
+    conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
+    db = sqlite_utils.Database(conn)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # In WAL mode NORMAL survives a process crash; only power loss can drop the last commits.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    migrations.apply(db)
+    return db
