@@ -100,6 +100,8 @@ def _binary(data: bytes, size: int, note: str | None) -> Body:
 
 def decode_body(raw: bytes, content_encoding: str = "", content_type: str = "", limit: int = 65536) -> Body:
     """Decode a raw body into what is stored: JSON or text up to `limit` characters, or a base64 prefix."""
+    if not raw:
+        return Body(BodyKind.EMPTY, None, 0)
     note: str | None = None
     data = raw
     if content_encoding:

@@ -64,9 +64,13 @@ def _deliveries(db: sqlite_utils.Database) -> None:
 def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:
     """Open the store for writing: WAL, NORMAL sync, migrations applied."""
     conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
-    db = sqlite_utils.Database(conn)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # In WAL mode NORMAL survives a process crash; only power loss can drop the last commits.
-    conn.execute("PRAGMA synchronous=NORMAL")
-    migrations.apply(db)
+    try:
+        db = sqlite_utils.Database(conn)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL survives a process crash; only power loss can drop the last commits.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        migrations.apply(db)
+    except BaseException:
+        conn.close()
+        raise
     return db

@@ -20,6 +20,17 @@ log = logging.getLogger("clickwatch.store")
 
 Observation = RequestSeen | Answer
 
+# Errors about a row's values, not about the database: retrying cannot help, skipping the row does.
+_DATA_ERRORS = (
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
+
 STALE_PENDING_ERROR = "clickwatch stopped before an answer was seen"
 
 
@@ -107,6 +118,11 @@ class StoreWriter:
     def _run(self) -> None:
         rows: list[tuple[str, dict[str, Any]]] = []
         backoff = 0.05
+        try:
+            # Create the schema now, so readers find an empty store rather than no store.
+            self._connect()
+        except sqlite3.Error as exc:
+            self._note_failure(exc, 0)
         while True:
             if not rows:
                 rows = self._next_batch()
@@ -117,8 +133,8 @@ class StoreWriter:
             self.stats.held = len(rows)
             try:
                 self._write(rows)
-            except (ValueError, TypeError, OverflowError):
-                # A value SQLite cannot bind: write the rows one by one so only the bad one is lost.
+            except _DATA_ERRORS:
+                # A value SQLite cannot take: write the rows one by one so only the bad one is lost.
                 self._write_each(rows)
             except sqlite3.Error as exc:
                 self._note_failure(exc, len(rows))
@@ -161,21 +177,22 @@ class StoreWriter:
     def _connect(self) -> sqlite_utils.Database:
         if self._db is None:
             db = open_database(self.path)
-            with db.conn:
-                db.conn.execute(
-                    "UPDATE deliveries SET verdict = 'failed', error = ?, ended_at = COALESCE(ended_at, sent_at) "
-                    "WHERE verdict = 'pending'",
-                    (STALE_PENDING_ERROR,),
-                )
+            try:
+                # Requests still pending from an earlier process lost their connection when it ended.
+                with db.conn:
+                    db.conn.execute(
+                        "UPDATE deliveries SET verdict = 'failed', error = ?, ended_at = COALESCE(ended_at, sent_at) "
+                        "WHERE verdict = 'pending'",
+                        (STALE_PENDING_ERROR,),
+                    )
+            except sqlite3.Error:
+                db.conn.close()
+                raise
             self._db = db
         return self._db
 
     def _write(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
-        try:
-            db = self._connect()
-        except sqlite3.Error:
-            self._db = None
-            raise
+        db = self._connect()
         inserts = [row for op, row in rows if op == "insert"]
         answers = [row for op, row in rows if op == "answer"]
         with db.conn:
@@ -198,7 +215,7 @@ class StoreWriter:
         for row in rows:
             try:
                 self._write([row])
-            except (ValueError, TypeError, OverflowError):
+            except _DATA_ERRORS:
                 self.stats.errors += 1
                 log.exception("clickwatch could not store delivery %s; it is skipped", row[1].get("uid"))
 

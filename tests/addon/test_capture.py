@@ -1,0 +1,171 @@
+import sqlite3
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow, tutils
+
+from addon.capture import STOPPED_ERROR, Clickwatch
+
+
+def clickstream_flow(resp: bool = True, status: int = 201, path: str = "/edge/clickstreamEvents"):
+    req = tutils.treq(
+        method=b"POST",
+        host="acme.api.us.context.cloud.sap",
+        port=443,
+        scheme=b"https",
+        path=path.encode(),
+        content=b'{"productSku":"300938"}',
+    )
+    req.headers["hybris-schema"] = "context/commerce/ProductView"
+    req.headers["consent-reference"] = "cr-123"
+    req.headers["content-type"] = "application/json"
+    req.headers["user-agent"] = "Mozilla/5.0 test"
+    flow = tflow.tflow(req=req)
+    if resp:
+        flow.response = tutils.tresp(status_code=status, content=b'{"ok":true}')
+    return flow
+
+
+def stored(path) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM deliveries ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def addon_ctx(tmp_path):
+    addon = Clickwatch()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, clickwatch_db=str(tmp_path / "cw.db"))
+        yield addon, tctx, str(tmp_path / "cw.db")
+        addon.done()
+
+
+def test_every_option_has_the_prefix_and_a_real_help_text():
+    addon = Clickwatch()
+    with taddons.context(addon) as tctx:
+        ours = [
+            name
+            for name in tctx.options.keys()  # noqa: SIM118 (OptManager is not iterable)
+            if name.startswith("clickwatch")
+        ]
+        assert len(ours) >= 10
+        for name in ours:
+            assert name.startswith("clickwatch_")
+            help_text = tctx.options._options[name].help
+            assert len(help_text) > 30
+            assert help_text.endswith(".")
+        addon.done()
+
+
+async def test_delivered_clickstream_is_stored(addon_ctx):
+    addon, tctx, db = addon_ctx
+    flow = clickstream_flow()
+    await tctx.cycle(addon, flow)
+    addon.done()
+    [row] = stored(db)
+    assert row["kind"] == "clickstream"
+    assert row["verdict"] == "delivered"
+    assert row["status_code"] == 201
+    assert row["schema_name"] == "ProductView"
+    assert row["consent_reference"] == "cr-123"
+    assert row["host"] == "acme.api.us.context.cloud.sap"
+    assert row["url"] == "https://acme.api.us.context.cloud.sap/edge/clickstreamEvents"
+    assert row["request_body"] == '{"productSku":"300938"}'
+    assert row["response_body"] == '{"ok":true}'
+    assert row["client_addr"] == "127.0.0.1"
+
+
+async def test_rejected_and_failed(addon_ctx):
+    addon, tctx, db = addon_ctx
+    await tctx.cycle(addon, clickstream_flow(status=400))
+    broken = clickstream_flow(resp=False)
+    broken.error = tflow.terr("Connection reset by peer")
+    await tctx.cycle(addon, broken)
+    addon.done()
+    rejected, failed = stored(db)
+    assert (rejected["verdict"], rejected["status_code"]) == ("rejected", 400)
+    assert (failed["verdict"], failed["status_code"], failed["error"]) == ("failed", None, "Connection reset by peer")
+
+
+async def test_expected_status_option_changes_the_verdict(addon_ctx):
+    addon, tctx, db = addon_ctx
+    tctx.configure(addon, clickwatch_expected_status="clickstream=200")
+    await tctx.cycle(addon, clickstream_flow(status=201))
+    addon.done()
+    assert stored(db)[0]["verdict"] == "rejected"
+
+
+async def test_ordinary_traffic_is_not_stored(addon_ctx):
+    addon, tctx, db = addon_ctx
+    flow = tflow.tflow(resp=True)
+    await tctx.cycle(addon, flow)
+    addon.done()
+    assert stored(db) == []
+    assert addon.flows_seen == 1
+
+
+async def test_hooks_change_nothing_in_the_flow(addon_ctx):
+    addon, tctx, _ = addon_ctx
+    flow = clickstream_flow()
+    before = flow.get_state()
+    await tctx.cycle(addon, flow)
+    after = flow.get_state()
+    assert after == before
+
+
+async def test_unanswered_request_fails_at_shutdown(addon_ctx):
+    addon, _tctx, db = addon_ctx
+    flow = clickstream_flow(resp=False)
+    addon.request(flow)
+    addon.done()
+    [row] = stored(db)
+    assert row["verdict"] == "failed"
+    assert row["error"] == STOPPED_ERROR
+
+
+async def test_internal_error_fails_open(addon_ctx, monkeypatch, caplog):
+    addon, tctx, _db = addon_ctx
+
+    def broken_submit(observation):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(addon.writer, "submit", broken_submit)
+    flow = clickstream_flow()
+    before = flow.get_state()
+    await tctx.cycle(addon, flow)
+    assert addon.addon_errors == 2  # request and response hooks both failed
+    assert flow.get_state() == before
+    assert flow.error is None
+    assert "error in request hook" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("clickwatch_clickstream_path", "(", "clickstream path: '\\(' is not a valid regular expression"),
+        ("clickwatch_tag_pattern", "[", "tag pattern"),
+        ("clickwatch_tenant_host", "*x", "tenant host"),
+        ("clickwatch_expected_status", "clickstream=abc", "clickwatch_expected_status"),
+        ("clickwatch_body_limit", -1, "clickwatch_body_limit: must be 0 or more"),
+        ("clickwatch_queue_size", 0, "clickwatch_queue_size: must be at least 1"),
+        ("clickwatch_shutdown_timeout", -5, "clickwatch_shutdown_timeout"),
+        ("clickwatch_db", "/no/such/dir/cw.db", "directory '/no/such/dir' does not exist"),
+    ],
+)
+def test_bad_option_values_raise_options_error(tmp_path, option, value, message):
+    addon = Clickwatch()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, clickwatch_db=str(tmp_path / "cw.db"))
+        with pytest.raises(exceptions.OptionsError, match=message):
+            tctx.configure(addon, **{option: value})
+        addon.done()
+
+
+def test_db_that_is_a_directory_is_refused(tmp_path):
+    addon = Clickwatch()
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match="is a directory"):
+        tctx.configure(addon, clickwatch_db=str(tmp_path))

@@ -1,0 +1,248 @@
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from core.model import Answer, Kind, RequestSeen
+from store import schema
+from store.writer import STALE_PENDING_ERROR, StoreWriter
+
+
+def seen(uid: str, body: bytes = b'{"productSku":"1"}') -> RequestSeen:
+    return RequestSeen(
+        uid=uid,
+        run="default",
+        kind=Kind.CLICKSTREAM,
+        target=None,
+        method="POST",
+        url="https://t.example/edge/clickstreamEvents",
+        host="t.example",
+        path="/edge/clickstreamEvents",
+        client_addr="127.0.0.1",
+        user_agent="pytest",
+        headers=(("hybris-schema", "context/commerce/ProductView"), ("content-type", "application/json")),
+        raw_body=body,
+        sent_at=1000.0,
+    )
+
+
+def answered(uid: str, status: int | None = 201) -> Answer:
+    return Answer(
+        uid=uid,
+        kind=Kind.CLICKSTREAM,
+        sent_at=1000.0,
+        ended_at=1000.25,
+        status_code=status,
+        error=None if status else "connection reset",
+    )
+
+
+def rows(path) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM deliveries ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / "cw.db")
+
+
+def test_request_then_answer_ends_as_one_judged_row(db_path):
+    writer = StoreWriter(db_path)
+    writer.start()
+    writer.submit(seen("a"))
+    assert wait_for(lambda: writer.stats.written == 1)
+    assert [r["verdict"] for r in rows(db_path)] == ["pending"]
+    writer.submit(answered("a"))
+    assert writer.close()
+    [row] = rows(db_path)
+    assert row["verdict"] == "delivered"
+    assert row["status_code"] == 201
+    assert row["duration_ms"] == 250.0
+    assert row["schema_name"] == "ProductView"
+    assert row["request_body_kind"] == "json"
+
+
+def test_request_and_answer_in_one_batch(db_path):
+    writer = StoreWriter(db_path)
+    for i in range(100):
+        writer.submit(seen(f"u{i}"))
+        writer.submit(answered(f"u{i}", 201 if i % 2 else 500))
+    writer.start()
+    assert writer.close()
+    verdicts = [r["verdict"] for r in rows(db_path)]
+    assert verdicts.count("delivered") == 50
+    assert verdicts.count("rejected") == 50
+
+
+def test_schema_is_migrated_with_wal_and_filter_indexes(db_path):
+    writer = StoreWriter(db_path)
+    writer.start()
+    writer.submit(seen("a"))
+    assert writer.close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    names = {r[0] for r in conn.execute("SELECT name FROM _sqlite_migrations WHERE migration_set='clickwatch'")}
+    assert "0001_deliveries" in names
+    indexed = {
+        r[0]
+        for r in conn.execute(
+            "SELECT ii.name FROM pragma_index_list('deliveries') il, pragma_index_info(il.name) ii WHERE ii.seqno = 0"
+        )
+    }
+    assert {"sent_at", "kind", "verdict", "schema_name", "visitor", "run", "uid"} <= indexed
+
+
+def test_locked_database_holds_observations_and_writes_them_after(db_path):
+    schema.open_database(db_path).conn.close()
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    writer = StoreWriter(db_path, retry_max_seconds=0.2)
+    writer.start()
+    for i in range(20):
+        assert writer.submit(seen(f"u{i}"))
+        writer.submit(answered(f"u{i}"))
+    assert wait_for(lambda: writer.stats.failed_writes >= 2)
+    assert writer.stats.written == 0
+    assert "locked" in (writer.stats.last_error or "")
+    locker.execute("COMMIT")
+    locker.close()
+    assert writer.close()
+    assert [r["verdict"] for r in rows(db_path)] == ["delivered"] * 20
+    assert writer.stats.blocked_since is None
+
+
+def test_full_queue_drops_and_counts_but_loses_nothing_committed(db_path):
+    writer = StoreWriter(db_path, queue_size=5, batch_size=2, retry_max_seconds=0.1)
+    writer.start()
+    writer.submit(seen("committed"))
+    assert wait_for(lambda: writer.stats.written == 1)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    accepted = sum(writer.submit(seen(f"u{i}")) for i in range(20))
+    assert writer.stats.dropped == 20 - accepted
+    assert writer.stats.dropped >= 13  # at most 5 queued plus a 2-row batch held
+    locker.execute("COMMIT")
+    locker.close()
+    assert writer.close()
+    stored = [r["uid"] for r in rows(db_path)]
+    assert stored[0] == "committed"
+    assert len(stored) == 1 + accepted
+
+
+def test_disk_full_is_survived(db_path, monkeypatch):
+    """SQLITE_FULL for real: the writer's connection may not grow the file past a page limit."""
+    opened: list[sqlite3.Connection] = []
+    real_open = schema.open_database
+
+    def small_database(path, **kwargs):
+        db = real_open(path, **kwargs)
+        db.conn.execute("PRAGMA max_page_count = 12")
+        opened.append(db.conn)
+        return db
+
+    monkeypatch.setattr("store.writer.open_database", small_database)
+    writer = StoreWriter(db_path, retry_max_seconds=0.1)
+    writer.start()
+    big = b'{"blob":"' + b"x" * 60000 + b'"}'
+    for i in range(10):
+        writer.submit(seen(f"u{i}", big))
+    assert wait_for(lambda: writer.stats.failed_writes >= 1)
+    assert "full" in (writer.stats.last_error or "")
+    opened[-1].execute("PRAGMA max_page_count = 1000000")
+    assert writer.close()
+    assert len(rows(db_path)) == 10
+
+
+def test_close_flushes_everything_queued(db_path):
+    writer = StoreWriter(db_path)
+    for i in range(2000):
+        writer.submit(seen(f"u{i}"))
+    writer.start()
+    assert writer.close()
+    assert len(rows(db_path)) == 2000
+
+
+def test_close_gives_up_after_timeout_and_reports_what_is_left(db_path):
+    schema.open_database(db_path).conn.close()
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    writer = StoreWriter(db_path, retry_max_seconds=0.1)
+    writer.start()
+    writer.submit(seen("a"))
+    started = time.monotonic()
+    assert writer.close(timeout=1.0) is False
+    assert time.monotonic() - started < 5
+    locker.execute("COMMIT")
+    locker.close()
+
+
+def test_pending_left_by_a_killed_proxy_becomes_failed_at_start(db_path):
+    first = StoreWriter(db_path)
+    first.start()
+    first.submit(seen("orphan"))
+    assert first.close()
+    assert rows(db_path)[0]["verdict"] == "pending"
+    second = StoreWriter(db_path)
+    second.start()
+    second.submit(seen("next"))
+    assert second.close()
+    orphan, nxt = rows(db_path)
+    assert orphan["verdict"] == "failed"
+    assert orphan["error"] == STALE_PENDING_ERROR
+    assert nxt["verdict"] == "pending"
+
+
+def test_a_row_sqlite_cannot_bind_is_skipped_alone(db_path, monkeypatch):
+    from store import writer as writer_module
+
+    real = writer_module.request_row
+
+    def poisoned(observation, settings):
+        row = real(observation, settings)
+        if observation.uid == "bad":
+            row["user_agent"] = object()  # not bindable: the fault a decoding bug would cause
+        return row
+
+    monkeypatch.setattr(writer_module, "request_row", poisoned)
+    writer = StoreWriter(db_path)
+    for uid in ("a", "bad", "b"):
+        writer.submit(seen(uid))
+    writer.start()
+    assert writer.close()
+    assert [r["uid"] for r in rows(db_path)] == ["a", "b"]
+    assert writer.stats.errors == 1
+
+
+def test_submit_never_blocks(db_path):
+    schema.open_database(db_path).conn.close()
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    writer = StoreWriter(db_path, queue_size=100)
+    writer.start()
+    done = threading.Event()
+
+    def flood():
+        for i in range(1000):
+            writer.submit(seen(f"u{i}"))
+        done.set()
+
+    threading.Thread(target=flood).start()
+    assert done.wait(2.0)
+    locker.execute("COMMIT")
+    locker.close()
+    writer.close()

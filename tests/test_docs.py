@@ -1,0 +1,41 @@
+"""The README is part of the product: every option and flag must be documented there."""
+
+from pathlib import Path
+
+from mitmproxy.test import taddons
+
+from addon.capture import Clickwatch
+from cli.main import build_parser
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_every_addon_option_is_documented():
+    addon = Clickwatch()
+    with taddons.context(addon) as tctx:
+        options = sorted(
+            name
+            for name in tctx.options.keys()  # noqa: SIM118 (OptManager is not iterable)
+            if name.startswith("clickwatch_")
+        )
+        addon.done()
+    assert options
+    missing = [name for name in options if f"`{name}`" not in README]
+    assert missing == []
+
+
+def test_every_up_flag_is_documented():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    up = subparsers.choices["up"]
+    flags = [opt for action in up._actions for opt in action.option_strings if opt.startswith("--") and opt != "--help"]
+    assert flags
+    missing = [flag for flag in flags if f"`{flag}" not in README]
+    assert missing == []
+
+
+def test_readme_names_the_two_commands_ci_runs():
+    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    assert "make up" in README
+    assert "make test" in README
+    assert "make test" in ci
