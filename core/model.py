@@ -81,3 +81,18 @@ class Answer:
     headers: Headers = ()
     raw_body: bytes = b""
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StorefrontSeen:
+    """Consent-bearing or page-load storefront traffic; raw cookie values live only in memory."""
+
+    run: str
+    client_addr: str
+    user_agent: str
+    request_at: float
+    response_at: float | None
+    cookie: str
+    anonymous_consents_header: str | None
+    set_cookies: tuple[str, ...]
+    page_load: bool

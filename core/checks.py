@@ -1,0 +1,100 @@
+"""Stateless checks of one message: payload shape, schema, CORS preflight answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from core.model import Body, BodyKind, Headers
+
+SAFELISTED_METHODS = frozenset({"GET", "HEAD", "POST"})
+_MAX_NULL_PATHS = 5
+
+
+def _null_paths(value: Any, path: str, out: list[str]) -> None:
+    if len(out) >= _MAX_NULL_PATHS:
+        return
+    if value is None:
+        out.append(path or "(body)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _null_paths(item, f"{path}.{key}" if path else str(key), out)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _null_paths(item, f"{path}[{index}]", out)
+
+
+def payload_problems(body: Body, required: tuple[str, ...] | None) -> list[str]:
+    """What is wrong with an event body: not a JSON object (or array of objects), missing fields, nulls."""
+    if body.kind is BodyKind.EMPTY:
+        return ["the body is empty"]
+    if body.kind is not BodyKind.JSON:
+        reason = body.note or f"{body.kind.value} body"
+        return [f"the body is not JSON ({reason})"]
+    parsed = body.parsed
+    if isinstance(parsed, dict):
+        events = [parsed]
+    elif isinstance(parsed, list) and parsed and all(isinstance(item, dict) for item in parsed):
+        events = parsed
+    else:
+        shape = "an empty array" if parsed == [] else f"a JSON {type(parsed).__name__}"
+        return [f"the body is {shape}, not an object or an array of objects"]
+    problems: list[str] = []
+    for index, event in enumerate(events):
+        where = f"event {index}: " if len(events) > 1 else ""
+        missing = [name for name in required or () if name not in event]
+        if missing:
+            problems.append(f"{where}required field(s) missing: {', '.join(missing)}")
+        nulls: list[str] = []
+        _null_paths(event, "", nulls)
+        if nulls:
+            problems.append(f"{where}null value(s) at {', '.join(nulls)}")
+    return problems
+
+
+def schema_problem(schema_name: str | None, known: Mapping[str, tuple[str, ...]]) -> str | None:
+    """Why a hybris-schema value is not usable, or None when it names a known schema."""
+    if not schema_name:
+        return "the hybris-schema header is missing"
+    if schema_name not in known:
+        return f"hybris-schema {schema_name!r} is not a known schema"
+    return None
+
+
+def _tokens(value: str | None) -> list[str]:
+    return [token.strip().lower() for token in (value or "").split(",") if token.strip()]
+
+
+def _first(headers: Headers, name: str) -> str | None:
+    return next((value for key, value in headers if key.lower() == name), None)
+
+
+def cors_problems(request_headers: Headers, status_code: int, response_headers: Headers) -> list[str]:
+    """Why a browser would refuse to send the real request after this preflight answer (empty: it would send)."""
+    if not 200 <= status_code <= 299:
+        return [f"the preflight was answered {status_code}, not 2xx"]
+    problems: list[str] = []
+    origin = _first(request_headers, "origin")
+    allow_origin = _first(response_headers, "access-control-allow-origin")
+    if origin is not None:
+        if allow_origin is None:
+            problems.append("the answer has no Access-Control-Allow-Origin")
+        elif allow_origin.strip() not in ("*", origin):
+            problems.append(
+                f"Access-Control-Allow-Origin is {allow_origin.strip()!r}, not the page's origin {origin!r}"
+            )
+    method = (_first(request_headers, "access-control-request-method") or "").strip().upper()
+    allowed_methods = [m.upper() for m in _tokens(_first(response_headers, "access-control-allow-methods"))]
+    if method and method not in SAFELISTED_METHODS and method not in allowed_methods and "*" not in allowed_methods:
+        problems.append(f"method {method} is not in Access-Control-Allow-Methods")
+    requested = _tokens(_first(request_headers, "access-control-request-headers"))
+    allowed = _tokens(_first(response_headers, "access-control-allow-headers"))
+    credentials = (_first(response_headers, "access-control-allow-credentials") or "").strip().lower() == "true"
+    if requested and not ("*" in allowed and not credentials):
+        missing = [name for name in requested if name not in allowed]
+        if missing:
+            listed = ", ".join(allowed) if allowed else "nothing"
+            problems.append(
+                f"request header(s) {', '.join(missing)} not allowed by Access-Control-Allow-Headers (allows {listed})"
+            )
+    return problems

@@ -1,0 +1,129 @@
+"""Read the shopper's tracking consent from what a proxy sees of storefront traffic."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+ANONYMOUS_CONSENTS = "anonymous-consents"
+ANONYMOUS_CONSENTS_HEADER = "x-anonymous-consents"
+CONSENT_GIVEN_SUFFIX = "-profile.consent.given"
+TRACKING_PAUSE = "profile.tracking.pause"
+
+
+class ConsentState(enum.StrEnum):
+    """A visitor's tracking consent at one moment."""
+
+    GIVEN = "given"
+    WITHDRAWN = "withdrawn"
+    ABSENT = "absent"
+    PAUSED = "paused"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentReading:
+    """What one storefront message says about consent, and which cookie or header said it."""
+
+    state: ConsentState
+    source: str
+    detail: str = ""
+
+
+def parse_cookie_header(value: str) -> dict[str, str]:
+    """Cookie request header -> {name: raw value}; the first occurrence of a name wins, as browsers send it."""
+    cookies: dict[str, str] = {}
+    for part in value.split(";"):
+        name, sep, raw = part.strip().partition("=")
+        if sep and name and name not in cookies:
+            cookies[name] = raw.strip().strip('"')
+    return cookies
+
+
+def parse_set_cookie(value: str) -> tuple[str, str, bool]:
+    """Set-Cookie header -> (name, value, deleted); a cookie set to expire now is a deletion."""
+    first, _, attributes = value.partition(";")
+    name, _, raw = first.strip().partition("=")
+    attrs = attributes.lower()
+    deleted = "max-age=0" in attrs.replace(" ", "") or "expires=thu, 01 jan 1970" in attrs
+    return name.strip(), raw.strip().strip('"'), deleted
+
+
+def anonymous_consents_state(raw: str, template: str) -> tuple[ConsentState, str] | None:
+    """State of `template` in an anonymous-consents value (URL-encoded JSON array); None if unreadable."""
+    try:
+        consents = json.loads(unquote(raw))
+    except ValueError:
+        return None
+    if not isinstance(consents, list):
+        return None
+    for consent in consents:
+        if isinstance(consent, dict) and consent.get("templateCode") == template:
+            state = str(consent.get("consentState") or "").upper()
+            if state == "GIVEN":
+                return ConsentState.GIVEN, f"{template} GIVEN"
+            if state == "WITHDRAWN":
+                return ConsentState.WITHDRAWN, f"{template} WITHDRAWN"
+            return ConsentState.ABSENT, f"{template} has no decision"
+    return ConsentState.ABSENT, f"no {template} consent in the list"
+
+
+def _from_values(
+    anonymous: tuple[str, str] | None,
+    given_cookie: tuple[str, str] | None,
+    paused: str | None,
+    template: str,
+) -> ConsentReading | None:
+    # Precedence follows the accelerator: pause silences everything; the browser's own consent list
+    # is what the tag reads; the server-set <site>-profile.consent.given cookie only mirrors it.
+    if paused is not None:
+        return ConsentReading(ConsentState.PAUSED, paused, "tracking paused (assisted service)")
+    if anonymous is not None:
+        source, raw = anonymous
+        parsed = anonymous_consents_state(raw, template)
+        if parsed is not None:
+            return ConsentReading(parsed[0], source, parsed[1])
+    if given_cookie is not None:
+        source, raw = given_cookie
+        if raw.lower() == "true":
+            return ConsentReading(ConsentState.GIVEN, source, "true")
+        return ConsentReading(ConsentState.ABSENT, source, raw[:20] or "empty")
+    return None
+
+
+def read_request(cookie_header: str, anonymous_header: str | None, template: str) -> ConsentReading | None:
+    """Consent as a storefront request carries it (Cookie, X-Anonymous-Consents); None when it says nothing."""
+    cookies = parse_cookie_header(cookie_header) if cookie_header else {}
+    anonymous: tuple[str, str] | None = None
+    if ANONYMOUS_CONSENTS in cookies:
+        anonymous = (f"cookie {ANONYMOUS_CONSENTS}", cookies[ANONYMOUS_CONSENTS])
+    elif anonymous_header is not None:
+        anonymous = ("header X-Anonymous-Consents", anonymous_header)
+    given = next(
+        ((f"cookie {name}", value) for name, value in cookies.items() if name.endswith(CONSENT_GIVEN_SUFFIX)),
+        None,
+    )
+    paused = f"cookie {TRACKING_PAUSE}" if TRACKING_PAUSE in cookies else None
+    return _from_values(anonymous, given, paused, template)
+
+
+def read_response(set_cookies: list[str], template: str) -> ConsentReading | None:
+    """Consent as a storefront response sets it (Set-Cookie); None when it sets no consent cookie."""
+    anonymous: tuple[str, str] | None = None
+    given: tuple[str, str] | None = None
+    paused: str | None = None
+    for header in set_cookies:
+        name, value, deleted = parse_set_cookie(header)
+        if name == ANONYMOUS_CONSENTS and not deleted:
+            anonymous = (f"set-cookie {name}", value)
+        elif name.endswith(CONSENT_GIVEN_SUFFIX):
+            given = (f"set-cookie {name}", "false" if deleted else value)
+        elif name == TRACKING_PAUSE and not deleted:
+            paused = f"set-cookie {name}"
+    return _from_values(anonymous, given, paused, template)
+
+
+def has_consent_cookie(cookie_header: str) -> bool:
+    """Whether a request carries any cookie that can tell the consent state."""
+    return ANONYMOUS_CONSENTS in cookie_header or CONSENT_GIVEN_SUFFIX in cookie_header

@@ -1,0 +1,62 @@
+"""Named problems clickwatch reports, and how serious each is by default."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+
+class Severity(enum.StrEnum):
+    """How much a finding matters: an error makes a run unhealthy."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class FindingKind(enum.StrEnum):
+    """Every problem clickwatch can name."""
+
+    CONSENT_VIOLATION = "consent_violation"
+    CONSENT_UNKNOWN = "consent_unknown"
+    MISSING_CONSENT_REFERENCE = "missing_consent_reference"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    INVALID_PAYLOAD = "invalid_payload"
+    DUPLICATE_EVENT = "duplicate_event"
+    CORS_REJECTED = "cors_rejected"
+    CONSENT_REFERENCE_FAILED = "consent_reference_failed"
+    REPEATED_CONSENT_REFERENCE = "repeated_consent_reference"
+    NO_EVENTS_AFTER_CONSENT = "no_events_after_consent"
+    SLOW_DELIVERY = "slow_delivery"
+
+
+DEFAULT_SEVERITY: Mapping[FindingKind, Severity] = MappingProxyType(
+    {
+        FindingKind.CONSENT_VIOLATION: Severity.ERROR,
+        FindingKind.CONSENT_UNKNOWN: Severity.WARNING,
+        FindingKind.MISSING_CONSENT_REFERENCE: Severity.ERROR,
+        FindingKind.UNKNOWN_SCHEMA: Severity.ERROR,
+        FindingKind.INVALID_PAYLOAD: Severity.ERROR,
+        FindingKind.DUPLICATE_EVENT: Severity.WARNING,
+        FindingKind.CORS_REJECTED: Severity.ERROR,
+        FindingKind.CONSENT_REFERENCE_FAILED: Severity.ERROR,
+        FindingKind.REPEATED_CONSENT_REFERENCE: Severity.WARNING,
+        FindingKind.NO_EVENTS_AFTER_CONSENT: Severity.ERROR,
+        FindingKind.SLOW_DELIVERY: Severity.WARNING,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One named problem, tied to a visitor and, where there is one, to a delivery."""
+
+    kind: FindingKind
+    severity: Severity
+    message: str
+    visitor: str
+    run: str
+    at: float
+    delivery_uid: str | None = None
