@@ -5,19 +5,22 @@ Load it into an existing mitmproxy with `mitmdump -s "$(clickwatch addon-path)"`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
 from core import matching
-from core.model import Answer, Kind, RequestSeen
-from core.record import RecordSettings
+from core.config import Config, ConfigError, load_config
+from core.consent import ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE, has_consent_cookie
+from core.model import Answer, Kind, RequestSeen, StorefrontSeen
 from core.verdict import StatusSpecError, parse_expected
 from store.writer import StoreWriter
 
@@ -25,6 +28,19 @@ log = logging.getLogger("clickwatch.addon")
 
 DEFAULT_RUN = "default"
 STOPPED_ERROR = "clickwatch stopped before the answer arrived"
+_CONSENT_COOKIE_NAMES = (ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE)
+_MAX_REMEMBERED_BROWSERS = 10000
+
+# Options that map onto a Config field; set to anything but their default, they override the config file.
+_OPTION_FIELDS = {
+    "clickwatch_clickstream_path": "clickstream_path",
+    "clickwatch_consent_path": "consent_path",
+    "clickwatch_strategy_path": "strategy_path",
+    "clickwatch_tag_pattern": "tag_pattern",
+    "clickwatch_tenant_host": "tenant_host",
+    "clickwatch_body_limit": "body_limit",
+}
+_CONFIG_OPTIONS = {"clickwatch_config", "clickwatch_expected_status", *_OPTION_FIELDS}
 
 
 def fail_open[F: Callable[..., Any]](hook: F) -> F:
@@ -43,51 +59,61 @@ def fail_open[F: Callable[..., Any]](hook: F) -> F:
 
 
 class Clickwatch:
-    """Recognises tracking calls, records each as a delivery, and judges its answer."""
+    """Recognises tracking calls, records each as a delivery, and follows consent on storefront traffic."""
 
     def __init__(self) -> None:
-        self.patterns = matching.Patterns.compile()
-        self.settings = RecordSettings()
+        self.config = Config()
+        self.patterns = self.config.patterns()
         self.writer: StoreWriter | None = None
         self.inflight: dict[str, tuple[str, Kind, float]] = {}
+        # Per browser, the consent-bearing headers last handed on: unchanged ones on assets are not re-sent.
+        self._last_consent_headers: OrderedDict[tuple[str, str, str], tuple[str, str | None]] = OrderedDict()
         self.flows_seen = 0
         self.addon_errors = 0
 
     def load(self, loader: Any) -> None:
+        defaults = Config()
         loader.add_option(
             "clickwatch_db",
             str,
             "clickwatch.db",
-            "Path of the SQLite file clickwatch stores deliveries in; created if missing.",
+            "Path of the SQLite file clickwatch stores deliveries, findings and consent signals in.",
+        )
+        loader.add_option(
+            "clickwatch_config",
+            str,
+            "",
+            "Path of a clickwatch TOML configuration file (patterns, statuses, consent, windows, schemas, "
+            "severities); empty means built-in defaults.",
         )
         loader.add_option(
             "clickwatch_clickstream_path",
             str,
-            matching.DEFAULT_CLICKSTREAM_PATH,
+            defaults.clickstream_path,
             "Regular expression searched in the request path of clickstream event POSTs (ISS edge endpoint).",
         )
         loader.add_option(
             "clickwatch_consent_path",
             str,
-            matching.DEFAULT_CONSENT_PATH,
+            defaults.consent_path,
             "Regular expression searched in the request path of consent-reference POSTs.",
         )
         loader.add_option(
             "clickwatch_strategy_path",
             str,
-            matching.DEFAULT_STRATEGY_PATH,
+            defaults.strategy_path,
             "Regular expression searched in the request path of merchandising strategy calls.",
         )
         loader.add_option(
             "clickwatch_tag_pattern",
             str,
-            matching.DEFAULT_TAG_PATTERN,
+            defaults.tag_pattern,
             "Regular expression searched in 'host/path' of Profile Tag script and tag config loads.",
         )
         loader.add_option(
             "clickwatch_tenant_host",
             str,
-            matching.DEFAULT_TENANT_HOST,
+            defaults.tenant_host,
             "Regular expression the host of clickstream, consent-reference and strategy calls must match; "
             "empty means any host.",
         )
@@ -101,7 +127,7 @@ class Clickwatch:
         loader.add_option(
             "clickwatch_body_limit",
             int,
-            65536,
+            defaults.body_limit,
             "Characters of each decoded request or response body kept in the store; longer bodies are truncated "
             "and flagged.",
         )
@@ -120,35 +146,12 @@ class Clickwatch:
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
-        if updated & {
-            "clickwatch_clickstream_path",
-            "clickwatch_consent_path",
-            "clickwatch_strategy_path",
-            "clickwatch_tag_pattern",
-            "clickwatch_tenant_host",
-        }:
-            try:
-                self.patterns = matching.Patterns.compile(
-                    clickstream_path=opts.clickwatch_clickstream_path,
-                    consent_path=opts.clickwatch_consent_path,
-                    strategy_path=opts.clickwatch_strategy_path,
-                    tag=opts.clickwatch_tag_pattern,
-                    tenant_host=opts.clickwatch_tenant_host,
-                )
-            except matching.PatternError as exc:
-                raise exceptions.OptionsError(f"clickwatch: {exc}") from None
-        if updated & {"clickwatch_expected_status", "clickwatch_body_limit"}:
-            if opts.clickwatch_body_limit < 0:
-                raise exceptions.OptionsError(
-                    f"clickwatch_body_limit: must be 0 or more characters, not {opts.clickwatch_body_limit}"
-                )
-            try:
-                expected = parse_expected(opts.clickwatch_expected_status)
-            except StatusSpecError as exc:
-                raise exceptions.OptionsError(f"clickwatch_expected_status: {exc}") from None
-            self.settings = RecordSettings(body_limit=opts.clickwatch_body_limit, expected=expected)
+        if updated & _CONFIG_OPTIONS:
+            config = self._build_config()
+            self.patterns = config.patterns()
+            self.config = config
             if self.writer is not None:
-                self.writer.settings = self.settings
+                self.writer.config = config
         if opts.clickwatch_queue_size < 1:
             raise exceptions.OptionsError(
                 f"clickwatch_queue_size: must be at least 1, not {opts.clickwatch_queue_size}"
@@ -159,6 +162,33 @@ class Clickwatch:
             )
         if "clickwatch_db" in updated or self.writer is None:
             self._open_store(opts.clickwatch_db, opts.clickwatch_queue_size)
+
+    def _build_config(self) -> Config:
+        opts = ctx.options
+        try:
+            config = load_config(opts.clickwatch_config) if opts.clickwatch_config else Config()
+        except ConfigError as exc:
+            raise exceptions.OptionsError(f"clickwatch_config: {exc}") from None
+        defaults = Config()
+        overrides = {
+            field: getattr(opts, name)
+            for name, field in _OPTION_FIELDS.items()
+            if getattr(opts, name) != getattr(defaults, field)
+        }
+        if opts.clickwatch_body_limit < 0:
+            raise exceptions.OptionsError(
+                f"clickwatch_body_limit: must be 0 or more characters, not {opts.clickwatch_body_limit}"
+            )
+        try:
+            overrides["expected_status"] = parse_expected(opts.clickwatch_expected_status, config.expected_status)
+        except StatusSpecError as exc:
+            raise exceptions.OptionsError(f"clickwatch_expected_status: {exc}") from None
+        config = dataclasses.replace(config, **overrides)
+        try:
+            config.patterns()
+        except matching.PatternError as exc:
+            raise exceptions.OptionsError(f"clickwatch: {exc}") from None
+        return config
 
     def _open_store(self, path: str, queue_size: int) -> None:
         path = os.path.expanduser(path)
@@ -171,7 +201,7 @@ class Clickwatch:
             if self.writer.path == path:
                 return
             self.writer.close(ctx.options.clickwatch_shutdown_timeout)
-        self.writer = StoreWriter(path, self.settings, queue_size=queue_size)
+        self.writer = StoreWriter(path, self.config, queue_size=queue_size)
         self.writer.start()
         log.info("clickwatch: storing deliveries in %s", os.path.abspath(path))
 
@@ -195,7 +225,7 @@ class Clickwatch:
                 url=req.pretty_url,
                 host=req.pretty_host,
                 path=req.path,
-                client_addr=flow.client_conn.peername[0] if flow.client_conn.peername else "",
+                client_addr=_client_ip(flow),
                 user_agent=req.headers.get("user-agent", ""),
                 headers=tuple(req.headers.items(multi=True)),
                 raw_body=req.raw_content or b"",
@@ -206,10 +236,13 @@ class Clickwatch:
     @fail_open
     def response(self, flow: http.HTTPFlow) -> None:
         started = self.inflight.pop(flow.id, None)
-        if started is None or self.writer is None or flow.response is None:
+        if self.writer is None or flow.response is None:
+            return
+        resp = flow.response
+        if started is None:
+            self._storefront(flow, resp)
             return
         uid, kind, sent_at = started
-        resp = flow.response
         self.writer.submit(
             Answer(
                 uid=uid,
@@ -225,11 +258,55 @@ class Clickwatch:
     @fail_open
     def error(self, flow: http.HTTPFlow) -> None:
         started = self.inflight.pop(flow.id, None)
-        if started is None or self.writer is None:
+        if self.writer is None:
+            return
+        if started is None:
+            self._storefront(flow, None)
             return
         uid, kind, sent_at = started
         message = flow.error.msg if flow.error else "connection ended without an answer"
         self.writer.submit(Answer(uid=uid, kind=kind, sent_at=sent_at, ended_at=time.time(), error=message))
+
+    def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> None:
+        """Hand on what storefront traffic says about consent and page loads; most assets say nothing new."""
+        assert self.writer is not None
+        req = flow.request
+        cookie = req.headers.get("cookie", "")
+        anonymous_header = req.headers.get("x-anonymous-consents")
+        set_cookies = [
+            value
+            for value in (resp.headers.get_all("set-cookie") if resp is not None else ())
+            if any(name in value.split("=", 1)[0] for name in _CONSENT_COOKIE_NAMES)
+        ]
+        page_load = resp is not None and matching.is_page_load(
+            req.method,
+            req.headers.get("sec-fetch-dest"),
+            req.headers.get("accept", ""),
+            resp.headers.get("content-type", ""),
+        )
+        if not page_load and not set_cookies:
+            if anonymous_header is None and not has_consent_cookie(cookie):
+                return
+            browser = (DEFAULT_RUN, _client_ip(flow), req.headers.get("user-agent", ""))
+            if self._last_consent_headers.get(browser) == (cookie, anonymous_header):
+                return
+            self._last_consent_headers[browser] = (cookie, anonymous_header)
+            self._last_consent_headers.move_to_end(browser)
+            if len(self._last_consent_headers) > _MAX_REMEMBERED_BROWSERS:
+                self._last_consent_headers.popitem(last=False)
+        self.writer.submit(
+            StorefrontSeen(
+                run=DEFAULT_RUN,
+                client_addr=_client_ip(flow),
+                user_agent=req.headers.get("user-agent", ""),
+                request_at=req.timestamp_start,
+                response_at=resp.timestamp_end if resp is not None else None,
+                cookie=cookie,
+                anonymous_consents_header=anonymous_header,
+                set_cookies=tuple(set_cookies),
+                page_load=page_load,
+            )
+        )
 
     def done(self) -> None:
         if self.writer is None:
@@ -240,6 +317,11 @@ class Clickwatch:
         self.inflight.clear()
         self.writer.close(ctx.options.clickwatch_shutdown_timeout)
         self.writer = None
+
+
+def _client_ip(flow: http.HTTPFlow) -> str:
+    peer = flow.client_conn.peername
+    return str(peer[0]) if peer else ""
 
 
 addons = [Clickwatch()]

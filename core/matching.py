@@ -88,3 +88,12 @@ class Patterns:
         if self.strategy_path is not None and self.strategy_path.search(path):
             return Kind.STRATEGY
         return None
+
+
+def is_page_load(method: str, sec_fetch_dest: str | None, accept: str, content_type: str) -> bool:
+    """Whether a storefront exchange is a page (an HTML document the browser navigated to), not an asset."""
+    if method.upper() != "GET" or not content_type.lower().startswith("text/html"):
+        return False
+    if sec_fetch_dest is not None:
+        return sec_fetch_dest.lower() in ("document", "iframe")
+    return "text/html" in accept.lower()

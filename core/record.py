@@ -1,28 +1,17 @@
-"""Turn observations into the rows the store keeps: decode, redact, judge."""
+"""Turn observations into the rows the store keeps: decode, redact, time."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from core.decoding import decode_body
-from core.model import Answer, Body, BodyKind, Headers, Kind, RequestSeen, Verdict
+from core.model import Answer, Body, BodyKind, Headers, RequestSeen, Verdict
 from core.redaction import redact_headers
-from core.verdict import DEFAULT_EXPECTED, StatusSet, verdict_for
 from core.visitor import normalise_ip, visitor_key
 
 SCHEMA_PREFIX = "context/commerce/"
 _NO_BODY = Body(BodyKind.EMPTY, None, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class RecordSettings:
-    """What shapes a stored row: how much body to keep and which statuses are success."""
-
-    body_limit: int = 65536
-    expected: Mapping[Kind, StatusSet] = DEFAULT_EXPECTED
 
 
 def clean_text(value: str | None) -> str | None:
@@ -76,7 +65,12 @@ def _body_columns(prefix: str, body: Body) -> dict[str, Any]:
     }
 
 
-def request_row(seen: RequestSeen, settings: RecordSettings) -> dict[str, Any]:
+def request_body(seen: RequestSeen, limit: int) -> Body:
+    """The decoded request body of a tracking call."""
+    return _body(seen.headers, seen.raw_body, limit)
+
+
+def request_row(seen: RequestSeen, body: Body) -> dict[str, Any]:
     """The row for a delivery whose request has been seen: verdict pending."""
     schema = clean_text(header(seen.headers, "hybris-schema"))
     row: dict[str, Any] = {
@@ -99,13 +93,12 @@ def request_row(seen: RequestSeen, settings: RecordSettings) -> dict[str, Any]:
         "sent_at": seen.sent_at,
         "request_headers": _headers_json(seen.headers),
     }
-    row.update(_body_columns("request", _body(seen.headers, seen.raw_body, settings.body_limit)))
+    row.update(_body_columns("request", body))
     return row
 
 
-def answer_row(answer: Answer, settings: RecordSettings) -> dict[str, Any]:
+def answer_row(answer: Answer, verdict: Verdict, limit: int) -> dict[str, Any]:
     """The columns an answer (response or error) sets on its delivery."""
-    verdict = verdict_for(answer.kind, answer.status_code, settings.expected)
     row: dict[str, Any] = {
         "uid": answer.uid,
         "verdict": verdict.value,
@@ -121,5 +114,5 @@ def answer_row(answer: Answer, settings: RecordSettings) -> dict[str, Any]:
         row.update(dict.fromkeys(_body_columns("response", _NO_BODY)))
     else:
         row["response_headers"] = _headers_json(answer.headers)
-        row.update(_body_columns("response", _body(answer.headers, answer.raw_body, settings.body_limit)))
+        row.update(_body_columns("response", _body(answer.headers, answer.raw_body, limit)))
     return row

@@ -68,9 +68,9 @@ DEFAULT_EXPECTED: Mapping[Kind, StatusSet] = MappingProxyType(
 )
 
 
-def parse_expected(spec: str) -> dict[Kind, StatusSet]:
-    """Parse 'clickstream=201;tag=2xx,304' into expectations, merged over the defaults."""
-    expected = dict(DEFAULT_EXPECTED)
+def parse_expected(spec: str, base: Mapping[Kind, StatusSet] = DEFAULT_EXPECTED) -> dict[Kind, StatusSet]:
+    """Parse 'clickstream=201;tag=2xx,304' into expectations, merged over `base` (the defaults)."""
+    expected = dict(base)
     for item in (i.strip() for i in spec.split(";")):
         if not item:
             continue

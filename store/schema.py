@@ -61,6 +61,55 @@ def _deliveries(db: sqlite_utils.Database) -> None:
         table.create_index([column, "sent_at"])  # type: ignore[union-attr]
 
 
+@migrations(name="0002_consent_and_findings")
+def _consent_and_findings(db: sqlite_utils.Database) -> None:
+    db["deliveries"].add_column("consent", str)  # type: ignore[union-attr]
+    db["findings"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "delivery_id": int,
+            "run": str,
+            "visitor": str,
+            "kind": str,
+            "severity": str,
+            "message": str,
+            "at": float,
+        },
+        pk="id",
+        not_null={"run", "visitor", "kind", "severity", "message", "at"},
+        foreign_keys=[("delivery_id", "deliveries", "id")],
+    )
+    findings = db["findings"]
+    findings.create_index(["delivery_id"])  # type: ignore[union-attr]
+    for column in ("kind", "severity", "visitor", "run"):
+        findings.create_index([column, "at"])  # type: ignore[union-attr]
+    db["consent_signals"].create(  # type: ignore[union-attr]
+        {"id": int, "run": str, "visitor": str, "at": float, "state": str, "source": str, "detail": str},
+        pk="id",
+        not_null={"run", "visitor", "at", "state", "source"},
+    )
+    db["consent_signals"].create_index(["run", "visitor", "at"])  # type: ignore[union-attr]
+    db["visitors"].create(  # type: ignore[union-attr]
+        {
+            "run": str,
+            "visitor": str,
+            "client_addr": str,
+            "user_agent": str,
+            "first_seen": float,
+            "last_seen": float,
+            "page_loads": int,
+            "last_page_at": float,
+            "consent": str,
+            "consent_since": float,
+            "pending_decision": str,
+        },
+        pk=("run", "visitor"),
+        not_null={"run", "visitor"},
+    )
+    db["visitors"].create_index(["last_seen"])  # type: ignore[union-attr]
+    db["visitors"].create_index(["visitor"])  # type: ignore[union-attr]
+
+
 def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:
     """Open the store for writing: WAL, NORMAL sync, migrations applied."""
     conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)

@@ -7,18 +7,16 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import sqlite_utils
 
-from core.model import Answer, RequestSeen
-from core.record import RecordSettings, answer_row, request_row
+from core.config import Config
+from core.pipeline import Observation, Pipeline, StoreOps
 from store.schema import open_database
 
 log = logging.getLogger("clickwatch.store")
-
-Observation = RequestSeen | Answer
 
 # Errors about a row's values, not about the database: retrying cannot help, skipping the row does.
 _DATA_ERRORS = (
@@ -32,6 +30,7 @@ _DATA_ERRORS = (
 )
 
 STALE_PENDING_ERROR = "clickwatch stopped before an answer was seen"
+EVALUATE_EVERY_SECONDS = 1.0
 
 
 @dataclass
@@ -49,22 +48,44 @@ class WriterStats:
     held: int = 0
 
 
+def _insert(table: str, columns: list[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
+
+
+_FINDING_INSERT = (
+    "INSERT INTO findings (delivery_id, run, visitor, kind, severity, message, at) "
+    "VALUES ((SELECT id FROM deliveries WHERE uid = :delivery_uid), :run, :visitor, :kind, :severity, :message, :at)"
+)
+
+
+def _singles(ops: StoreOps) -> Iterator[StoreOps]:
+    for name in ("inserts", "answers", "consent", "findings", "signals"):
+        for row in getattr(ops, name):
+            single = StoreOps()
+            getattr(single, name).append(row)
+            yield single
+    for key, row in ops.visitors.items():
+        yield StoreOps(visitors={key: row})
+
+
 class StoreWriter:
-    """Writes observations in small batches; holds them in a bounded queue while the database is unwritable."""
+    """Judges and writes observations in small batches; holds them while the database is unwritable."""
 
     def __init__(
         self,
         path: str,
-        settings: RecordSettings | None = None,
+        config: Config | None = None,
         *,
         queue_size: int = 10000,
         batch_size: int = 500,
         retry_max_seconds: float = 2.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
-        self.settings = settings or RecordSettings()
+        self.pipeline = Pipeline(config)
         self.batch_size = batch_size
         self.retry_max_seconds = retry_max_seconds
+        self.clock = clock
         self.stats = WriterStats()
         self._queue: queue.Queue[Observation] = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
@@ -72,6 +93,16 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._run, name="clickwatch-store-writer", daemon=True)
         self._db: sqlite_utils.Database | None = None
         self._last_drop_log = 0.0
+        self._next_evaluation = 0.0
+
+    @property
+    def config(self) -> Config:
+        """The settings used to judge what is written."""
+        return self.pipeline.config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self.pipeline.config = config
 
     @property
     def queue_depth(self) -> int:
@@ -101,7 +132,7 @@ class StoreWriter:
             return False
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Write everything queued, waiting at most `timeout` seconds; True when nothing was left behind."""
+        """Write everything queued and the final decisions, waiting at most `timeout` s; True if nothing was lost."""
         self._deadline = time.monotonic() + timeout
         self._stopping.set()
         if self._thread.is_alive():
@@ -109,70 +140,86 @@ class StoreWriter:
         left = self._queue.qsize() + self.stats.held
         if left:
             log.error(
-                "clickwatch store: %d observation(s) could not be written before exit (%s)", left, self.stats.last_error
+                "clickwatch store: %d observation(s) could not be written before exit (%s)",
+                left,
+                self.stats.last_error,
             )
         return left == 0 and not self._thread.is_alive()
 
     # --- writer thread -------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        rows: list[tuple[str, dict[str, Any]]] = []
+        ops: StoreOps | None = None
+        held = 0
         backoff = 0.05
+        final_done = False
         try:
             # Create the schema now, so readers find an empty store rather than no store.
             self._connect()
         except sqlite3.Error as exc:
             self._note_failure(exc, 0)
         while True:
-            if not rows:
-                rows = self._next_batch()
-                if not rows:
-                    if self._stopping.is_set() and self._queue.empty():
+            if ops is None:
+                ops, held = self._next_ops()
+                if self._stopping.is_set() and self._queue.empty() and not final_done:
+                    # Shutdown decides what still waited on a window: no later evidence will come.
+                    ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock(), final=True)))
+                    final_done = True
+                if not ops:
+                    ops = None
+                    if final_done:
                         break
                     continue
-            self.stats.held = len(rows)
+            self.stats.held = held
             try:
-                self._write(rows)
+                self._write(ops)
             except _DATA_ERRORS:
                 # A value SQLite cannot take: write the rows one by one so only the bad one is lost.
-                self._write_each(rows)
+                self._write_each(ops)
             except sqlite3.Error as exc:
-                self._note_failure(exc, len(rows))
+                self._note_failure(exc, held)
                 if self._stopping.is_set() and time.monotonic() >= self._deadline:
                     break
                 time.sleep(min(backoff, max(0.0, self._deadline - time.monotonic())))
                 backoff = min(backoff * 2, self.retry_max_seconds)
                 continue
-            self._note_success(len(rows))
-            rows = []
+            self._note_success(held)
+            ops, held = None, 0
             self.stats.held = 0
             backoff = 0.05
         if self._db is not None:
             self._db.conn.close()
 
-    def _next_batch(self) -> list[tuple[str, dict[str, Any]]]:
+    def _next_ops(self) -> tuple[StoreOps, int]:
+        ops = StoreOps()
+        count = 0
         try:
             first = self._queue.get(timeout=0.1)
         except queue.Empty:
-            return []
-        batch = [first]
-        while len(batch) < self.batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return [row for row in map(self._to_row, batch) if row is not None]
+            pass
+        else:
+            batch = [first]
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            count = len(batch)
+            for observation in batch:
+                ops.extend(self._guarded(lambda o=observation: self.pipeline.process(o)))  # type: ignore[misc]
+        if time.monotonic() >= self._next_evaluation:
+            self._next_evaluation = time.monotonic() + EVALUATE_EVERY_SECONDS
+            ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock())))
+        return ops, count
 
-    def _to_row(self, observation: Observation) -> tuple[str, dict[str, Any]] | None:
+    def _guarded(self, step: Callable[[], StoreOps]) -> StoreOps:
         try:
-            if isinstance(observation, RequestSeen):
-                return ("insert", request_row(observation, self.settings))
-            return ("answer", answer_row(observation, self.settings))
+            return step()
         except Exception:
-            # A bug in decoding one body must not stop the store: log it, count it, keep going.
+            # A bug in decoding or judging one observation must not stop the store: log, count, go on.
             self.stats.errors += 1
-            log.exception("clickwatch could not turn an observation into a row; it is skipped")
-            return None
+            log.exception("clickwatch could not process an observation; it is skipped")
+            return StoreOps()
 
     def _connect(self) -> sqlite_utils.Database:
         if self._db is None:
@@ -191,33 +238,40 @@ class StoreWriter:
             self._db = db
         return self._db
 
-    def _write(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
-        db = self._connect()
-        inserts = [row for op, row in rows if op == "insert"]
-        answers = [row for op, row in rows if op == "answer"]
-        with db.conn:
-            # Requests first: an answer in this batch may belong to a request in this batch.
-            if inserts:
-                columns = list(inserts[0])
-                db.conn.executemany(
-                    f"INSERT OR IGNORE INTO deliveries ({', '.join(columns)}) "
-                    f"VALUES ({', '.join(':' + c for c in columns)})",
-                    inserts,
-                )
-            if answers:
-                columns = [c for c in answers[0] if c != "uid"]
-                db.conn.executemany(
+    def _write(self, ops: StoreOps) -> None:
+        conn = self._connect().conn
+        with conn:
+            # Order matters: an answer, a consent decision or a finding may belong to a request in this batch.
+            if ops.inserts:
+                columns = list(ops.inserts[0])
+                conn.executemany(_insert("deliveries", columns).replace("INSERT", "INSERT OR IGNORE", 1), ops.inserts)
+            if ops.answers:
+                columns = [c for c in ops.answers[0] if c != "uid"]
+                conn.executemany(
                     f"UPDATE deliveries SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE uid = :uid",
-                    answers,
+                    ops.answers,
+                )
+            if ops.consent:
+                conn.executemany("UPDATE deliveries SET consent = :consent WHERE uid = :uid", ops.consent)
+            if ops.findings:
+                conn.executemany(_FINDING_INSERT, ops.findings)
+            if ops.signals:
+                conn.executemany(_insert("consent_signals", list(ops.signals[0])), ops.signals)
+            if ops.visitors:
+                rows = list(ops.visitors.values())
+                columns = list(rows[0])
+                updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("run", "visitor", "first_seen"))
+                conn.executemany(
+                    f"{_insert('visitors', columns)} ON CONFLICT(run, visitor) DO UPDATE SET {updates}", rows
                 )
 
-    def _write_each(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
-        for row in rows:
+    def _write_each(self, ops: StoreOps) -> None:
+        for single in _singles(ops):
             try:
-                self._write([row])
+                self._write(single)
             except _DATA_ERRORS:
                 self.stats.errors += 1
-                log.exception("clickwatch could not store delivery %s; it is skipped", row[1].get("uid"))
+                log.exception("clickwatch could not store a row; it is skipped")
 
     def _note_failure(self, exc: sqlite3.Error, held: int) -> None:
         self.stats.failed_writes += 1

@@ -208,17 +208,17 @@ def test_pending_left_by_a_killed_proxy_becomes_failed_at_start(db_path):
 
 
 def test_a_row_sqlite_cannot_bind_is_skipped_alone(db_path, monkeypatch):
-    from store import writer as writer_module
+    from core import pipeline
 
-    real = writer_module.request_row
+    real = pipeline.request_row
 
-    def poisoned(observation, settings):
-        row = real(observation, settings)
+    def poisoned(observation, body):
+        row = real(observation, body)
         if observation.uid == "bad":
             row["user_agent"] = object()  # not bindable: the fault a decoding bug would cause
         return row
 
-    monkeypatch.setattr(writer_module, "request_row", poisoned)
+    monkeypatch.setattr(pipeline, "request_row", poisoned)
     writer = StoreWriter(db_path)
     for uid in ("a", "bad", "b"):
         writer.submit(seen(uid))

@@ -1,0 +1,120 @@
+"""From observations to store operations: decode, record, judge. Pure Python; the store applies the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.config import Config
+from core.judge import Judge, Judgement
+from core.model import Answer, RequestSeen, StorefrontSeen
+from core.record import answer_row, clean_text, request_body, request_row
+from core.verdict import verdict_for
+
+Observation = RequestSeen | Answer | StorefrontSeen
+
+
+@dataclass
+class StoreOps:
+    """Rows to write, grouped so that each group is one executemany, applied in field order."""
+
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    consent: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    visitors: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def extend(self, other: StoreOps) -> None:
+        """Append another batch's operations after this one's."""
+        self.inserts.extend(other.inserts)
+        self.answers.extend(other.answers)
+        self.consent.extend(other.consent)
+        self.findings.extend(other.findings)
+        self.signals.extend(other.signals)
+        self.visitors.update(other.visitors)
+
+    def __len__(self) -> int:
+        return (
+            len(self.inserts)
+            + len(self.answers)
+            + len(self.consent)
+            + len(self.findings)
+            + len(self.signals)
+            + len(self.visitors)
+        )
+
+
+def _judged(ops: StoreOps, judgement: Judgement) -> StoreOps:
+    ops.consent.extend({"uid": uid, "consent": consent} for uid, consent in judgement.consent)
+    ops.findings.extend(
+        {
+            "delivery_uid": f.delivery_uid,
+            "run": f.run,
+            "visitor": f.visitor,
+            "kind": f.kind.value,
+            "severity": f.severity.value,
+            "message": clean_text(f.message),
+            "at": f.at,
+        }
+        for f in judgement.findings
+    )
+    ops.signals.extend(
+        {
+            "run": s.run,
+            "visitor": s.visitor,
+            "at": s.at,
+            "state": s.state.value,
+            "source": s.source,
+            "detail": clean_text(s.detail),
+        }
+        for s in judgement.signals
+    )
+    for key, v in judgement.visitors.items():
+        ops.visitors[key] = {
+            "run": v.run,
+            "visitor": v.visitor,
+            "client_addr": v.client_addr,
+            "user_agent": clean_text(v.user_agent),
+            "first_seen": v.first_seen,
+            "last_seen": v.last_seen,
+            "page_loads": v.page_loads,
+            "last_page_at": v.last_page_at,
+            "consent": v.consent,
+            "consent_since": v.consent_since,
+            "pending_decision": v.pending_decision,
+        }
+    return ops
+
+
+class Pipeline:
+    """Decodes, records and judges observations in the order they happened."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.judge = Judge(config)
+
+    @property
+    def config(self) -> Config:
+        """The settings in force."""
+        return self.judge.config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self.judge.config = config
+
+    def process(self, observation: Observation) -> StoreOps:
+        """The store operations one observation leads to."""
+        ops = StoreOps()
+        if isinstance(observation, RequestSeen):
+            body = request_body(observation, self.config.body_limit)
+            ops.inserts.append(request_row(observation, body))
+            return _judged(ops, self.judge.request(observation, body))
+        if isinstance(observation, Answer):
+            verdict = verdict_for(observation.kind, observation.status_code, self.config.expected_status)
+            ops.answers.append(answer_row(observation, verdict, self.config.body_limit))
+            return _judged(ops, self.judge.answer(observation, verdict))
+        return _judged(ops, self.judge.storefront(observation))
+
+    def evaluate(self, now: float, final: bool = False) -> StoreOps:
+        """Decisions whose window has passed (all of them when `final`)."""
+        return _judged(StoreOps(), self.judge.evaluate(now, final))
