@@ -24,6 +24,20 @@ def _null_paths(value: Any, path: str, out: list[str]) -> None:
             _null_paths(item, f"{path}[{index}]", out)
 
 
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
 def payload_problems(body: Body, required: tuple[str, ...] | None) -> list[str]:
     """What is wrong with an event body: not a JSON object (or array of objects), missing fields, nulls."""
     if body.kind is BodyKind.EMPTY:
@@ -37,7 +51,7 @@ def payload_problems(body: Body, required: tuple[str, ...] | None) -> list[str]:
     elif isinstance(parsed, list) and parsed and all(isinstance(item, dict) for item in parsed):
         events = parsed
     else:
-        shape = "an empty array" if parsed == [] else f"a JSON {type(parsed).__name__}"
+        shape = "an empty array" if parsed == [] else f"a JSON {_json_type(parsed)}"
         return [f"the body is {shape}, not an object or an array of objects"]
     problems: list[str] = []
     for index, event in enumerate(events):
@@ -69,6 +83,12 @@ def _first(headers: Headers, name: str) -> str | None:
     return next((value for key, value in headers if key.lower() == name), None)
 
 
+def _joined(headers: Headers, name: str) -> str | None:
+    # Repeated list-valued header lines mean the same as one line joined with commas (RFC 9110 5.3).
+    values = [value for key, value in headers if key.lower() == name]
+    return ", ".join(values) if values else None
+
+
 def cors_problems(request_headers: Headers, status_code: int, response_headers: Headers) -> list[str]:
     """Why a browser would refuse to send the real request after this preflight answer (empty: it would send)."""
     if not 200 <= status_code <= 299:
@@ -84,11 +104,11 @@ def cors_problems(request_headers: Headers, status_code: int, response_headers: 
                 f"Access-Control-Allow-Origin is {allow_origin.strip()!r}, not the page's origin {origin!r}"
             )
     method = (_first(request_headers, "access-control-request-method") or "").strip().upper()
-    allowed_methods = [m.upper() for m in _tokens(_first(response_headers, "access-control-allow-methods"))]
+    allowed_methods = [m.upper() for m in _tokens(_joined(response_headers, "access-control-allow-methods"))]
     if method and method not in SAFELISTED_METHODS and method not in allowed_methods and "*" not in allowed_methods:
         problems.append(f"method {method} is not in Access-Control-Allow-Methods")
-    requested = _tokens(_first(request_headers, "access-control-request-headers"))
-    allowed = _tokens(_first(response_headers, "access-control-allow-headers"))
+    requested = _tokens(_joined(request_headers, "access-control-request-headers"))
+    allowed = _tokens(_joined(response_headers, "access-control-allow-headers"))
     credentials = (_first(response_headers, "access-control-allow-credentials") or "").strip().lower() == "true"
     if requested and not ("*" in allowed and not credentials):
         missing = [name for name in requested if name not in allowed]

@@ -177,10 +177,11 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "configuration") 
             known = ", ".join([*_SCALARS, *_MAPS])
             raise ConfigError(f"{section}: unknown section (known: {known})")
     config = replace(Config(), **changes)
-    try:
-        config.patterns()
-    except matching.PatternError as exc:
-        raise ConfigError(f"capture: {exc}") from None
+    for key in ("clickstream_path", "consent_path", "strategy_path", "tag_pattern", "tenant_host"):
+        try:
+            matching.compile_pattern(f"capture.{key}", getattr(config, key))
+        except matching.PatternError as exc:
+            raise ConfigError(str(exc)) from None
     if not config.consent_template:
         raise ConfigError("consent.template: must not be empty")
     return config

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import enum
 import json
+import re
+import time
 from dataclasses import dataclass
+from http.cookiejar import http2time  # type: ignore[attr-defined]  # public, missing from typeshed
 from urllib.parse import unquote
 
 ANONYMOUS_CONSENTS = "anonymous-consents"
@@ -41,12 +44,27 @@ def parse_cookie_header(value: str) -> dict[str, str]:
     return cookies
 
 
-def parse_set_cookie(value: str) -> tuple[str, str, bool]:
-    """Set-Cookie header -> (name, value, deleted); a cookie set to expire now is a deletion."""
+def parse_set_cookie(value: str, now: float | None = None) -> tuple[str, str, bool]:
+    """Set-Cookie header -> (name, value, deleted); a cookie that expires at once (Max-Age <= 0, Expires past)."""
     first, _, attributes = value.partition(";")
     name, _, raw = first.strip().partition("=")
-    attrs = attributes.lower()
-    deleted = "max-age=0" in attrs.replace(" ", "") or "expires=thu, 01 jan 1970" in attrs
+    max_age: str | None = None
+    expires: str | None = None
+    for attribute in attributes.split(";"):
+        key, _, attr_value = attribute.partition("=")
+        key = key.strip().lower()
+        if key == "max-age":
+            max_age = attr_value.strip()
+        elif key == "expires":
+            expires = attr_value.strip()
+    # RFC 6265: Max-Age wins over Expires; any Max-Age of zero or less expires the cookie now.
+    if max_age is not None and re.fullmatch(r"-?\d+", max_age):
+        deleted = int(max_age) <= 0
+    elif expires is not None:
+        when = http2time(expires)
+        deleted = when is not None and when <= (time.time() if now is None else now)
+    else:
+        deleted = False
     return name.strip(), raw.strip().strip('"'), deleted
 
 
@@ -108,22 +126,33 @@ def read_request(cookie_header: str, anonymous_header: str | None, template: str
     return _from_values(anonymous, given, paused, template)
 
 
-def read_response(set_cookies: list[str], template: str) -> ConsentReading | None:
-    """Consent as a storefront response sets it (Set-Cookie); None when it sets no consent cookie."""
+def read_response(set_cookies: list[str], template: str, paused_before: bool = False) -> ConsentReading | None:
+    """Consent as a storefront response sets it (Set-Cookie); None when it sets no consent cookie.
+
+    `paused_before`: the request carried the pause cookie, which stays in force unless this response deletes it.
+    """
     anonymous: tuple[str, str] | None = None
     given: tuple[str, str] | None = None
-    paused: str | None = None
+    paused: str | None = f"cookie {TRACKING_PAUSE}" if paused_before else None
+    touched = False
     for header in set_cookies:
         name, value, deleted = parse_set_cookie(header)
         if name == ANONYMOUS_CONSENTS and not deleted:
             anonymous = (f"set-cookie {name}", value)
+            touched = True
         elif name.endswith(CONSENT_GIVEN_SUFFIX):
             given = (f"set-cookie {name}", "false" if deleted else value)
-        elif name == TRACKING_PAUSE and not deleted:
-            paused = f"set-cookie {name}"
-    return _from_values(anonymous, given, paused, template)
+            touched = True
+        elif name == TRACKING_PAUSE:
+            paused = None if deleted else f"set-cookie {name}"
+            touched = True
+    return _from_values(anonymous, given, paused, template) if touched else None
 
 
 def has_consent_cookie(cookie_header: str) -> bool:
-    """Whether a request carries any cookie that can tell the consent state."""
-    return ANONYMOUS_CONSENTS in cookie_header or CONSENT_GIVEN_SUFFIX in cookie_header
+    """Whether a request carries any cookie that can tell the consent state (by name, not by value)."""
+    if ANONYMOUS_CONSENTS not in cookie_header and CONSENT_GIVEN_SUFFIX not in cookie_header:
+        return False  # the common case on a hot path: no need to parse
+    return any(
+        name == ANONYMOUS_CONSENTS or name.endswith(CONSENT_GIVEN_SUFFIX) for name in parse_cookie_header(cookie_header)
+    )

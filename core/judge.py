@@ -24,6 +24,7 @@ CONSENT_PENDING = "pending"
 CONSENT_UNKNOWN = "unknown"
 NO_COOKIE_SOURCE = "page load without consent cookie"
 _MAX_READINGS = 500
+_MAX_VISITORS = 50000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,7 @@ class _Visitor:
     given_at: float | None = None
     silence_deadline: float | None = None
     silence_checked_for: float | None = None
-    last_clickstream_at: float | None = None
+    clickstream_times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     candidates: list[_Candidate] = field(default_factory=list)
     unknown_reported: bool = False
     references: deque[float] = field(default_factory=deque)
@@ -137,7 +138,7 @@ class Judge:
         if seen.kind in (Kind.CLICKSTREAM, Kind.CONSENT_REFERENCE):
             self._consent_check(v, seen, out)
         if seen.kind is Kind.CLICKSTREAM:
-            v.last_clickstream_at = max(seen.sent_at, v.last_clickstream_at or seen.sent_at)
+            v.clickstream_times.append(seen.sent_at)
             self._event_checks(v, seen, body, out)
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out
@@ -189,7 +190,8 @@ class Judge:
         if reading is not None:
             self._record(v, seen.request_at, reading, out)
         if seen.set_cookies and seen.response_at is not None:
-            set_reading = read_response(list(seen.set_cookies), template)
+            paused_before = reading is not None and reading.state is ConsentState.PAUSED
+            set_reading = read_response(list(seen.set_cookies), template, paused_before)
             if set_reading is not None:
                 self._record(v, seen.response_at, set_reading, out)
         if seen.page_load:
@@ -217,7 +219,9 @@ class Judge:
             if changed:
                 out.visitors[(v.run, v.key)] = self._snapshot(v)
             elif self._idle(v, now):
-                del self._visitors[(v.run, v.key)]
+                self._compact(v)
+        if len(self._visitors) > _MAX_VISITORS:
+            self._forget_oldest()
         return out
 
     # --- consent -----------------------------------------------------------------------------------
@@ -287,12 +291,12 @@ class Judge:
             v.silence_deadline = page_at + self.config.silence_seconds
 
     def _decide_silence(self, v: _Visitor, out: Judgement) -> None:
-        given_at = v.given_at
+        given_at, deadline = v.given_at, v.silence_deadline
         v.silence_deadline = None
-        if given_at is None:
+        if given_at is None or deadline is None:
             return
         v.silence_checked_for = given_at
-        if v.last_clickstream_at is not None and v.last_clickstream_at >= given_at:
+        if any(given_at <= t <= deadline for t in v.clickstream_times):
             return
         self._find(
             out,
@@ -407,6 +411,22 @@ class Judge:
 
     def _idle(self, v: _Visitor, now: float) -> bool:
         return not v.candidates and v.silence_deadline is None and now - v.last_seen > self.config.session_seconds
+
+    @staticmethod
+    def _compact(v: _Visitor) -> None:
+        # An idle browser keeps its consent and what was said about it; the per-event memory goes.
+        del v.readings[:-1]
+        v.recent_bodies.clear()
+        v.clickstream_times.clear()
+
+    def _forget_oldest(self) -> None:
+        # Bounded memory on a long-running shared proxy: forget the least recently seen quiet browsers.
+        quiet = sorted(
+            (v for v in self._visitors.values() if not v.candidates and v.silence_deadline is None),
+            key=lambda v: v.last_seen,
+        )
+        for v in quiet[: len(self._visitors) - _MAX_VISITORS]:
+            del self._visitors[(v.run, v.key)]
 
     def visitors(self) -> Iterable[VisitorSnapshot]:
         """Snapshots of every visitor currently followed."""
