@@ -81,6 +81,7 @@ class Answer:
     headers: Headers = ()
     raw_body: bytes = b""
     error: str | None = None
+    note: str | None = None  # why the response headers and body were not kept, when they were not
 
 
 @dataclass(frozen=True, slots=True)

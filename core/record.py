@@ -115,4 +115,6 @@ def answer_row(answer: Answer, verdict: Verdict, limit: int) -> dict[str, Any]:
     else:
         row["response_headers"] = _headers_json(answer.headers)
         row.update(_body_columns("response", _body(answer.headers, answer.raw_body, limit)))
+        if answer.note:
+            row["response_body_note"] = answer.note
     return row

@@ -7,12 +7,14 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlite_utils
 
 from core.config import Config
+from core.model import Answer
 from core.pipeline import Observation, Pipeline, StoreOps
 from store.schema import open_database
 
@@ -30,6 +32,9 @@ _DATA_ERRORS = (
 )
 
 STALE_PENDING_ERROR = "clickwatch stopped before an answer was seen"
+# Answers shed to their verdict are a few hundred bytes: this many is a few MB at most.
+ANSWER_OVERFLOW_LIMIT = 50000
+OVERFLOW_NOTE = "response headers and body not kept: the store queue was full"
 EVALUATE_EVERY_SECONDS = 1.0
 
 
@@ -56,6 +61,15 @@ _FINDING_INSERT = (
     "INSERT INTO findings (delivery_id, run, visitor, kind, severity, message, at) "
     "VALUES ((SELECT id FROM deliveries WHERE uid = :delivery_uid), :run, :visitor, :kind, :severity, :message, :at)"
 )
+
+
+class _Blocked(Exception):
+    """The database cannot be written now; `remaining` is what still has to be written."""
+
+    def __init__(self, remaining: StoreOps, error: sqlite3.Error) -> None:
+        super().__init__(str(error))
+        self.remaining = remaining
+        self.error = error
 
 
 def _singles(ops: StoreOps) -> Iterator[StoreOps]:
@@ -94,6 +108,7 @@ class StoreWriter:
         self._db: sqlite_utils.Database | None = None
         self._last_drop_log = 0.0
         self._next_evaluation = 0.0
+        self._answers_overflow: deque[Answer] = deque()
 
     @property
     def config(self) -> Config:
@@ -119,17 +134,25 @@ class StoreWriter:
             self._queue.put_nowait(observation)
             return True
         except queue.Full:
-            self.stats.dropped += 1
-            now = time.monotonic()
-            if now - self._last_drop_log >= 5.0:
-                self._last_drop_log = now
-                log.error(
-                    "clickwatch store queue is full (%d waiting, database: %s): %d observation(s) dropped so far",
-                    self._queue.maxsize,
-                    self.stats.last_error or "slow",
-                    self.stats.dropped,
-                )
-            return False
+            pass
+        if isinstance(observation, Answer) and len(self._answers_overflow) < ANSWER_OVERFLOW_LIMIT:
+            # An answer completes a row already queued or written: keep its verdict, shed its bulk,
+            # so no delivery is left pending for want of room.
+            self._answers_overflow.append(
+                replace(observation, headers=(), raw_body=b"", note=OVERFLOW_NOTE if observation.status_code else None)
+            )
+            return True
+        self.stats.dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= 5.0:
+            self._last_drop_log = now
+            log.error(
+                "clickwatch store queue is full (%d waiting; database %s): %d observation(s) dropped so far",
+                self._queue.maxsize,
+                self.stats.last_error or "busy or slow",
+                self.stats.dropped,
+            )
+        return False
 
     def close(self, timeout: float = 10.0) -> bool:
         """Write everything queued and the final decisions, waiting at most `timeout` s; True if nothing was lost."""
@@ -137,7 +160,12 @@ class StoreWriter:
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout + 1.0)
-        left = self._queue.qsize() + self.stats.held
+        left = self._queue.qsize() + len(self._answers_overflow) + self.stats.held
+        if self.stats.dropped:
+            log.error(
+                "clickwatch store: %d observation(s) were dropped in all because the queue was full",
+                self.stats.dropped,
+            )
         if left:
             log.error(
                 "clickwatch store: %d observation(s) could not be written before exit (%s)",
@@ -161,7 +189,7 @@ class StoreWriter:
         while True:
             if ops is None:
                 ops, held = self._next_ops()
-                if self._stopping.is_set() and self._queue.empty() and not final_done:
+                if self._stopping.is_set() and self._queue.empty() and not self._answers_overflow and not final_done:
                     # Shutdown decides what still waited on a window: no later evidence will come.
                     ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock(), final=True)))
                     final_done = True
@@ -172,18 +200,21 @@ class StoreWriter:
                     continue
             self.stats.held = held
             try:
-                self._write(ops)
-            except _DATA_ERRORS:
-                # A value SQLite cannot take: write the rows one by one so only the bad one is lost.
-                self._write_each(ops)
-            except sqlite3.Error as exc:
-                self._note_failure(exc, held)
+                self._write_resilient(ops)
+            except _Blocked as blocked:
+                ops = blocked.remaining
+                self._note_failure(blocked.error, held)
                 if self._stopping.is_set() and time.monotonic() >= self._deadline:
                     break
                 time.sleep(min(backoff, max(0.0, self._deadline - time.monotonic())))
                 backoff = min(backoff * 2, self.retry_max_seconds)
                 continue
-            self._note_success(held)
+            except Exception:
+                # Never let the writer thread die: the proxy would go on capturing into nothing.
+                self.stats.errors += 1
+                log.exception("clickwatch store: unexpected error writing a batch; it is skipped")
+            else:
+                self._note_success(held)
             ops, held = None, 0
             self.stats.held = 0
             backoff = 0.05
@@ -204,6 +235,10 @@ class StoreWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            # Overflowed answers go only after the queue is drained: their requests were queued before them.
+            if self._queue.empty():
+                while self._answers_overflow:
+                    batch.append(self._answers_overflow.popleft())
             count = len(batch)
             for observation in batch:
                 ops.extend(self._guarded(lambda o=observation: self.pipeline.process(o)))  # type: ignore[misc]
@@ -265,13 +300,27 @@ class StoreWriter:
                     f"{_insert('visitors', columns)} ON CONFLICT(run, visitor) DO UPDATE SET {updates}", rows
                 )
 
-    def _write_each(self, ops: StoreOps) -> None:
-        for single in _singles(ops):
+    def _write_resilient(self, ops: StoreOps) -> None:
+        """Write a batch; a row SQLite refuses is skipped alone; a database problem raises _Blocked."""
+        try:
+            self._write(ops)
+            return
+        except _DATA_ERRORS:
+            pass  # a value SQLite cannot take: write the rows one by one so only the bad one is lost
+        except sqlite3.Error as exc:
+            raise _Blocked(ops, exc) from exc
+        singles = list(_singles(ops))
+        for index, single in enumerate(singles):
             try:
                 self._write(single)
             except _DATA_ERRORS:
                 self.stats.errors += 1
                 log.exception("clickwatch could not store a row; it is skipped")
+            except sqlite3.Error as exc:
+                remaining = StoreOps()
+                for rest in singles[index:]:
+                    remaining.extend(rest)
+                raise _Blocked(remaining, exc) from exc
 
     def _note_failure(self, exc: sqlite3.Error, held: int) -> None:
         self.stats.failed_writes += 1

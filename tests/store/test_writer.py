@@ -246,3 +246,46 @@ def test_submit_never_blocks(db_path):
     locker.execute("COMMIT")
     locker.close()
     writer.close()
+
+
+def test_answers_that_find_the_queue_full_keep_their_verdict(db_path):
+    schema.open_database(db_path).conn.close()
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    writer = StoreWriter(db_path, queue_size=3, retry_max_seconds=0.1)
+    for i in range(3):
+        assert writer.submit(seen(f"u{i}"))
+    # The queue is full: requests would be dropped, but answers are kept without their bulk.
+    assert not writer.submit(seen("dropped"))
+    for i in range(3):
+        assert writer.submit(answered(f"u{i}"))
+    writer.start()
+    locker.execute("COMMIT")
+    locker.close()
+    assert writer.close()
+    stored = rows(db_path)
+    assert [(r["uid"], r["verdict"]) for r in stored] == [(f"u{i}", "delivered") for i in range(3)]
+    assert all("queue was full" in r["response_body_note"] for r in stored)
+    assert writer.stats.dropped == 1
+
+
+def test_database_failing_during_row_by_row_retry_keeps_the_writer_alive(db_path, monkeypatch):
+    """A data error sends the batch row by row; if the database then locks, nothing is lost or doubled."""
+    writer = StoreWriter(db_path, retry_max_seconds=0.05)
+    real_write = writer._write
+    faults = iter([sqlite3.IntegrityError("injected"), None, sqlite3.OperationalError("database is locked")])
+
+    def flaky(ops):
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        return real_write(ops)
+
+    monkeypatch.setattr(writer, "_write", flaky)
+    for i in range(3):
+        writer.submit(seen(f"u{i}"))
+        writer.submit(answered(f"u{i}", 500))
+    writer.start()
+    assert wait_for(lambda: writer.stats.failed_writes >= 1)
+    assert writer.close()
+    assert [(r["uid"], r["verdict"]) for r in rows(db_path)] == [(f"u{i}", "rejected") for i in range(3)]
