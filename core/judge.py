@@ -296,7 +296,10 @@ class Judge:
         if given_at is None or deadline is None:
             return
         v.silence_checked_for = given_at
-        if any(given_at <= t <= deadline for t in v.clickstream_times):
+        # The proxy sees consent late (on the next storefront request): an event inside the grace window
+        # before that counts as sent after consent, exactly as it does for violations.
+        earliest = given_at - self.config.grace_seconds
+        if any(earliest <= t <= deadline for t in v.clickstream_times):
             return
         self._find(
             out,

@@ -932,6 +932,24 @@ def test_events_after_consent_clear_the_silence_check():
     assert trace.kinds() == []
 
 
+def test_an_event_inside_the_grace_window_before_the_consent_cookie_counts_for_silence():
+    """The proxy sees consent on the next page; the event the tag sent just before it is an event after consent."""
+    trace = Trace()
+    trace.page(T - 10, cookie="")
+    trace.deliver(clickstream("c1", T - 1))
+    trace.page(T, cookie=GIVEN)
+    trace.evaluate(T + 100, final=True)
+    assert trace.kinds() == []
+
+
+def test_an_event_long_before_consent_does_not_count_for_silence():
+    trace = Trace()
+    trace.deliver(clickstream("c1", T - 60))
+    trace.page(T, cookie=GIVEN)
+    trace.evaluate(T + 100, final=True)
+    assert FindingKind.NO_EVENTS_AFTER_CONSENT in trace.kinds()
+
+
 def test_consent_given_by_set_cookie_then_a_page_load():
     trace = Trace()
     trace.page(T - 10, cookie="")

@@ -124,7 +124,7 @@ class _UpstreamServer(ThreadingHTTPServer):
 
 
 class _UpstreamHandler(BaseHTTPRequestHandler):
-    """Behaviour chosen by the first path segment: s201, s400, s500, reset, hang, page."""
+    """Behaviour chosen by the first path segment: s201, s400, s500, reset, hang, page, cors-no-cr."""
 
     protocol_version = "HTTP/1.1"
     timeout = 15  # idle keep-alive connections end on their own
@@ -170,6 +170,14 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
         elif behaviour == "hang":
             self.server.release.wait(HANG_LIMIT)
             self.close_connection = True
+        elif behaviour == "cors-no-cr":
+            # A tenant whose CORS set-up forgot the consent-reference header (DOMAIN.md failure mode 7).
+            self._send(
+                204,
+                Access_Control_Allow_Origin="https://shop.example",
+                Access_Control_Allow_Methods="POST",
+                Access_Control_Allow_Headers="content-type, hybris-schema",
+            )
         elif behaviour == "page":
             self._send(200, PAGE_HTML, "text/html; charset=utf-8")
         elif behaviour.startswith("s") and behaviour[1:].isdigit():

@@ -340,9 +340,14 @@ def test_cors_preflight_is_stored_as_preflight(proxy: Proxy, upstream: Upstream)
     [
         ("clickwatch_clickstream_path=(", ["clickwatch", "regular expression"]),
         ("clickwatch_body_limit=-1", ["clickwatch_body_limit", "-1"]),
+        ("clickwatch_config=BAD_TOML", ["clickwatch_config", "windows.silence_seconds", "expected a number"]),
+        ("clickwatch_config=/no/such/file.toml", ["clickwatch_config", "/no/such/file.toml", "cannot read"]),
     ],
 )
 def test_bad_option_stops_startup_with_a_clear_message(tmp_path: Path, option: str, expected: list[str]) -> None:
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("[windows]\nsilence_seconds = 'soon'\n")
+    option = option.replace("BAD_TOML", str(bad_toml))
     cmd = [
         str(MITMDUMP),
         "-q",
