@@ -1,0 +1,131 @@
+"""`clickwatch up` as a user runs it: a subprocess on real loopback ports with a real store file."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import Upstream, free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+CLICKWATCH = Path(sys.executable).with_name("clickwatch")
+
+
+def start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(CLICKWATCH), "up", "--quiet", "--db", str(tmp_path / "cw.db"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def test_up_captures_through_the_in_process_addon_and_stops_cleanly(tmp_path: Path, upstream: Upstream) -> None:
+    port = free_port()
+    process = start(tmp_path, "--proxy-port", str(port), "--set", f"confdir={tmp_path / 'mitm'}")
+    try:
+        wait_until(lambda: listening(port) or process.poll() is not None, 20, "proxy listening")
+        assert process.poll() is None, process.communicate()
+        with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=10, trust_env=False) as client:
+            answer = client.post(
+                upstream.url("/s201/edge/clickstreamEvents"),
+                json={"productSku": "1"},
+                headers={"hybris-schema": "context/commerce/ProductView", "consent-reference": "cr"},
+            )
+        assert answer.status_code == 201
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert f"http://127.0.0.1:{port}" in out
+    assert "mitmproxy-ca-cert.pem" in out
+    conn = sqlite3.connect(tmp_path / "cw.db")
+    rows = conn.execute("SELECT kind, verdict, status_code FROM deliveries").fetchall()
+    conn.close()
+    assert rows == [("clickstream", "delivered", 201)]
+
+
+def test_port_in_use_is_a_one_line_error_with_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(
+            [str(CLICKWATCH), "up", "--proxy-port", str(port), "--db", str(tmp_path / "cw.db")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "cw.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("db", "message"),
+    [("missing-dir/cw.db", "does not exist"), (".", "is a directory")],
+)
+def test_unusable_database_path_is_a_one_line_error_with_exit_2(tmp_path: Path, db: str, message: str) -> None:
+    result = subprocess.run(
+        [str(CLICKWATCH), "up", "--proxy-port", str(free_port()), "--db", str(tmp_path / db)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert message in result.stderr
+
+
+def test_bad_set_option_is_a_one_line_error_with_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            str(CLICKWATCH),
+            "up",
+            "--proxy-port",
+            str(free_port()),
+            "--db",
+            str(tmp_path / "cw.db"),
+            "--set",
+            "clickwatch_tenant_host=(",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "tenant host" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_addon_path_points_at_the_loadable_script() -> None:
+    result = subprocess.run([str(CLICKWATCH), "addon-path"], capture_output=True, text=True, check=True)
+    path = Path(result.stdout.strip())
+    assert path.name == "capture.py"
+    assert "addons = [Clickwatch()]" in path.read_text()
