@@ -110,6 +110,59 @@ def _consent_and_findings(db: sqlite_utils.Database) -> None:
     db["visitors"].create_index(["visitor"])  # type: ignore[union-attr]
 
 
+@migrations(name="0003_running_counts")
+def _running_counts(db: sqlite_utils.Database) -> None:
+    # Counts kept exact by triggers, in the same transaction as the rows: summaries and metrics read a
+    # handful of rows instead of scanning a million deliveries.
+    db.executescript(
+        """
+        CREATE TABLE delivery_counts (
+            run TEXT NOT NULL, kind TEXT NOT NULL, verdict TEXT NOT NULL, schema_name TEXT NOT NULL,
+            n INTEGER NOT NULL, PRIMARY KEY (run, kind, verdict, schema_name)
+        );
+        CREATE TABLE finding_counts (
+            run TEXT NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL,
+            n INTEGER NOT NULL, PRIMARY KEY (run, kind, severity)
+        );
+        CREATE TRIGGER deliveries_counted_on_insert AFTER INSERT ON deliveries BEGIN
+            INSERT INTO delivery_counts VALUES (new.run, new.kind, new.verdict, COALESCE(new.schema_name, ''), 1)
+            ON CONFLICT (run, kind, verdict, schema_name) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER deliveries_counted_on_verdict AFTER UPDATE OF verdict ON deliveries
+        WHEN old.verdict IS NOT new.verdict BEGIN
+            UPDATE delivery_counts SET n = n - 1 WHERE run = old.run AND kind = old.kind
+                AND verdict = old.verdict AND schema_name = COALESCE(old.schema_name, '');
+            INSERT INTO delivery_counts VALUES (new.run, new.kind, new.verdict, COALESCE(new.schema_name, ''), 1)
+            ON CONFLICT (run, kind, verdict, schema_name) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER deliveries_counted_on_delete AFTER DELETE ON deliveries BEGIN
+            UPDATE delivery_counts SET n = n - 1 WHERE run = old.run AND kind = old.kind
+                AND verdict = old.verdict AND schema_name = COALESCE(old.schema_name, '');
+        END;
+        CREATE TRIGGER findings_counted_on_insert AFTER INSERT ON findings BEGIN
+            INSERT INTO finding_counts VALUES (new.run, new.kind, new.severity, 1)
+            ON CONFLICT (run, kind, severity) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER findings_counted_on_delete AFTER DELETE ON findings BEGIN
+            UPDATE finding_counts SET n = n - 1 WHERE run = old.run AND kind = old.kind AND severity = old.severity;
+        END;
+        INSERT INTO delivery_counts
+            SELECT run, kind, verdict, COALESCE(schema_name, ''), count(*) FROM deliveries
+            GROUP BY run, kind, verdict, COALESCE(schema_name, '');
+        INSERT INTO finding_counts SELECT run, kind, severity, count(*) FROM findings GROUP BY run, kind, severity;
+        """
+    )
+
+
+@migrations(name="0004_change_sequence")
+def _change_sequence(db: sqlite_utils.Database) -> None:
+    # Every write that changes what a delivery looks like gives it a new, higher seq: the live page
+    # follows `seq > last seen` and resumes from a Last-Event-ID.
+    db["deliveries"].add_column("seq", int)  # type: ignore[union-attr]
+    db.execute("UPDATE deliveries SET seq = id")
+    db["deliveries"].create_index(["seq"])  # type: ignore[union-attr]
+
+
 def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:
     """Open the store for writing: WAL, NORMAL sync, migrations applied."""
     conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)

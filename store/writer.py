@@ -292,6 +292,17 @@ class StoreWriter:
                 conn.executemany(_FINDING_INSERT, ops.findings)
             if ops.signals:
                 conn.executemany(_insert("consent_signals", list(ops.signals[0])), ops.signals)
+            touched = dict.fromkeys(
+                [row["uid"] for row in ops.inserts]
+                + [row["uid"] for row in ops.answers]
+                + [row["uid"] for row in ops.consent]
+                + [row["delivery_uid"] for row in ops.findings if row["delivery_uid"]]
+            )
+            if touched:
+                start = self._next_seq(conn)
+                conn.executemany(
+                    "UPDATE deliveries SET seq = ? WHERE uid = ?", [(start + i, uid) for i, uid in enumerate(touched)]
+                )
             if ops.visitors:
                 rows = list(ops.visitors.values())
                 columns = list(rows[0])
@@ -299,6 +310,11 @@ class StoreWriter:
                 conn.executemany(
                     f"{_insert('visitors', columns)} ON CONFLICT(run, visitor) DO UPDATE SET {updates}", rows
                 )
+
+    @staticmethod
+    def _next_seq(conn: sqlite3.Connection) -> int:
+        # Read inside the write transaction: another writer (an import) cannot interleave.
+        return int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()[0])
 
     def _write_resilient(self, ops: StoreOps) -> None:
         """Write a batch; a row SQLite refuses is skipped alone; a database problem raises _Blocked."""

@@ -1,0 +1,113 @@
+"""Export deliveries as HAR 1.2, JSON lines or CSV: for browsers' dev tools, scripts and spreadsheets."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+FORMATS = {"har": "application/json", "jsonl": "application/x-ndjson", "csv": "text/csv"}
+CSV_COLUMNS = (
+    "id", "run", "kind", "verdict", "method", "url", "schema", "status_code", "duration_ms",
+    "sent_at", "visitor", "consent", "error", "findings",
+)  # fmt: skip
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts is not None else None
+
+
+def _har_headers(headers: list[list[str]]) -> list[dict[str, str]]:
+    return [{"name": name, "value": value} for name, value in headers]
+
+
+def _har_entry(item: dict[str, Any]) -> dict[str, Any]:
+    request, response = item["request"], item["response"]
+    req_body = request["body"]
+    entry: dict[str, Any] = {
+        "startedDateTime": _iso(item["sent_at"]),
+        "time": item["duration_ms"] or 0,
+        "request": {
+            "method": item["method"],
+            "url": item["url"],
+            "httpVersion": "HTTP/1.1",
+            "headers": _har_headers(request["headers"]),
+            "queryString": [],
+            "cookies": [],
+            "headersSize": -1,
+            "bodySize": req_body["size"] or 0,
+        },
+        "response": {
+            "status": item["status_code"] or 0,
+            "statusText": "",
+            "httpVersion": "HTTP/1.1",
+            "headers": _har_headers(response["headers"]) if response else [],
+            "cookies": [],
+            "content": {"size": 0, "mimeType": ""},
+            "redirectURL": "",
+            "headersSize": -1,
+            "bodySize": -1,
+        },
+        "cache": {},
+        "timings": {"send": 0, "wait": item["duration_ms"] or 0, "receive": 0},
+        "_clickwatch": {
+            key: item[key] for key in ("id", "run", "kind", "verdict", "visitor", "consent", "error", "findings")
+        },
+    }
+    if req_body["text"] is not None:
+        mime = next((v for k, v in request["headers"] if k.lower() == "content-type"), "")
+        post: dict[str, Any] = {"mimeType": mime, "text": req_body["text"]}
+        if req_body["kind"] == "binary":
+            post["encoding"] = "base64"
+        entry["request"]["postData"] = post
+    if response:
+        body = response["body"]
+        mime = next((v for k, v in response["headers"] if k.lower() == "content-type"), "")
+        content: dict[str, Any] = {"size": body["size"] or 0, "mimeType": mime}
+        if body["text"] is not None:
+            content["text"] = body["text"]
+            if body["kind"] == "binary":
+                content["encoding"] = "base64"
+        entry["response"]["content"] = content
+    if item["error"]:
+        entry["_error"] = item["error"]
+    return entry
+
+
+def har(items: Iterable[dict[str, Any]], version: str) -> Iterator[str]:
+    """A HAR 1.2 document, streamed in pieces."""
+    yield '{"log": {"version": "1.2", "creator": ' + json.dumps({"name": "clickwatch", "version": version})
+    yield ', "entries": ['
+    for index, item in enumerate(items):
+        yield ("," if index else "") + json.dumps(_har_entry(item), ensure_ascii=False)
+    yield "]}}\n"
+
+
+def jsonl(items: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """One JSON object per delivery per line."""
+    for item in items:
+        yield json.dumps(item, ensure_ascii=False) + "\n"
+
+
+def _csv_safe(value: Any) -> Any:
+    # Spreadsheets execute cells starting with these: captured strings are hostile input.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def csv_rows(items: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """A CSV table with one delivery per row and its findings' kinds in one cell."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    yield buffer.getvalue()
+    for item in items:
+        buffer.seek(0)
+        buffer.truncate()
+        row = {**item, "findings": " ".join(f["kind"] for f in item["findings"])}
+        writer.writerow([_csv_safe(row.get(column)) for column in CSV_COLUMNS])
+        yield buffer.getvalue()
