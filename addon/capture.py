@@ -201,7 +201,12 @@ class Clickwatch:
             if self.writer.path == path:
                 return
             self.writer.close(ctx.options.clickwatch_shutdown_timeout)
-        self.writer = StoreWriter(path, self.config, queue_size=queue_size)
+        self.writer = StoreWriter(
+            path,
+            self.config,
+            queue_size=queue_size,
+            live_counters=lambda: {"proxy_flows": self.flows_seen, "addon_errors": self.addon_errors},
+        )
         self.writer.start()
         log.info("clickwatch: storing deliveries in %s", os.path.abspath(path))
 

@@ -48,7 +48,8 @@ async def _run_proxy(args: argparse.Namespace) -> int:
 
     opts = options.Options(listen_host=args.listen_host, listen_port=args.proxy_port)
     master = DumpMaster(opts, with_termlog=not args.quiet, with_dumper=False)
-    master.addons.add(Clickwatch())
+    addon = Clickwatch()
+    master.addons.add(addon)
     try:
         opts.update(clickwatch_db=args.db, ssl_insecure=args.upstream_insecure)
         if args.set:
@@ -56,20 +57,54 @@ async def _run_proxy(args: argparse.Namespace) -> int:
     except exceptions.OptionsError as exc:
         raise UsageError(str(exc)) from None
 
+    from dashboard.main import InsecureListen
+    from dashboard.server import DashboardServer
+    from dashboard.settings import DashboardSettings
+
+    host = _url_host(args.listen_host)
+    settings = DashboardSettings(
+        db=args.db,
+        listen_host=args.listen_host,
+        dashboard_port=args.dashboard_port,
+        token=args.token,
+        proxy_url=f"http://{host}:{args.proxy_port}",
+        confdir=opts.confdir,
+    )
+    try:
+        dashboard = DashboardServer(settings, live_writer=lambda: addon.writer)
+    except InsecureListen as exc:
+        raise UsageError(str(exc)) from None
+    dashboard.start()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     confdir = os.path.expanduser(opts.confdir)
-    print(f"clickwatch proxy:   http://{args.listen_host}:{args.proxy_port}", flush=True)
-    print(f"clickwatch store:   {os.path.abspath(args.db)}", flush=True)
+    print(f"clickwatch proxy:   http://{host}:{args.proxy_port}", flush=True)
+    print(f"dashboard:          http://{host}:{args.dashboard_port}/", flush=True)
+    print(f"store:              {os.path.abspath(args.db)}", flush=True)
     print(f"CA certificate:     {os.path.join(confdir, 'mitmproxy-ca-cert.pem')}", flush=True)
-    await master.run()
+    try:
+        await master.run()
+    finally:
+        dashboard.stop()
     return 0
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
+    from dashboard.settings import is_loopback
+
     _check_db_path(args.db)
+    if not is_loopback(args.listen_host) and not args.token:
+        raise UsageError(
+            f"listening on {args.listen_host} exposes captured traffic: give --token (or CLICKWATCH_TOKEN)"
+        )
     _check_port_free(args.listen_host, args.proxy_port)
+    _check_port_free(args.listen_host, args.dashboard_port)
     return asyncio.run(_run_proxy(args))
 
 
@@ -87,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the capturing proxy")
     up.add_argument("--proxy-port", type=int, default=8080, help="port of the proxy (default 8080)")
+    up.add_argument(
+        "--dashboard-port", type=int, default=8000, help="port of the dashboard, API and metrics (default 8000)"
+    )
+    up.add_argument(
+        "--token",
+        default=os.environ.get("CLICKWATCH_TOKEN"),
+        help="access token for the dashboard and API; required when listening beyond loopback",
+    )
     up.add_argument("--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     up.add_argument("--db", default="clickwatch.db", help="SQLite store (default ./clickwatch.db)")
     up.add_argument(

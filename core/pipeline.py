@@ -24,6 +24,7 @@ class StoreOps:
     findings: list[dict[str, Any]] = field(default_factory=list)
     signals: list[dict[str, Any]] = field(default_factory=list)
     visitors: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    counters: list[dict[str, Any]] = field(default_factory=list)
 
     def extend(self, other: StoreOps) -> None:
         """Append another batch's operations after this one's."""
@@ -33,6 +34,7 @@ class StoreOps:
         self.findings.extend(other.findings)
         self.signals.extend(other.signals)
         self.visitors.update(other.visitors)
+        self.counters = other.counters or self.counters
 
     def __len__(self) -> int:
         return (
@@ -42,6 +44,7 @@ class StoreOps:
             + len(self.findings)
             + len(self.signals)
             + len(self.visitors)
+            + len(self.counters)
         )
 
 

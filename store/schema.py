@@ -7,6 +7,8 @@ import sqlite3
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from store import metrics_schema
+
 migrations = Migrations("clickwatch")
 
 
@@ -161,6 +163,11 @@ def _change_sequence(db: sqlite_utils.Database) -> None:
     db["deliveries"].add_column("seq", int)  # type: ignore[union-attr]
     db.execute("UPDATE deliveries SET seq = id")
     db["deliveries"].create_index(["seq"])  # type: ignore[union-attr]
+
+
+@migrations(name="0006_metric_totals")
+def _metric_totals(db: sqlite_utils.Database) -> None:
+    db.executescript(metrics_schema.script())
 
 
 def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:

@@ -10,12 +10,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import sqlite_utils
 
 from core.config import Config
 from core.model import Answer
 from core.pipeline import Observation, Pipeline, StoreOps
+from store.metrics_schema import COUNTERS
 from store.schema import open_database
 
 log = logging.getLogger("clickwatch.store")
@@ -80,6 +82,8 @@ def _singles(ops: StoreOps) -> Iterator[StoreOps]:
             yield single
     for key, row in ops.visitors.items():
         yield StoreOps(visitors={key: row})
+    if ops.counters:
+        yield StoreOps(counters=ops.counters)
 
 
 class StoreWriter:
@@ -94,6 +98,7 @@ class StoreWriter:
         batch_size: int = 500,
         retry_max_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
+        live_counters: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.path = path
         self.pipeline = Pipeline(config)
@@ -109,6 +114,9 @@ class StoreWriter:
         self._last_drop_log = 0.0
         self._next_evaluation = 0.0
         self._answers_overflow: deque[Answer] = deque()
+        # Process-lifetime counts from the proxy (flows, addon errors), added to what earlier runs stored.
+        self._live_counters = live_counters or (lambda: {})
+        self._counter_base: dict[str, float] | None = None
 
     @property
     def config(self) -> Config:
@@ -123,6 +131,12 @@ class StoreWriter:
     def queue_depth(self) -> int:
         """Observations waiting to be written (not counting a batch being retried)."""
         return self._queue.qsize()
+
+    def metric_counters(self) -> dict[str, float]:
+        """Cumulative counters across restarts: what earlier processes stored plus this process's counts."""
+        live = {"proxy_flows": 0, "addon_errors": 0, **self._live_counters(), "store_dropped": self.stats.dropped}
+        base = self._counter_base or {}
+        return {name: base.get(name, 0.0) + float(live.get(name, 0)) for name in COUNTERS}
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -192,6 +206,7 @@ class StoreWriter:
                 if self._stopping.is_set() and self._queue.empty() and not self._answers_overflow and not final_done:
                     # Shutdown decides what still waited on a window: no later evidence will come.
                     ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock(), final=True)))
+                    ops.counters = self._counter_rows()
                     final_done = True
                 if not ops:
                     ops = None
@@ -245,7 +260,19 @@ class StoreWriter:
         if time.monotonic() >= self._next_evaluation:
             self._next_evaluation = time.monotonic() + EVALUATE_EVERY_SECONDS
             ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock())))
+            ops.counters = self._counter_rows()
         return ops, count
+
+    def _counter_rows(self) -> list[dict[str, Any]]:
+        if self._counter_base is None:
+            return []  # not connected yet: the base is unknown, and writing would lose earlier runs' counts
+        now = time.time()
+        values = self.metric_counters()
+        rows = [{"name": name, "value": value, "updated_at": now} for name, value in values.items()]
+        rows.append(
+            {"name": "store_queue_depth", "value": float(self.queue_depth + self.stats.held), "updated_at": now}
+        )
+        return rows
 
     def _guarded(self, step: Callable[[], StoreOps]) -> StoreOps:
         try:
@@ -267,9 +294,12 @@ class StoreWriter:
                         "WHERE verdict = 'pending'",
                         (STALE_PENDING_ERROR,),
                     )
+                stored = dict(db.conn.execute("SELECT name, value FROM metric_counters").fetchall())
             except sqlite3.Error:
                 db.conn.close()
                 raise
+            if self._counter_base is None:
+                self._counter_base = {name: float(stored.get(name, 0.0)) for name in COUNTERS}
             self._db = db
         return self._db
 
@@ -302,6 +332,12 @@ class StoreWriter:
                 start = self._next_seq(conn)
                 conn.executemany(
                     "UPDATE deliveries SET seq = ? WHERE uid = ?", [(start + i, uid) for i, uid in enumerate(touched)]
+                )
+            if ops.counters:
+                conn.executemany(
+                    "INSERT INTO metric_counters (name, value, updated_at) VALUES (:name, :value, :updated_at) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    ops.counters,
                 )
             if ops.visitors:
                 rows = list(ops.visitors.values())

@@ -39,8 +39,10 @@ def listening(port: int) -> bool:
 
 
 def test_up_captures_through_the_in_process_addon_and_stops_cleanly(tmp_path: Path, upstream: Upstream) -> None:
-    port = free_port()
-    process = start(tmp_path, "--proxy-port", str(port), "--set", f"confdir={tmp_path / 'mitm'}")
+    port, dashboard = free_port(), free_port()
+    process = start(
+        tmp_path, "--proxy-port", str(port), "--dashboard-port", str(dashboard), "--set", f"confdir={tmp_path / 'mitm'}"
+    )
     try:
         wait_until(lambda: listening(port) or process.poll() is not None, 20, "proxy listening")
         assert process.poll() is None, process.communicate()
@@ -51,6 +53,12 @@ def test_up_captures_through_the_in_process_addon_and_stops_cleanly(tmp_path: Pa
                 headers={"hybris-schema": "context/commerce/ProductView", "consent-reference": "cr"},
             )
         assert answer.status_code == 201
+        with httpx.Client(base_url=f"http://127.0.0.1:{dashboard}", timeout=10, trust_env=False) as api:
+            assert api.get("/healthz").status_code == 200
+            items = wait_until(
+                lambda: api.get("/api/deliveries").json()["items"], 10, "the delivery in the dashboard's API"
+            )
+            assert items[0]["verdict"] == "delivered"
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=20)
     finally:
@@ -58,6 +66,7 @@ def test_up_captures_through_the_in_process_addon_and_stops_cleanly(tmp_path: Pa
             process.kill()
     assert process.returncode == 0, err
     assert f"http://127.0.0.1:{port}" in out
+    assert f"http://127.0.0.1:{dashboard}/" in out
     assert "mitmproxy-ca-cert.pem" in out
     conn = sqlite3.connect(tmp_path / "cw.db")
     rows = conn.execute("SELECT kind, verdict, status_code FROM deliveries").fetchall()
@@ -122,6 +131,19 @@ def test_bad_set_option_is_a_one_line_error_with_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "tenant host" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_listening_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(CLICKWATCH), "up", "--listen-host", "0.0.0.0", "--db", str(tmp_path / "cw.db")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert "--token" in result.stderr
 
 
 def test_addon_path_points_at_the_loadable_script() -> None:

@@ -1,0 +1,55 @@
+"""Assembles the dashboard: settings, security, routers, static files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Response
+from fastapi.staticfiles import StaticFiles
+
+from core import __version__
+from dashboard import pages
+from dashboard.metrics import StoreCollector, registry_for, render
+from dashboard.routes import api, health
+from dashboard.security import token_guard
+from dashboard.settings import DashboardSettings
+from store.writer import StoreWriter
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class InsecureListen(ValueError):
+    """Listening beyond loopback without an access token."""
+
+
+def create_app(
+    settings: DashboardSettings | None = None, live_writer: Callable[[], StoreWriter | None] | None = None
+) -> FastAPI:
+    """The dashboard application for one store; `live_writer` gives in-process proxy numbers to the metrics."""
+    settings = settings or DashboardSettings()
+    if settings.needs_token() and not settings.token:
+        raise InsecureListen(
+            f"listening on {settings.listen_host} exposes captured traffic: set an access token "
+            "(--token or CLICKWATCH_TOKEN), or listen on 127.0.0.1"
+        )
+    app = FastAPI(
+        title="clickwatch",
+        version=__version__,
+        description="Deliveries of SAP Intelligent Selling Services tracking calls, their verdicts and findings.",
+    )
+    app.state.settings = settings
+    if settings.token:
+        app.middleware("http")(token_guard(settings.token))
+    registry = registry_for(StoreCollector(settings.db, live_writer))
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        body, content_type = render(registry)
+        return Response(body, media_type=content_type)
+
+    app.include_router(health.router)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

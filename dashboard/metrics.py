@@ -1,0 +1,163 @@
+"""Prometheus metrics read from the store at scrape time: true across restarts, cheap on a huge store."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from core import __version__
+from core.config import BUILTIN_SCHEMAS
+from core.findings import FindingKind, Severity
+from core.model import Kind
+from store import reader
+from store.metrics_schema import COUNTERS, DURATION_BUCKETS, FINAL_VERDICTS
+from store.writer import StoreWriter
+
+OTHER_SCHEMA = "other"
+_COUNTER_HELP = {
+    "proxy_flows": "HTTP flows through the proxy, tracked or not (traffic without deliveries means nothing is tracked)",
+    "store_dropped": "Observations dropped because the store queue was full while the database was unwritable",
+    "addon_errors": "Exceptions inside the clickwatch addon (each logged; the flow went on untouched)",
+}
+
+
+class StoreCollector(Collector):
+    """Builds every clickwatch metric from the store's trigger-kept totals (and live proxy numbers if in-process)."""
+
+    def __init__(
+        self,
+        db: str,
+        live_writer: Callable[[], StoreWriter | None] | None = None,
+        schemas: Iterable[str] = BUILTIN_SCHEMAS,
+    ) -> None:
+        self.db = db
+        self.live_writer = live_writer or (lambda: None)
+        self.schemas = sorted(schemas)
+
+    def collect(self) -> Iterator[Metric]:
+        build = GaugeMetricFamily("clickwatch_build_info", "clickwatch version", labels=["version"])
+        build.add_metric([__version__], 1.0)
+        yield build
+        try:
+            conn = reader.connect(self.db)
+        except reader.StoreUnavailable:
+            conn = None
+        try:
+            yield from self._families(conn)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _rows(self, conn: sqlite3.Connection | None, sql: str) -> list[sqlite3.Row]:
+        if conn is None:
+            return []
+        try:
+            return conn.execute(sql).fetchall()
+        except sqlite3.Error:
+            return []  # an older store without metric tables: the zeros still describe it
+
+    def _families(self, conn: sqlite3.Connection | None) -> Iterator[Metric]:
+        kinds = [k.value for k in Kind]
+        totals = {(r["kind"], r["verdict"]): r for r in self._rows(conn, "SELECT * FROM metric_deliveries")}
+        deliveries = CounterMetricFamily(
+            "clickwatch_deliveries", "Tracking calls by kind and final verdict", labels=["kind", "verdict"]
+        )
+        last = GaugeMetricFamily(
+            "clickwatch_last_delivery_timestamp_seconds",
+            "When the last delivery of this kind ended with this verdict (0: never)",
+            labels=["kind", "verdict"],
+        )
+        for kind in kinds:
+            for verdict in FINAL_VERDICTS:
+                row = totals.get((kind, verdict))
+                deliveries.add_metric([kind, verdict], float(row["n"]) if row else 0.0)
+                last.add_metric([kind, verdict], float(row["last_at"] or 0.0) if row else 0.0)
+        yield deliveries
+        yield last
+
+        pending_rows = self._rows(
+            conn, "SELECT kind, SUM(n) AS n FROM delivery_counts WHERE verdict = 'pending' GROUP BY kind"
+        )
+        pending_by_kind = {r["kind"]: r["n"] for r in pending_rows}
+        pending = GaugeMetricFamily(
+            "clickwatch_deliveries_pending", "Tracking calls sent, not answered yet", labels=["kind"]
+        )
+        for kind in kinds:
+            pending.add_metric([kind], float(pending_by_kind.get(kind, 0)))
+        yield pending
+
+        events: dict[tuple[str, str], float] = {
+            (s, v): 0.0 for s in [*self.schemas, OTHER_SCHEMA] for v in FINAL_VERDICTS
+        }
+        for row in self._rows(conn, "SELECT * FROM metric_events"):
+            schema = row["schema_name"] if row["schema_name"] in self.schemas else OTHER_SCHEMA
+            if (schema, row["verdict"]) in events:
+                events[(schema, row["verdict"])] += float(row["n"])
+        family = CounterMetricFamily(
+            "clickwatch_events", "Clickstream events by hybris-schema and final verdict", labels=["schema", "verdict"]
+        )
+        for (schema, verdict), value in events.items():
+            family.add_metric([schema, verdict], value)
+        yield family
+
+        found = {(k.value, s.value): 0.0 for k in FindingKind for s in Severity}
+        for row in self._rows(conn, "SELECT * FROM metric_findings"):
+            if (row["kind"], row["severity"]) in found:
+                found[(row["kind"], row["severity"])] = float(row["n"])
+        findings = CounterMetricFamily(
+            "clickwatch_findings", "Findings by kind and severity", labels=["finding", "severity"]
+        )
+        for (finding, severity), value in found.items():
+            findings.add_metric([finding, severity], value)
+        yield findings
+
+        buckets: dict[str, dict[float, float]] = {k: dict.fromkeys(DURATION_BUCKETS, 0.0) for k in kinds}
+        for row in self._rows(conn, "SELECT kind, le, n FROM metric_durations"):
+            le = float("inf") if row["le"] >= 1e308 else float(row["le"])
+            if row["kind"] in buckets and le in buckets[row["kind"]]:
+                buckets[row["kind"]][le] = float(row["n"])
+        sums = {r["kind"]: float(r["sum"]) for r in self._rows(conn, "SELECT kind, sum FROM metric_duration_sums")}
+        histogram = HistogramMetricFamily(
+            "clickwatch_delivery_duration_seconds",
+            "Time from request to response of answered deliveries",
+            labels=["kind"],
+        )
+        for kind in kinds:
+            histogram.add_metric(
+                [kind],
+                buckets=[("+Inf" if le == float("inf") else repr(le), n) for le, n in buckets[kind].items()],
+                sum_value=sums.get(kind, 0.0),
+            )
+        yield histogram
+
+        writer = self.live_writer()
+        stored = {r["name"]: float(r["value"]) for r in self._rows(conn, "SELECT name, value FROM metric_counters")}
+        counters = writer.metric_counters() if writer is not None else {n: stored.get(n, 0.0) for n in COUNTERS}
+        for name in COUNTERS:
+            counter = CounterMetricFamily(f"clickwatch_{name}", _COUNTER_HELP[name])
+            counter.add_metric([], counters.get(name, 0.0))
+            yield counter
+        depth = (
+            float(writer.queue_depth + writer.stats.held)
+            if writer is not None
+            else stored.get("store_queue_depth", 0.0)
+        )
+        queue = GaugeMetricFamily("clickwatch_store_queue_depth", "Observations waiting to be written to the store")
+        queue.add_metric([], depth)
+        yield queue
+
+
+def registry_for(collector: StoreCollector) -> CollectorRegistry:
+    """An explicit registry holding only clickwatch's metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The text exposition and its content type."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST

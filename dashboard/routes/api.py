@@ -1,0 +1,167 @@
+"""The JSON API: the contract scripts and CI rely on (paths and field names are fixed)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from core import __version__
+from dashboard.deps import ConnDep, FilterDep, SettingsDep
+from store import admin, export, reader
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+LimitQuery = Annotated[int, Query(ge=1, le=reader.MAX_LIMIT, description="items per page (1-500)")]
+
+
+@router.get("/deliveries", summary="Deliveries, newest first, one page at a time")
+def list_deliveries(
+    conn: ConnDep,
+    flt: FilterDep,
+    limit: LimitQuery = 50,
+    cursor: Annotated[str | None, Query(max_length=200, description="the `next` of the previous page")] = None,
+) -> dict[str, Any]:
+    try:
+        items, next_cursor = reader.list_deliveries(conn, flt, limit, cursor)
+    except reader.BadCursor as exc:
+        raise HTTPException(status_code=422, detail=f"cursor: {exc}") from None
+    return {"items": items, "next": next_cursor}
+
+
+@router.get("/deliveries/{delivery_id}", summary="One delivery with request, response or error, and findings")
+def get_delivery(conn: ConnDep, delivery_id: int) -> dict[str, Any]:
+    item = reader.get_delivery(conn, delivery_id)
+    if item is None:
+        raise HTTPException(status_code=404, detail=f"no delivery {delivery_id}")
+    return item
+
+
+@router.get("/summary", summary="Health, counts by verdict and finding, last delivered time")
+def get_summary(conn: ConnDep, flt: FilterDep) -> dict[str, Any]:
+    return reader.summary(conn, flt)
+
+
+@router.get("/visitors", summary="Visitors (browsers), most recently seen first")
+def list_visitors(
+    conn: ConnDep,
+    run: Annotated[str | None, Query(max_length=200)] = None,
+    limit: LimitQuery = 100,
+) -> dict[str, Any]:
+    return {"items": reader.list_visitors(conn, run, limit)}
+
+
+@router.get("/visitors/{visitor}", summary="A visitor's consent timeline: signals, deliveries, findings")
+def get_visitor(
+    conn: ConnDep, visitor: str, run: Annotated[str | None, Query(max_length=200)] = None
+) -> dict[str, Any]:
+    timeline = reader.visitor_timeline(conn, visitor, run)
+    if timeline is None:
+        raise HTTPException(status_code=404, detail=f"no visitor {visitor!r}")
+    return timeline
+
+
+@router.get(
+    "/stream",
+    response_class=EventSourceResponse,
+    summary="Server-Sent Events: every new or changed delivery (event id = change number)",
+)
+async def stream(
+    request: Request,
+    settings: SettingsDep,
+    flt: FilterDep,
+    after: Annotated[int | None, Query(ge=0, description="start after this change number")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    seq = _start_seq(settings.db, after, last_event_id)
+    idle = 0.0
+    while not await request.is_disconnected():
+        changes = await asyncio.to_thread(_changes, settings.db, seq, flt)
+        for item in changes:
+            seq = max(seq, int(item["seq"]))
+            yield ServerSentEvent(data=item, event="delivery", id=str(item["seq"]))
+        if changes:
+            idle = 0.0
+            continue
+        await asyncio.sleep(settings.poll_seconds)
+        idle += settings.poll_seconds
+        if idle >= 15.0:
+            idle = 0.0
+            yield ServerSentEvent(comment="keep-alive")
+
+
+def _start_seq(db: str, after: int | None, last_event_id: str | None) -> int:
+    if last_event_id:
+        try:
+            return max(0, int(last_event_id))
+        except ValueError:
+            raise HTTPException(status_code=422, detail="Last-Event-ID must be a change number") from None
+    if after is not None:
+        return after
+    try:
+        conn = reader.connect(db)
+    except reader.StoreUnavailable:
+        return 0
+    try:
+        return reader.last_seq(conn)
+    finally:
+        conn.close()
+
+
+def _changes(db: str, seq: int, flt: reader.DeliveryFilter) -> list[dict[str, Any]]:
+    try:
+        conn = reader.connect(db)
+    except reader.StoreUnavailable:
+        return []
+    try:
+        return reader.changes_after(conn, seq, flt)
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
+@router.post("/reset", summary="Remove captured data (of one run, or all)")
+def reset(settings: SettingsDep, run: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
+    try:
+        removed = admin.reset(settings.db, run)
+    except sqlite3.Error as exc:
+        raise HTTPException(status_code=503, detail=f"store not writable: {exc}") from None
+    return {"removed": removed, "run": run}
+
+
+@router.get("/export", summary="Download deliveries as HAR, JSON lines or CSV")
+def export_deliveries(
+    settings: SettingsDep,
+    flt: FilterDep,
+    format: Annotated[str, Query(pattern="^(har|jsonl|csv)$", description="har, jsonl or csv")] = "jsonl",
+) -> StreamingResponse:
+    try:
+        conn = reader.connect(settings.db)
+    except reader.StoreUnavailable as exc:
+        raise HTTPException(status_code=503, detail=f"store unavailable: {exc}") from None
+
+    def body() -> Iterator[str]:
+        try:
+            items = reader.iter_deliveries(conn, flt)
+            if format == "har":
+                yield from export.har(items, __version__)
+            elif format == "csv":
+                yield from export.csv_rows(items)
+            else:
+                yield from export.jsonl(items)
+        finally:
+            conn.close()
+
+    filename = f"clickwatch{'-' + flt.run if flt.run else ''}.{format}"
+    safe_name = "".join(c if c.isalnum() or c in "-._" else "_" for c in filename)
+    return StreamingResponse(
+        body(),
+        media_type=export.FORMATS[format],
+        headers={"Content-Disposition": f'attachment; filename="{safe_name}"'},
+    )

@@ -1,0 +1,58 @@
+/* clickwatch pages: shared helpers. No framework, no build step; data only ever goes into textContent. */
+(function () {
+  "use strict";
+
+  function pad(n, width) {
+    var s = String(n);
+    while (s.length < width) s = "0" + s;
+    return s;
+  }
+
+  /* Epoch seconds -> local 'HH:MM:SS.mmm', with the date in front unless it is today. */
+  function formatTime(ts) {
+    var d = new Date(ts * 1000);
+    var clock = pad(d.getHours(), 2) + ":" + pad(d.getMinutes(), 2) + ":" + pad(d.getSeconds(), 2) +
+      "." + pad(d.getMilliseconds(), 3);
+    var now = new Date();
+    if (d.toDateString() === now.toDateString()) return clock;
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1, 2) + "-" + pad(d.getDate(), 2) + " " + clock;
+  }
+
+  function isoTime(ts) {
+    return new Date(ts * 1000).toISOString();
+  }
+
+  /* Server-rendered times are UTC (readable without script); show them in the viewer's time zone. */
+  function localizeTimes(root) {
+    var times = (root || document).querySelectorAll("time[datetime]");
+    for (var i = 0; i < times.length; i++) {
+      var ms = Date.parse(times[i].getAttribute("datetime"));
+      if (!isNaN(ms)) times[i].textContent = formatTime(ms / 1000);
+    }
+  }
+
+  /* Filter forms: leave empty fields out of the URL, and apply a select as soon as it changes. */
+  function tidyFilterForms() {
+    var forms = document.querySelectorAll("form.filters");
+    for (var i = 0; i < forms.length; i++) {
+      var form = forms[i];
+      form.addEventListener("submit", function (event) {
+        var fields = event.target.elements;
+        for (var j = 0; j < fields.length; j++) {
+          if (fields[j].name && fields[j].value === "") fields[j].disabled = true;
+        }
+      });
+      var selects = form.querySelectorAll("select");
+      for (var k = 0; k < selects.length; k++) {
+        selects[k].addEventListener("change", function (event) {
+          event.target.form.requestSubmit();
+        });
+      }
+    }
+  }
+
+  window.clickwatch = { formatTime: formatTime, isoTime: isoTime, localizeTimes: localizeTimes };
+
+  localizeTimes(document);
+  tidyFilterForms();
+})();

@@ -1,0 +1,197 @@
+/* Live events: follow /api/stream (Server-Sent Events) and keep the table and the health banner current.
+   Captured values are hostile: rows are built with createElement/textContent only, never innerHTML. */
+(function () {
+  "use strict";
+
+  var root = document.getElementById("live");
+  if (!root || root.getAttribute("data-live") !== "1") return;
+  var cw = window.clickwatch;
+  var tbody = document.getElementById("rows");
+  var empty = document.getElementById("empty");
+  var conn = document.getElementById("conn");
+  var query = root.getAttribute("data-query") || "";
+  var limit = Number(root.getAttribute("data-limit")) || 500;
+  var hasOlder = document.querySelector(".pager") !== null;
+  var lastSeq = Number(root.getAttribute("data-after")) || 0;
+  var source = null;
+  var summaryTimer = null;
+
+  function token(value) {
+    /* Class names come from fixed vocabularies; anything else is shown as 'unknown'. */
+    return /^[a-z_]{1,40}$/.test(String(value)) ? String(value) : "unknown";
+  }
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function cell(className, child) {
+    var td = el("td", className);
+    if (child) td.appendChild(typeof child === "string" ? document.createTextNode(child) : child);
+    return td;
+  }
+
+  function muted(text) {
+    return el("span", "muted", text);
+  }
+
+  function timeNode(ts) {
+    if (ts === null || ts === undefined) return muted("—");
+    var node = el("time", null, cw.formatTime(ts));
+    node.dateTime = cw.isoTime(ts);
+    node.title = cw.isoTime(ts);
+    return node;
+  }
+
+  function duration(ms) {
+    if (ms === null || ms === undefined) return "—";
+    return ms < 1000 ? ms.toFixed(0) + " ms" : (ms / 1000).toFixed(2) + " s";
+  }
+
+  function statusNode(item) {
+    if (item.status_code !== null && item.status_code !== undefined) return document.createTextNode(String(item.status_code));
+    if (item.error) {
+      var span = el("span", "status-error", "error");
+      span.title = String(item.error);
+      return span;
+    }
+    return muted("—");
+  }
+
+  /* The same markup as the row macro in templates/macros.html. */
+  function buildRow(item) {
+    var tr = el("tr");
+    tr.setAttribute("data-id", String(Number(item.id)));
+    tr.setAttribute("data-seq", String(Number(item.seq)));
+    tr.setAttribute("data-sent", String(Number(item.sent_at)));
+
+    var link = el("a");
+    link.href = "/deliveries/" + Number(item.id);
+    link.appendChild(timeNode(item.sent_at));
+    tr.appendChild(cell("col-time", link));
+    tr.appendChild(cell("col-kind", String(item.kind) + (item.target_kind ? " → " + String(item.target_kind) : "")));
+    tr.appendChild(cell("col-schema", item.schema_name ? String(item.schema_name) : muted("—")));
+    tr.appendChild(cell("col-verdict", el("span", "verdict verdict-" + token(item.verdict), item.verdict)));
+    tr.appendChild(cell("col-status num", statusNode(item)));
+    tr.appendChild(cell("col-duration num", duration(item.duration_ms)));
+
+    var visitor = el("a", "mono", item.visitor);
+    visitor.href = "/visitors/" + encodeURIComponent(String(item.visitor));
+    visitor.title = item.client_addr ? String(item.client_addr) : "";
+    tr.appendChild(cell("col-visitor", visitor));
+
+    var findings = cell("col-findings");
+    (item.findings || []).forEach(function (f) {
+      var badge = el("span", "badge sev-" + token(f.severity), f.kind);
+      badge.title = String(f.severity) + ": " + String(f.message);
+      findings.appendChild(badge);
+    });
+    tr.appendChild(findings);
+    return tr;
+  }
+
+  function newerThan(item, row) {
+    var sent = Number(row.getAttribute("data-sent"));
+    return item.sent_at > sent || (item.sent_at === sent && item.id > Number(row.getAttribute("data-id")));
+  }
+
+  function upsert(item) {
+    var existing = tbody.querySelector('tr[data-id="' + Number(item.id) + '"]');
+    var row = buildRow(item);
+    if (existing) {
+      if (Number(existing.getAttribute("data-seq")) > Number(item.seq)) return;
+      row.className = "changed";
+      tbody.replaceChild(row, existing);
+      return;
+    }
+    // Newest first: a new delivery lands on top; a late change to an older one lands where it belongs.
+    var before = null;
+    for (var i = 0; i < tbody.rows.length; i++) {
+      if (newerThan(item, tbody.rows[i])) {
+        before = tbody.rows[i];
+        break;
+      }
+    }
+    if (!before && hasOlder) return; // it belongs on an older page
+    row.className = "fresh";
+    tbody.insertBefore(row, before);
+    while (tbody.rows.length > limit) {
+      tbody.deleteRow(tbody.rows.length - 1);
+      hasOlder = true;
+    }
+    empty.hidden = true;
+  }
+
+  function setConn(state, text) {
+    if (!conn) return;
+    conn.className = "conn conn-" + state;
+    conn.textContent = text;
+  }
+
+  function applySummary(s) {
+    var counts = s.deliveries || {};
+    var total = 0;
+    Object.keys(counts).forEach(function (k) { total += Number(counts[k]) || 0; });
+    var state = total === 0 ? "waiting" : (s.healthy ? "healthy" : "failing");
+    var banner = document.getElementById("health");
+    banner.className = "health health-" + state;
+    document.getElementById("health-word").textContent =
+      { waiting: "Waiting for traffic", healthy: "Healthy", failing: "Failing" }[state];
+    var cells = banner.querySelectorAll("[data-count]");
+    for (var i = 0; i < cells.length; i++) {
+      cells[i].textContent = String(Number(counts[cells[i].getAttribute("data-count")]) || 0);
+    }
+    var sev = banner.querySelectorAll("[data-severity]");
+    for (var j = 0; j < sev.length; j++) {
+      sev[j].textContent = String(Number((s.severities || {})[sev[j].getAttribute("data-severity")]) || 0);
+    }
+    var last = document.getElementById("health-last");
+    last.replaceChildren(timeNode(s.last_delivered_at));
+  }
+
+  function refreshSummary() {
+    summaryTimer = null;
+    fetch("/api/summary" + (query ? "?" + query : ""), { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (s) { if (s) applySummary(s); })
+      .catch(function () { /* the next event tries again */ });
+  }
+
+  function scheduleSummary() {
+    // At most one summary request per half second, however fast events arrive.
+    if (summaryTimer === null) summaryTimer = window.setTimeout(refreshSummary, 500);
+  }
+
+  function connect() {
+    var params = new URLSearchParams(query);
+    params.set("after", String(lastSeq));
+    source = new EventSource("/api/stream?" + params.toString());
+    source.addEventListener("open", function () { setConn("live", "live"); });
+    source.addEventListener("delivery", function (event) {
+      var item;
+      try {
+        item = JSON.parse(event.data);
+      } catch (e) {
+        return;
+      }
+      var seq = Number(event.lastEventId);
+      if (seq > lastSeq) lastSeq = seq;
+      upsert(item);
+      scheduleSummary();
+    });
+    source.addEventListener("error", function () {
+      // EventSource retries by itself, sending Last-Event-ID; once it gives up (an HTTP error), start over.
+      if (source.readyState === EventSource.CLOSED) {
+        setConn("off", "disconnected, retrying…");
+        window.setTimeout(connect, 5000);
+      } else {
+        setConn("connecting", "reconnecting…");
+      }
+    });
+  }
+
+  connect();
+})();

@@ -1,0 +1,128 @@
+"""A real store, filled through the real writer and Judge, for the dashboard's tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.config import Config
+from core.model import Answer, Kind, RequestSeen, StorefrontSeen
+from dashboard.main import create_app
+from dashboard.settings import DashboardSettings
+from store.writer import StoreWriter
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) dashboard-test"
+T0 = 1_790_000_000.0
+
+
+@dataclass
+class StoreBuilder:
+    """Writes observations through the real pipeline; `close()` flushes and decides open windows."""
+
+    writer: StoreWriter
+    path: Path
+    count: int = 0
+
+    def event(
+        self,
+        *,
+        at: float,
+        status: int | None = 201,
+        schema: str = "ProductView",
+        body: object | None = None,
+        run: str = "default",
+        ua: str = UA,
+        ip: str = "127.0.0.1",
+        path: str = "/edge/clickstreamEvents",
+        headers: tuple[tuple[str, str], ...] = (),
+        duration: float = 0.05,
+        kind: Kind = Kind.CLICKSTREAM,
+        error: str | None = None,
+    ) -> str:
+        self.count += 1
+        uid = f"uid{self.count:06d}"
+        payload = json.dumps(body if body is not None else {"productSku": str(self.count)}).encode()
+        self.writer.submit(
+            RequestSeen(
+                uid=uid,
+                run=run,
+                kind=kind,
+                target=Kind.CLICKSTREAM if kind is Kind.PREFLIGHT else None,
+                method="OPTIONS" if kind is Kind.PREFLIGHT else "POST",
+                url=f"https://acme.api.us.context.cloud.sap{path}",
+                host="acme.api.us.context.cloud.sap",
+                path=path,
+                client_addr=ip,
+                user_agent=ua,
+                headers=(
+                    ("hybris-schema", f"context/commerce/{schema}"),
+                    ("consent-reference", "cr-1"),
+                    ("content-type", "application/json"),
+                    ("Authorization", "Bearer secret-token-value"),
+                    *headers,
+                ),
+                raw_body=payload,
+                sent_at=at,
+            )
+        )
+        if status is not None or error is not None:
+            self.writer.submit(
+                Answer(
+                    uid=uid,
+                    kind=kind,
+                    sent_at=at,
+                    ended_at=at + duration,
+                    status_code=status,
+                    headers=(("content-type", "application/json"),) if status else (),
+                    raw_body=b'{"ok":true}' if status else b"",
+                    error=error,
+                )
+            )
+        return uid
+
+    def page(self, *, at: float, consent: str | None = "GIVEN", run: str = "default", ua: str = UA) -> None:
+        cookie = ""
+        if consent is not None:
+            value = json.dumps([{"templateCode": "PROFILE", "templateVersion": 1, "consentState": consent}])
+            cookie = "anonymous-consents=" + value.replace('"', "%22").replace(",", "%2C")
+        self.writer.submit(
+            StorefrontSeen(
+                run=run,
+                client_addr="127.0.0.1",
+                user_agent=ua,
+                request_at=at,
+                response_at=at + 0.01,
+                cookie=cookie,
+                anonymous_consents_header=None,
+                set_cookies=(),
+                page_load=True,
+            )
+        )
+
+    def close(self) -> None:
+        assert self.writer.close()
+
+
+@pytest.fixture
+def store_builder(tmp_path: Path) -> Callable[..., StoreBuilder]:
+    def build(config: Config | None = None) -> StoreBuilder:
+        path = tmp_path / "cw.db"
+        writer = StoreWriter(str(path), config, clock=lambda: T0 + 3600)
+        writer.start()
+        return StoreBuilder(writer, path)
+
+    return build
+
+
+@pytest.fixture
+def client_for(tmp_path: Path) -> Callable[..., TestClient]:
+    def make(path: Path, **settings: object) -> TestClient:
+        values: dict[str, object] = {"db": str(path), "confdir": str(tmp_path / "mitm"), **settings}
+        return TestClient(create_app(DashboardSettings(**values)))  # type: ignore[arg-type]
+
+    return make

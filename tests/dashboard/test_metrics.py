@@ -1,0 +1,116 @@
+"""Prometheus metrics: fixed label sets from the start, true values, and counters that survive restarts and resets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from core.findings import FindingKind, Severity
+from core.model import Kind
+from store.writer import StoreWriter
+from tests.dashboard.conftest import T0, StoreBuilder
+
+
+def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def test_every_label_combination_exists_at_zero_on_an_empty_store(
+    store_builder: Callable[..., StoreBuilder], client_for: Callable[..., TestClient]
+) -> None:
+    store = store_builder()
+    store.close()
+    samples = scrape(client_for(store.path))
+    for kind in Kind:
+        for verdict in ("delivered", "rejected", "failed"):
+            assert value(samples, "clickwatch_deliveries_total", kind=kind.value, verdict=verdict) == 0
+            assert value(samples, "clickwatch_last_delivery_timestamp_seconds", kind=kind.value, verdict=verdict) == 0
+        assert value(samples, "clickwatch_delivery_duration_seconds_count", kind=kind.value) == 0
+        assert value(samples, "clickwatch_delivery_duration_seconds_bucket", kind=kind.value, le="+Inf") == 0
+    for finding in FindingKind:
+        for severity in Severity:
+            assert value(samples, "clickwatch_findings_total", finding=finding.value, severity=severity.value) == 0
+    for schema in ("ProductView", "carouselViewed", "other"):
+        assert value(samples, "clickwatch_events_total", schema=schema, verdict="delivered") == 0
+    for name in ("clickwatch_proxy_flows_total", "clickwatch_store_dropped_total", "clickwatch_addon_errors_total"):
+        assert value(samples, name) == 0
+    assert value(samples, "clickwatch_store_queue_depth") == 0
+    assert any(name == "clickwatch_build_info" for name, _ in samples)
+
+
+def test_values_follow_the_deliveries(
+    store_builder: Callable[..., StoreBuilder], client_for: Callable[..., TestClient]
+) -> None:
+    store = store_builder()
+    store.page(at=T0)
+    store.event(at=T0 + 1, duration=0.03)
+    store.event(at=T0 + 2, status=500, duration=0.3)
+    store.event(at=T0 + 3, status=None, error="reset")
+    store.event(at=T0 + 4, schema="<script>hostile</script>")
+    store.close()
+    samples = scrape(client_for(store.path))
+    assert value(samples, "clickwatch_deliveries_total", kind="clickstream", verdict="delivered") == 2
+    assert value(samples, "clickwatch_deliveries_total", kind="clickstream", verdict="rejected") == 1
+    assert value(samples, "clickwatch_deliveries_total", kind="clickstream", verdict="failed") == 1
+    assert value(samples, "clickwatch_events_total", schema="ProductView", verdict="delivered") == 1
+    assert value(samples, "clickwatch_events_total", schema="other", verdict="delivered") == 1
+    assert value(samples, "clickwatch_findings_total", finding="unknown_schema", severity="error") == 1
+    assert value(samples, "clickwatch_delivery_duration_seconds_count", kind="clickstream") == 3
+    assert value(samples, "clickwatch_delivery_duration_seconds_bucket", kind="clickstream", le="0.05") == 2
+    assert value(samples, "clickwatch_delivery_duration_seconds_bucket", kind="clickstream", le="0.5") == 3
+    assert abs(value(samples, "clickwatch_delivery_duration_seconds_sum", kind="clickstream") - 0.38) < 1e-6
+    last = value(samples, "clickwatch_last_delivery_timestamp_seconds", kind="clickstream", verdict="delivered")
+    assert abs(last - (T0 + 4.05)) < 1e-6
+    # No label carries a captured value: URLs, visitors and hostile schemas never become label values.
+    assert not any("hostile" in str(labels) or "http" in str(labels) for _, labels in samples)
+
+
+def test_counters_survive_a_restart_and_a_reset(tmp_path: Path, client_for: Callable[..., TestClient]) -> None:
+    path = tmp_path / "cw.db"
+    flows = {"proxy_flows": 0, "addon_errors": 0}
+    for run in range(2):
+        writer = StoreWriter(str(path), live_counters=lambda: dict(flows))
+        writer.start()
+        flows["proxy_flows"], flows["addon_errors"] = 10, 1  # this process's own counts
+        store = StoreBuilder(writer, path, count=run * 100)
+        store.event(at=T0 + run)
+        store.close()
+    client = client_for(path)
+    samples = scrape(client)
+    assert value(samples, "clickwatch_deliveries_total", kind="clickstream", verdict="delivered") == 2
+    assert value(samples, "clickwatch_proxy_flows_total") == 20
+    assert value(samples, "clickwatch_addon_errors_total") == 2
+    assert client.post("/api/reset").json()["removed"] == 2
+    after = scrape(client)
+    assert value(after, "clickwatch_deliveries_total", kind="clickstream", verdict="delivered") == 2
+    assert value(after, "clickwatch_proxy_flows_total") == 20
+
+
+def test_an_in_process_dashboard_reads_the_live_writer(tmp_path: Path) -> None:
+    from dashboard.main import create_app
+    from dashboard.settings import DashboardSettings
+
+    writer = StoreWriter(str(tmp_path / "cw.db"), live_counters=lambda: {"proxy_flows": 7})
+    writer.stats.dropped = 3
+    writer.start()
+    try:
+        client = TestClient(create_app(DashboardSettings(db=str(tmp_path / "cw.db")), live_writer=lambda: writer))
+        samples = scrape(client)
+        assert value(samples, "clickwatch_proxy_flows_total") == 7
+        assert value(samples, "clickwatch_store_dropped_total") == 3
+    finally:
+        writer.close()
