@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit bench clean
+.PHONY: up test system-deps lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), f"clickwatch needs Python >= 3.12, {sys.executable} is {sys.version.split()[0]}"'
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml requirements.lock
 up: $(STAMP)
 	$(BIN)/clickwatch up
 
+system-deps:
+	scripts/system-deps
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -27,7 +30,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck unit
+test: system-deps lint typecheck unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/capture_bench.py
