@@ -21,7 +21,9 @@ from core import matching
 from core.config import Config, ConfigError, load_config
 from core.consent import ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE, has_consent_cookie
 from core.model import Answer, Kind, RequestSeen, StorefrontSeen
+from core.pipeline import Notice
 from core.verdict import StatusSpecError, parse_expected
+from store.notify import WebhookError, WebhookNotifier, check_url, redact
 from store.writer import StoreWriter
 
 log = logging.getLogger("clickwatch.addon")
@@ -65,6 +67,7 @@ class Clickwatch:
         self.config = Config()
         self.patterns = self.config.patterns()
         self.writer: StoreWriter | None = None
+        self.notifier: WebhookNotifier | None = None
         self.inflight: dict[str, tuple[str, Kind, float]] = {}
         # Per browser, the consent-bearing headers last handed on: unchanged ones on assets are not re-sent.
         self._last_consent_headers: OrderedDict[tuple[str, str, str], tuple[str, str | None]] = OrderedDict()
@@ -132,6 +135,19 @@ class Clickwatch:
             "and flagged.",
         )
         loader.add_option(
+            "clickwatch_webhook",
+            str,
+            "",
+            "URL to POST a JSON notification (Slack-compatible 'text') to when a delivery is rejected or failed "
+            "or an error finding is recorded; empty means no notifications.",
+        )
+        loader.add_option(
+            "clickwatch_webhook_interval",
+            int,
+            10,
+            "Minimum seconds between two webhook notifications; what happens in between is sent together.",
+        )
+        loader.add_option(
             "clickwatch_queue_size",
             int,
             10000,
@@ -160,8 +176,30 @@ class Clickwatch:
             raise exceptions.OptionsError(
                 f"clickwatch_shutdown_timeout: must be 0 or more seconds, not {opts.clickwatch_shutdown_timeout}"
             )
+        if updated & {"clickwatch_webhook", "clickwatch_webhook_interval"}:
+            self._open_webhook(opts.clickwatch_webhook, opts.clickwatch_webhook_interval)
         if "clickwatch_db" in updated or self.writer is None:
             self._open_store(opts.clickwatch_db, opts.clickwatch_queue_size)
+
+    def _open_webhook(self, url: str, interval: int) -> None:
+        if interval < 0:
+            raise exceptions.OptionsError(f"clickwatch_webhook_interval: must be 0 or more seconds, not {interval}")
+        if url:
+            try:
+                check_url(url)
+            except WebhookError as exc:
+                raise exceptions.OptionsError(f"clickwatch_webhook: {exc}") from None
+        if self.notifier is not None:
+            self.notifier.close()
+            self.notifier = None
+        if url:
+            self.notifier = WebhookNotifier(url, min_interval=float(interval))
+            log.info("clickwatch: notifying %s", redact(url))
+
+    def _notify(self, notices: list[Notice]) -> None:
+        notifier = self.notifier
+        if notifier is not None:
+            notifier.notify(notices)
 
     def _build_config(self) -> Config:
         opts = ctx.options
@@ -206,6 +244,7 @@ class Clickwatch:
             self.config,
             queue_size=queue_size,
             live_counters=lambda: {"proxy_flows": self.flows_seen, "addon_errors": self.addon_errors},
+            on_notices=self._notify,
         )
         self.writer.start()
         log.info("clickwatch: storing deliveries in %s", os.path.abspath(path))
@@ -322,6 +361,9 @@ class Clickwatch:
         self.inflight.clear()
         self.writer.close(ctx.options.clickwatch_shutdown_timeout)
         self.writer = None
+        if self.notifier is not None:
+            self.notifier.close()
+            self.notifier = None
 
 
 def _client_ip(flow: http.HTTPFlow) -> str:

@@ -143,6 +143,11 @@ class Judge:
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out
 
+    def run_of(self, uid: str) -> str | None:
+        """The run of a delivery still waiting for its answer."""
+        flight = self._inflight.get(uid)
+        return flight.run if flight else None
+
     def answer(self, answer: Answer, verdict: Verdict) -> Judgement:
         """Judge how a tracking request ended."""
         out = Judgement()

@@ -6,12 +6,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import Config
+from core.findings import Severity
 from core.judge import Judge, Judgement
-from core.model import Answer, RequestSeen, StorefrontSeen
+from core.model import Answer, RequestSeen, StorefrontSeen, Verdict
 from core.record import answer_row, clean_text, request_body, request_row
 from core.verdict import verdict_for
 
 Observation = RequestSeen | Answer | StorefrontSeen
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One thing worth telling a person: a delivery that did not get through, or an error finding."""
+
+    run: str
+    title: str
+    detail: str
+    at: float
 
 
 @dataclass
@@ -25,6 +36,8 @@ class StoreOps:
     signals: list[dict[str, Any]] = field(default_factory=list)
     visitors: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     counters: list[dict[str, Any]] = field(default_factory=list)
+    # What someone should hear about (failed deliveries, error findings): not stored, handed to notifiers.
+    notices: list[Notice] = field(default_factory=list)
 
     def extend(self, other: StoreOps) -> None:
         """Append another batch's operations after this one's."""
@@ -35,6 +48,7 @@ class StoreOps:
         self.signals.extend(other.signals)
         self.visitors.update(other.visitors)
         self.counters = other.counters or self.counters
+        self.notices.extend(other.notices)
 
     def __len__(self) -> int:
         return (
@@ -49,6 +63,11 @@ class StoreOps:
 
 
 def _judged(ops: StoreOps, judgement: Judgement) -> StoreOps:
+    ops.notices.extend(
+        Notice(f.run, f"{f.kind.value} ({f.severity.value})", f.message, f.at)
+        for f in judgement.findings
+        if f.severity is Severity.ERROR
+    )
     ops.consent.extend({"uid": uid, "consent": consent} for uid, consent in judgement.consent)
     ops.findings.extend(
         {
@@ -115,6 +134,16 @@ class Pipeline:
         if isinstance(observation, Answer):
             verdict = verdict_for(observation.kind, observation.status_code, self.config.expected_status)
             ops.answers.append(answer_row(observation, verdict, self.config.body_limit))
+            if verdict in (Verdict.REJECTED, Verdict.FAILED):
+                code = observation.status_code
+                ops.notices.append(
+                    Notice(
+                        self.judge.run_of(observation.uid) or "default",
+                        f"{observation.kind.value} delivery {verdict.value}",
+                        f"HTTP {code}" if code is not None else f"no answer: {observation.error}",
+                        observation.ended_at,
+                    )
+                )
             return _judged(ops, self.judge.answer(observation, verdict))
         return _judged(ops, self.judge.storefront(observation))
 

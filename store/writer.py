@@ -16,7 +16,7 @@ import sqlite_utils
 
 from core.config import Config
 from core.model import Answer
-from core.pipeline import Observation, Pipeline, StoreOps
+from core.pipeline import Notice, Observation, Pipeline, StoreOps
 from store.metrics_schema import COUNTERS
 from store.schema import open_database
 
@@ -99,6 +99,7 @@ class StoreWriter:
         retry_max_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
         live_counters: Callable[[], dict[str, int]] | None = None,
+        on_notices: Callable[[list[Notice]], None] | None = None,
     ) -> None:
         self.path = path
         self.pipeline = Pipeline(config)
@@ -117,6 +118,7 @@ class StoreWriter:
         # Process-lifetime counts from the proxy (flows, addon errors), added to what earlier runs stored.
         self._live_counters = live_counters or (lambda: {})
         self._counter_base: dict[str, float] | None = None
+        self._on_notices = on_notices
 
     @property
     def config(self) -> Config:
@@ -230,6 +232,8 @@ class StoreWriter:
                 log.exception("clickwatch store: unexpected error writing a batch; it is skipped")
             else:
                 self._note_success(held)
+                if ops.notices and self._on_notices is not None:
+                    self._on_notices(ops.notices)
             ops, held = None, 0
             self.stats.held = 0
             backoff = 0.05
