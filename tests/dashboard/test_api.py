@@ -206,10 +206,10 @@ def test_export_formats(client: TestClient) -> None:
 
 def test_csv_export_defuses_formula_cells(store_builder: Callable[..., StoreBuilder], client_for) -> None:
     store = store_builder()
-    store.event(at=T0, status=None, error="=HYPERLINK(\"http://evil.example\")")
+    store.event(at=T0, status=None, error='=HYPERLINK("http://evil.example")')
     store.close()
     [row] = list(csv.DictReader(io.StringIO(client_for(store.path).get("/api/export?format=csv").text)))
-    assert row["error"] == "'=HYPERLINK(\"http://evil.example\")"
+    assert row["error"] == '\'=HYPERLINK("http://evil.example")'
 
 
 def test_reset_all_and_one_run(client: TestClient) -> None:
