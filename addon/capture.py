@@ -5,6 +5,8 @@ Load it into an existing mitmproxy with `mitmdump -s "$(clickwatch addon-path)"`
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import functools
 import logging
@@ -14,6 +16,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 from mitmproxy import ctx, exceptions, http
 
@@ -29,6 +32,9 @@ from store.writer import StoreWriter
 log = logging.getLogger("clickwatch.addon")
 
 DEFAULT_RUN = "default"
+RUN_HEADER = "X-Clickwatch-Run"
+RUN_METADATA = "clickwatch_run"
+MAX_RUN_LENGTH = 100
 STOPPED_ERROR = "clickwatch stopped before the answer arrived"
 _CONSENT_COOKIE_NAMES = (ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE)
 _MAX_REMEMBERED_BROWSERS = 10000
@@ -71,6 +77,7 @@ class Clickwatch:
         self.inflight: dict[str, tuple[str, Kind, float]] = {}
         # Per browser, the consent-bearing headers last handed on: unchanged ones on assets are not re-sent.
         self._last_consent_headers: OrderedDict[tuple[str, str, str], tuple[str, str | None]] = OrderedDict()
+        self._connection_runs: dict[str, str] = {}
         self.flows_seen = 0
         self.addon_errors = 0
 
@@ -250,6 +257,26 @@ class Clickwatch:
         log.info("clickwatch: storing deliveries in %s", os.path.abspath(path))
 
     @fail_open
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        # HTTPS: credentials come once, on the CONNECT; every request in the tunnel belongs to that run.
+        run = _run_from_credentials(flow)
+        if run:
+            self._connection_runs[flow.client_conn.id] = run
+
+    @fail_open
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        headers = flow.request.headers
+        run = _run_from_credentials(flow) or self._connection_runs.get(flow.client_conn.id)
+        if RUN_HEADER in headers:
+            # Meant for clickwatch, not for the storefront or the tenant: it goes no further.
+            run = headers[RUN_HEADER] or run
+            del headers[RUN_HEADER]
+        flow.metadata[RUN_METADATA] = clean_run(run)
+
+    def client_disconnected(self, client: Any) -> None:
+        self._connection_runs.pop(client.id, None)
+
+    @fail_open
     def request(self, flow: http.HTTPFlow) -> None:
         self.flows_seen += 1
         req = flow.request
@@ -262,7 +289,7 @@ class Clickwatch:
         self.writer.submit(
             RequestSeen(
                 uid=uid,
-                run=DEFAULT_RUN,
+                run=flow.metadata.get(RUN_METADATA, DEFAULT_RUN),
                 kind=match.kind,
                 target=match.target,
                 method=req.method,
@@ -331,7 +358,11 @@ class Clickwatch:
         if not page_load and not set_cookies:
             if anonymous_header is None and not has_consent_cookie(cookie):
                 return
-            browser = (DEFAULT_RUN, _client_ip(flow), req.headers.get("user-agent", ""))
+            browser = (
+                flow.metadata.get(RUN_METADATA, DEFAULT_RUN),
+                _client_ip(flow),
+                req.headers.get("user-agent", ""),
+            )
             if self._last_consent_headers.get(browser) == (cookie, anonymous_header):
                 return
             self._last_consent_headers[browser] = (cookie, anonymous_header)
@@ -340,7 +371,7 @@ class Clickwatch:
                 self._last_consent_headers.popitem(last=False)
         self.writer.submit(
             StorefrontSeen(
-                run=DEFAULT_RUN,
+                run=flow.metadata.get(RUN_METADATA, DEFAULT_RUN),
                 client_addr=_client_ip(flow),
                 user_agent=req.headers.get("user-agent", ""),
                 request_at=req.timestamp_start,
@@ -364,6 +395,32 @@ class Clickwatch:
         if self.notifier is not None:
             self.notifier.close()
             self.notifier = None
+
+
+def _run_from_credentials(flow: http.HTTPFlow) -> str | None:
+    """The run named by proxy credentials (http://RUN@proxy): the user name; the header is then removed."""
+    if "proxyauth" in flow.metadata:  # mitmproxy's own proxyauth (e.g. proxyauth=any) already checked it
+        return str(flow.metadata["proxyauth"][0]) or None
+    value = flow.request.headers.get("proxy-authorization")
+    if value is None:
+        return None
+    del flow.request.headers["proxy-authorization"]
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return unquote(user) or None
+
+
+def clean_run(run: str | None) -> str:
+    """A run name fit to store and show: printable, at most 100 characters; the default run when empty."""
+    if run is None:
+        return DEFAULT_RUN
+    cleaned = "".join(c for c in run.strip() if c.isprintable())[:MAX_RUN_LENGTH]
+    return cleaned or DEFAULT_RUN
 
 
 def _client_ip(flow: http.HTTPFlow) -> str:
