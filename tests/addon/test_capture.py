@@ -108,13 +108,27 @@ async def test_ordinary_traffic_is_not_stored(addon_ctx):
     assert addon.flows_seen == 1
 
 
+def traffic(flow):
+    """What passes between browser, proxy and tenant (flow metadata is the proxy's own notebook)."""
+    return flow.request.get_state(), flow.response.get_state() if flow.response else None, flow.error
+
+
 async def test_hooks_change_nothing_in_the_flow(addon_ctx):
     addon, tctx, _ = addon_ctx
     flow = clickstream_flow()
-    before = flow.get_state()
+    before = traffic(flow)
     await tctx.cycle(addon, flow)
-    after = flow.get_state()
-    assert after == before
+    assert traffic(flow) == before
+
+
+async def test_the_run_header_is_taken_out_and_recorded(addon_ctx):
+    addon, tctx, db = addon_ctx
+    flow = clickstream_flow()
+    flow.request.headers["X-Clickwatch-Run"] = "nightly-42"
+    await tctx.cycle(addon, flow)
+    addon.done()
+    assert "X-Clickwatch-Run" not in flow.request.headers
+    assert stored(db)[0]["run"] == "nightly-42"
 
 
 async def test_unanswered_request_fails_at_shutdown(addon_ctx):
@@ -135,10 +149,10 @@ async def test_internal_error_fails_open(addon_ctx, monkeypatch, caplog):
 
     monkeypatch.setattr(addon.writer, "submit", broken_submit)
     flow = clickstream_flow()
-    before = flow.get_state()
+    before = traffic(flow)
     await tctx.cycle(addon, flow)
     assert addon.addon_errors == 2  # request and response hooks both failed
-    assert flow.get_state() == before
+    assert traffic(flow) == before
     assert flow.error is None
     assert "error in request hook" in caplog.text
 
