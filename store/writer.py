@@ -17,6 +17,7 @@ import sqlite_utils
 from core.config import Config
 from core.model import Answer
 from core.pipeline import Notice, Observation, Pipeline, StoreOps
+from store.apply import apply_ops
 from store.metrics_schema import COUNTERS
 from store.schema import open_database
 
@@ -53,16 +54,6 @@ class WriterStats:
     last_commit_at: float = 0.0
     blocked_since: float | None = None
     held: int = 0
-
-
-def _insert(table: str, columns: list[str]) -> str:
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
-
-
-_FINDING_INSERT = (
-    "INSERT INTO findings (delivery_id, run, visitor, kind, severity, message, at) "
-    "VALUES ((SELECT id FROM deliveries WHERE uid = :delivery_uid), :run, :visitor, :kind, :severity, :message, :at)"
-)
 
 
 class _Blocked(Exception):
@@ -310,51 +301,7 @@ class StoreWriter:
     def _write(self, ops: StoreOps) -> None:
         conn = self._connect().conn
         with conn:
-            # Order matters: an answer, a consent decision or a finding may belong to a request in this batch.
-            if ops.inserts:
-                columns = list(ops.inserts[0])
-                conn.executemany(_insert("deliveries", columns).replace("INSERT", "INSERT OR IGNORE", 1), ops.inserts)
-            if ops.answers:
-                columns = [c for c in ops.answers[0] if c != "uid"]
-                conn.executemany(
-                    f"UPDATE deliveries SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE uid = :uid",
-                    ops.answers,
-                )
-            if ops.consent:
-                conn.executemany("UPDATE deliveries SET consent = :consent WHERE uid = :uid", ops.consent)
-            if ops.findings:
-                conn.executemany(_FINDING_INSERT, ops.findings)
-            if ops.signals:
-                conn.executemany(_insert("consent_signals", list(ops.signals[0])), ops.signals)
-            touched = dict.fromkeys(
-                [row["uid"] for row in ops.inserts]
-                + [row["uid"] for row in ops.answers]
-                + [row["uid"] for row in ops.consent]
-                + [row["delivery_uid"] for row in ops.findings if row["delivery_uid"]]
-            )
-            if touched:
-                start = self._next_seq(conn)
-                conn.executemany(
-                    "UPDATE deliveries SET seq = ? WHERE uid = ?", [(start + i, uid) for i, uid in enumerate(touched)]
-                )
-            if ops.counters:
-                conn.executemany(
-                    "INSERT INTO metric_counters (name, value, updated_at) VALUES (:name, :value, :updated_at) "
-                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                    ops.counters,
-                )
-            if ops.visitors:
-                rows = list(ops.visitors.values())
-                columns = list(rows[0])
-                updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("run", "visitor", "first_seen"))
-                conn.executemany(
-                    f"{_insert('visitors', columns)} ON CONFLICT(run, visitor) DO UPDATE SET {updates}", rows
-                )
-
-    @staticmethod
-    def _next_seq(conn: sqlite3.Connection) -> int:
-        # Read inside the write transaction: another writer (an import) cannot interleave.
-        return int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()[0])
+            apply_ops(conn, ops)
 
     def _write_resilient(self, ops: StoreOps) -> None:
         """Write a batch; a row SQLite refuses is skipped alone; a database problem raises _Blocked."""

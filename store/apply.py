@@ -1,0 +1,63 @@
+"""Apply store operations inside the caller's transaction: the one write path of the proxy and of imports."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from core.pipeline import StoreOps
+
+
+def _insert(table: str, columns: list[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
+
+
+_FINDING_INSERT = (
+    "INSERT INTO findings (delivery_id, run, visitor, kind, severity, message, at) "
+    "VALUES ((SELECT id FROM deliveries WHERE uid = :delivery_uid), :run, :visitor, :kind, :severity, :message, :at)"
+)
+
+
+def _next_seq(conn: sqlite3.Connection) -> int:
+    # Read inside the write transaction: no other writer can interleave.
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()[0])
+
+
+def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
+    """Write a batch; order matters: an answer, a consent decision or a finding may belong to a request in it."""
+    if ops.inserts:
+        columns = list(ops.inserts[0])
+        conn.executemany(_insert("deliveries", columns).replace("INSERT", "INSERT OR IGNORE", 1), ops.inserts)
+    if ops.answers:
+        columns = [c for c in ops.answers[0] if c != "uid"]
+        conn.executemany(
+            f"UPDATE deliveries SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE uid = :uid",
+            ops.answers,
+        )
+    if ops.consent:
+        conn.executemany("UPDATE deliveries SET consent = :consent WHERE uid = :uid", ops.consent)
+    if ops.findings:
+        conn.executemany(_FINDING_INSERT, ops.findings)
+    if ops.signals:
+        conn.executemany(_insert("consent_signals", list(ops.signals[0])), ops.signals)
+    touched = dict.fromkeys(
+        [row["uid"] for row in ops.inserts]
+        + [row["uid"] for row in ops.answers]
+        + [row["uid"] for row in ops.consent]
+        + [row["delivery_uid"] for row in ops.findings if row["delivery_uid"]]
+    )
+    if touched:
+        start = _next_seq(conn)
+        conn.executemany(
+            "UPDATE deliveries SET seq = ? WHERE uid = ?", [(start + i, uid) for i, uid in enumerate(touched)]
+        )
+    if ops.counters:
+        conn.executemany(
+            "INSERT INTO metric_counters (name, value, updated_at) VALUES (:name, :value, :updated_at) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            ops.counters,
+        )
+    if ops.visitors:
+        rows = list(ops.visitors.values())
+        columns = list(rows[0])
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("run", "visitor", "first_seen"))
+        conn.executemany(f"{_insert('visitors', columns)} ON CONFLICT(run, visitor) DO UPDATE SET {updates}", rows)
