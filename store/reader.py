@@ -239,7 +239,50 @@ def summary(conn: sqlite3.Connection, flt: DeliveryFilter) -> dict[str, Any]:
         "findings": findings,
         "severities": severities,
         "last_delivered_at": last,
+        "pending_decisions": pending_decisions(conn, flt.run),
     }
+
+
+def pending_decisions(conn: sqlite3.Connection, run: str | None = None) -> int:
+    """Decisions still waiting on a window: deliveries whose consent is pending, visitors awaiting events."""
+    clause, params = ("AND run = ?", [run]) if run is not None else ("", [])
+    calls = conn.execute(f"SELECT count(*) FROM deliveries WHERE consent = 'pending' {clause}", params).fetchone()[0]
+    visitors = conn.execute(
+        f"SELECT count(*) FROM visitors WHERE pending_decision IS NOT NULL {clause}", params
+    ).fetchone()[0]
+    return int(calls) + int(visitors)
+
+
+def list_findings(
+    conn: sqlite3.Connection,
+    *,
+    run: str | None = None,
+    kind: str | None = None,
+    severity: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Findings newest first, with the delivery they concern (if any)."""
+    clauses: list[str] = ["1"]
+    params: list[Any] = []
+    for column, value in (("f.run", run), ("f.kind", kind), ("f.severity", severity)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        clauses.append("f.at >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("f.at <= ?")
+        params.append(until)
+    rows = conn.execute(
+        "SELECT f.id, f.run, f.kind, f.severity, f.message, f.at, f.visitor, f.delivery_id, d.url, d.schema_name "
+        f"FROM findings f LEFT JOIN deliveries d ON d.id = f.delivery_id WHERE {' AND '.join(clauses)} "
+        "ORDER BY f.at DESC, f.id DESC LIMIT ?",
+        [*params, limit],
+    )
+    return [dict(r) for r in rows]
 
 
 def _as_dict(flt: DeliveryFilter) -> dict[str, Any]:

@@ -170,6 +170,13 @@ def _metric_totals(db: sqlite_utils.Database) -> None:
     db.executescript(metrics_schema.script())
 
 
+@migrations(name="0007_pending_decisions")
+def _pending_decisions(db: sqlite_utils.Database) -> None:
+    # Small partial indexes: "is anything still undecided?" is asked by every check and summary.
+    db.execute("CREATE INDEX deliveries_consent_pending ON deliveries(run) WHERE consent = 'pending'")
+    db.execute("CREATE INDEX visitors_pending_decision ON visitors(run) WHERE pending_decision IS NOT NULL")
+
+
 def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:
     """Open the store for writing: WAL, NORMAL sync, migrations applied."""
     conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)

@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from core import __version__
-from dashboard.deps import ConnDep, FilterDep, SettingsDep
+from core.findings import FindingKind, Severity
+from dashboard.deps import ConnDep, FilterDep, SettingsDep, parse_time
 from store import admin, export, reader
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -45,6 +46,28 @@ def get_delivery(conn: ConnDep, delivery_id: int) -> dict[str, Any]:
 @router.get("/summary", summary="Health, counts by verdict and finding, last delivered time")
 def get_summary(conn: ConnDep, flt: FilterDep) -> dict[str, Any]:
     return reader.summary(conn, flt)
+
+
+@router.get("/findings", summary="Findings, newest first, including those about a visitor rather than a delivery")
+def list_findings(
+    conn: ConnDep,
+    run: Annotated[str | None, Query(max_length=200)] = None,
+    kind: Annotated[FindingKind | None, Query()] = None,
+    severity: Annotated[Severity | None, Query()] = None,
+    since: Annotated[str | None, Query(max_length=64, description="epoch seconds or ISO 8601")] = None,
+    until: Annotated[str | None, Query(max_length=64, description="epoch seconds or ISO 8601")] = None,
+    limit: LimitQuery = 100,
+) -> dict[str, Any]:
+    items = reader.list_findings(
+        conn,
+        run=run,
+        kind=kind.value if kind else None,
+        severity=severity.value if severity else None,
+        since=parse_time("since", since),
+        until=parse_time("until", until),
+        limit=limit,
+    )
+    return {"items": items}
 
 
 @router.get("/visitors", summary="Visitors (browsers), most recently seen first")

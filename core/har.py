@@ -1,0 +1,159 @@
+"""Read a browser's HAR export into the same observations the proxy makes, in the order they happened."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from core.matching import Patterns, is_page_load
+from core.model import Answer, Headers, RequestSeen, StorefrontSeen
+
+HAR_CLIENT = "har-import"  # a HAR names no client address; one recording is one browser
+
+
+class HarError(ValueError):
+    """A HAR file that cannot be imported; the message names the entry and field."""
+
+
+def _get(obj: Any, key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(obj, dict):
+        raise HarError(f"{where}: expected an object")
+    if key not in obj:
+        raise HarError(f"{where}.{key}: missing")
+    value = obj[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not str):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise HarError(f"{where}.{key}: expected {names}, got {type(value).__name__}")
+    return value
+
+
+def _headers(entry_part: dict[str, Any], where: str) -> Headers:
+    headers = _get(entry_part, "headers", where, list)
+    out = []
+    for index, header in enumerate(headers):
+        name = _get(header, "name", f"{where}.headers[{index}]", str)
+        value = _get(header, "value", f"{where}.headers[{index}]", str)
+        out.append((name, value))
+    return tuple(out)
+
+
+def _text(container: dict[str, Any] | None, where: str) -> bytes:
+    if not container or "text" not in container:
+        return b""
+    text = _get(container, "text", where, str)
+    if container.get("encoding") == "base64":
+        try:
+            return base64.b64decode(text, validate=True)
+        except binascii.Error:
+            raise HarError(f"{where}.text: not valid base64") from None
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _without_encoding(headers: Headers) -> Headers:
+    # HAR bodies are stored decoded: the Content-Encoding header no longer describes them.
+    return tuple((k, v) for k, v in headers if k.lower() != "content-encoding")
+
+
+def _started(entry: dict[str, Any], where: str) -> float:
+    raw = _get(entry, "startedDateTime", where, str)
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise HarError(f"{where}.startedDateTime: {raw!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise HarError(f"{where}.startedDateTime: {raw!r} has no time zone")
+    return moment.timestamp()
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    return next((v for k, v in headers if k.lower() == name), None)
+
+
+def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | Answer | StorefrontSeen]:
+    """Every observation a proxy would have made of this recording, oldest first; HarError on bad input."""
+    log = _get(har, "log", "HAR", dict)
+    entries = _get(log, "entries", "log", list)
+    parsed = []
+    for index, entry in enumerate(entries):
+        where = f"log.entries[{index}]"
+        request = _get(entry, "request", where, dict)
+        response = _get(entry, "response", where, dict)
+        method = _get(request, "method", f"{where}.request", str)
+        url = _get(request, "url", f"{where}.request", str)
+        if not urlsplit(url).hostname:
+            raise HarError(f"{where}.request.url: {url[:100]!r} is not an absolute URL")
+        status = _get(response, "status", f"{where}.response", int)
+        elapsed = _get(entry, "time", where, (int, float))
+        if elapsed < 0:
+            raise HarError(f"{where}.time: must not be negative")
+        parsed.append(
+            (
+                _started(entry, where), index, method, url, status, float(elapsed) / 1000.0,
+                _headers(request, f"{where}.request"), _headers(response, f"{where}.response"),
+                _text(request.get("postData"), f"{where}.request.postData"),
+                _text(response.get("content"), f"{where}.response.content"),
+                entry.get("_error") or response.get("_error"),
+            )
+        )  # fmt: skip
+    parsed.sort(key=lambda p: (p[0], p[1]))
+    out: list[RequestSeen | Answer | StorefrontSeen] = []
+    answers: list[Answer] = []
+    for started, _, method, url, status, elapsed, req_headers, resp_headers, req_body, resp_body, error in parsed:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        user_agent = _header(req_headers, "user-agent") or ""
+        match = patterns.classify(method, host, path)
+        ended = started + elapsed
+        if match is None:
+            out.append(
+                StorefrontSeen(
+                    run=run,
+                    client_addr=HAR_CLIENT,
+                    user_agent=user_agent,
+                    request_at=started,
+                    response_at=ended if status else None,
+                    cookie=_header(req_headers, "cookie") or "",
+                    anonymous_consents_header=_header(req_headers, "x-anonymous-consents"),
+                    set_cookies=tuple(v for k, v in resp_headers if k.lower() == "set-cookie"),
+                    page_load=bool(status)
+                    and is_page_load(
+                        method,
+                        _header(req_headers, "sec-fetch-dest"),
+                        _header(req_headers, "accept") or "",
+                        _header(resp_headers, "content-type") or "",
+                    ),
+                )
+            )
+            continue
+        uid = uuid.uuid4().hex
+        out.append(
+            RequestSeen(
+                uid=uid, run=run, kind=match.kind, target=match.target, method=method, url=url, host=host,
+                path=path, client_addr=HAR_CLIENT, user_agent=user_agent, headers=_without_encoding(req_headers),
+                raw_body=req_body, sent_at=started,
+            )
+        )  # fmt: skip
+        # Browsers record a request that got no answer with status 0.
+        answers.append(
+            Answer(
+                uid=uid, kind=match.kind, sent_at=started, ended_at=ended,
+                status_code=status or None, headers=_without_encoding(resp_headers) if status else (),
+                raw_body=resp_body if status else b"",
+                error=None if status else str(error or "no response recorded (status 0)"),
+            )
+        )  # fmt: skip
+    # Answers go in at the time they arrived, among the other observations.
+    merged: list[RequestSeen | Answer | StorefrontSeen] = []
+    pending = sorted(answers, key=lambda a: a.ended_at)
+    for obs in out:
+        at = obs.sent_at if isinstance(obs, RequestSeen) else obs.request_at  # type: ignore[union-attr]
+        while pending and pending[0].ended_at <= at:
+            merged.append(pending.pop(0))
+        merged.append(obs)
+    merged.extend(pending)
+    return merged
