@@ -1,18 +1,35 @@
-"""Entry point of the `clickwatch` command."""
+"""Entry point of the `clickwatch` command: parse, resolve settings (flag > environment > config file >
+default), run, and turn library errors into one-line messages and exit codes (2 for usage errors)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
+import dataclasses
 import os
-import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
-from cli import __doc__ as _cli_doc
+from core.config import Config, ConfigError, load_config
+from core.findings import FindingKind
+from core.model import Kind, Verdict
 
 EXIT_USAGE = 2
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+# Flag -> (Config field, environment variable): one table for `up` and the store-touching commands.
+SETTINGS = {
+    "db": ("db", "CLICKWATCH_DB"),
+    "proxy_port": ("proxy_port", "CLICKWATCH_PROXY_PORT"),
+    "dashboard_port": ("dashboard_port", "CLICKWATCH_DASHBOARD_PORT"),
+    "listen_host": ("listen_host", "CLICKWATCH_LISTEN_HOST"),
+    "upstream_insecure": ("upstream_insecure", "CLICKWATCH_UPSTREAM_INSECURE"),
+    "token": ("token", "CLICKWATCH_TOKEN"),
+    "quiet": ("quiet", "CLICKWATCH_QUIET"),
+}
 
 
 class UsageError(Exception):
@@ -40,72 +57,167 @@ def _check_db_path(path: str) -> None:
         raise UsageError(f"database path {path!r} is not writable")
 
 
-async def _run_proxy(args: argparse.Namespace) -> int:
-    from mitmproxy import exceptions, options
-    from mitmproxy.tools.dump import DumpMaster
+def _env_value(name: str, env: str, kind: type) -> Any:
+    raw = os.environ.get(env)
+    if raw is None or raw == "":
+        return None
+    if kind is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"{env}={raw!r}: expected true or false")
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise UsageError(f"{env}={raw!r}: expected a whole number") from None
+    return raw
 
-    from addon.capture import Clickwatch
 
-    opts = options.Options(listen_host=args.listen_host, listen_port=args.proxy_port)
-    master = DumpMaster(opts, with_termlog=not args.quiet, with_dumper=False)
-    addon = Clickwatch()
-    master.addons.add(addon)
+def resolve(args: argparse.Namespace) -> Config:
+    """The configuration in force: the file (--config or CLICKWATCH_CONFIG), then environment, then flags."""
+    path = args.config or os.environ.get("CLICKWATCH_CONFIG")
     try:
-        opts.update(clickwatch_db=args.db, ssl_insecure=args.upstream_insecure)
-        if args.set:
-            opts.set(*args.set)
-    except exceptions.OptionsError as exc:
+        config = load_config(path) if path else Config()
+    except ConfigError as exc:
         raise UsageError(str(exc)) from None
-
-    from dashboard.main import InsecureListen
-    from dashboard.server import DashboardServer
-    from dashboard.settings import DashboardSettings
-
-    host = _url_host(args.listen_host)
-    settings = DashboardSettings(
-        db=args.db,
-        listen_host=args.listen_host,
-        dashboard_port=args.dashboard_port,
-        token=args.token,
-        proxy_url=f"http://{host}:{args.proxy_port}",
-        confdir=opts.confdir,
-    )
-    try:
-        dashboard = DashboardServer(settings, live_writer=lambda: addon.writer)
-    except InsecureListen as exc:
-        raise UsageError(str(exc)) from None
-    dashboard.start()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
-    confdir = os.path.expanduser(opts.confdir)
-    print(f"clickwatch proxy:   http://{host}:{args.proxy_port}", flush=True)
-    print(f"dashboard:          http://{host}:{args.dashboard_port}/", flush=True)
-    print(f"store:              {os.path.abspath(args.db)}", flush=True)
-    print(f"CA certificate:     {os.path.join(confdir, 'mitmproxy-ca-cert.pem')}", flush=True)
-    try:
-        await master.run()
-    finally:
-        dashboard.stop()
-    return 0
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    values: dict[str, Any] = {}
+    defaults = Config()
+    for flag, (field, env) in SETTINGS.items():
+        if not hasattr(args, flag):
+            continue
+        value = getattr(args, flag)
+        if value is None:
+            value = _env_value(flag, env, type(getattr(defaults, field)))
+        if value is not None:
+            values[field] = value
+    config = dataclasses.replace(config, **values)
+    for port in ("proxy_port", "dashboard_port"):
+        if not 1 <= getattr(config, port) <= 65535:
+            raise UsageError(f"--{port.replace('_', '-')}: {getattr(config, port)} is not a port number (1-65535)")
+    args.config_path = path
+    return config
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from cli.up import run_up
+
+    config = resolve(args)
     from dashboard.settings import is_loopback
 
-    _check_db_path(args.db)
-    if not is_loopback(args.listen_host) and not args.token:
+    _check_db_path(config.db)
+    if not is_loopback(config.listen_host) and not config.token:
         raise UsageError(
-            f"listening on {args.listen_host} exposes captured traffic: give --token (or CLICKWATCH_TOKEN)"
+            f"listening on {config.listen_host} exposes captured traffic: give --token (or CLICKWATCH_TOKEN)"
         )
-    _check_port_free(args.listen_host, args.proxy_port)
-    _check_port_free(args.listen_host, args.dashboard_port)
-    return asyncio.run(_run_proxy(args))
+    _check_port_free(config.listen_host, config.proxy_port)
+    _check_port_free(config.listen_host, config.dashboard_port)
+    try:
+        return run_up(config, args.config_path, args.set)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    from core.timeparse import parse_time
+
+    filters: dict[str, Any] = {"run": args.run}
+    for name in ("since", "until"):
+        value = getattr(args, name, None)
+        if value:
+            try:
+                filters[name] = parse_time(value, now=time.time(), allow_span=True)
+            except ValueError as exc:
+                raise UsageError(f"--{name}: {exc}") from None
+    for name in ("kind", "verdict", "schema", "finding", "visitor"):
+        value = getattr(args, name, None)
+        if value:
+            filters[name] = value
+    return filters
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from cli.check import CheckUsageError, Expectation, junit_xml, parse_fail_on, print_report, run_check
+    from cli.sources import ApiSource, SourceError, StoreSource
+
+    try:
+        fail_on = parse_fail_on(args.fail_on)
+        expectations = [Expectation.parse(e) for e in args.expect]
+    except CheckUsageError as exc:
+        raise UsageError(str(exc)) from None
+    if args.wait < 0:
+        raise UsageError("--wait: must be 0 or more seconds")
+    filters = _filters(args)
+    try:
+        if args.db or (args.url is None and os.environ.get("CLICKWATCH_DB") and not os.environ.get("CLICKWATCH_URL")):
+            source: Any = StoreSource(resolve(args).db)
+        else:
+            token = args.token or os.environ.get("CLICKWATCH_TOKEN")
+            source = ApiSource(args.url or os.environ.get("CLICKWATCH_URL") or DEFAULT_URL, token)
+        report = run_check(source, filters, fail_on, expectations, args.wait)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    print_report(report, sys.stdout)
+    if args.junit:
+        try:
+            with open(args.junit, "wb") as handle:
+                handle.write(junit_xml(report))
+        except OSError as exc:
+            raise UsageError(f"--junit {args.junit}: {exc.strerror or exc}") from None
+    return 0 if report.healthy else 1
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from store.importer import HarImportError, import_har
+
+    config = resolve(args)
+    _check_db_path(config.db)
+    try:
+        result = import_har(args.file, config.db, args.run, config)
+    except HarImportError as exc:
+        raise UsageError(str(exc)) from None
+    print(
+        f"imported {result.deliveries} deliveries ({result.findings} findings, "
+        f"{result.storefront_requests} storefront requests) as run {result.run!r} into {config.db}"
+    )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from core import __version__
+    from store import export, reader
+
+    config = resolve(args)
+    filters = _filters(args)
+    try:
+        conn = reader.connect(config.db)
+    except reader.StoreUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    from cli.sources import delivery_filter
+
+    items = reader.iter_deliveries(conn, delivery_filter(filters))
+    chunks = (
+        export.har(items, __version__)
+        if args.format == "har"
+        else export.csv_rows(items)
+        if args.format == "csv"
+        else export.jsonl(items)
+    )
+    try:
+        with contextlib.ExitStack() as stack:
+            out = (
+                stack.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
+                if args.output != "-"
+                else sys.stdout
+            )
+            for chunk in chunks:
+                out.write(chunk)
+    except OSError as exc:
+        raise UsageError(f"--output {args.output}: {exc.strerror or exc}") from None
+    finally:
+        conn.close()
+    return 0
 
 
 def _cmd_addon_path(args: argparse.Namespace) -> int:
@@ -115,29 +227,46 @@ def _cmd_addon_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, help="SQLite store (default ./clickwatch.db; env CLICKWATCH_DB)")
+    parser.add_argument("--config", default=None, help="TOML configuration file (env CLICKWATCH_CONFIG)")
+
+
+def _filter_options(parser: argparse.ArgumentParser, *, full: bool) -> None:
+    parser.add_argument("--run", default=None, help="only this run")
+    parser.add_argument("--since", default=None, help="only since this time: epoch seconds, ISO 8601, or 10m/2h/1d ago")
+    if full:
+        parser.add_argument("--until", default=None, help="only until this time")
+        parser.add_argument("--kind", default=None, choices=[k.value for k in Kind])
+        parser.add_argument("--verdict", default=None, choices=[v.value for v in Verdict])
+        parser.add_argument("--schema", default=None, help="hybris-schema, e.g. ProductView")
+        parser.add_argument("--finding", default=None, choices=[k.value for k in FindingKind])
+        parser.add_argument("--visitor", default=None, help="visitor key")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every clickwatch command."""
-    parser = argparse.ArgumentParser(prog="clickwatch", description=_cli_doc)
+    parser = argparse.ArgumentParser(
+        prog="clickwatch",
+        description="Event-validation proxy and monitor for SAP Intelligent Selling Services tracking calls.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="start the capturing proxy")
-    up.add_argument("--proxy-port", type=int, default=8080, help="port of the proxy (default 8080)")
+    up = sub.add_parser("up", help="start the capturing proxy and the dashboard")
+    up.add_argument("--proxy-port", type=int, default=None, help="port of the proxy (default 8080)")
     up.add_argument(
-        "--dashboard-port", type=int, default=8000, help="port of the dashboard, API and metrics (default 8000)"
+        "--dashboard-port", type=int, default=None, help="port of the dashboard, API and metrics (default 8000)"
     )
-    up.add_argument(
-        "--token",
-        default=os.environ.get("CLICKWATCH_TOKEN"),
-        help="access token for the dashboard and API; required when listening beyond loopback",
-    )
-    up.add_argument("--listen-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    up.add_argument("--db", default="clickwatch.db", help="SQLite store (default ./clickwatch.db)")
+    up.add_argument("--listen-host", default=None, help="address to listen on (default 127.0.0.1)")
+    _store_options(up)
     up.add_argument(
         "--upstream-insecure",
         action="store_true",
+        default=None,
         help="accept self-signed certificates of a QA storefront or stand-in tenant",
     )
-    up.add_argument("--quiet", action="store_true", help="do not log proxy activity to the terminal")
+    up.add_argument("--token", default=None, help="access token for the dashboard and API (required off loopback)")
+    up.add_argument("--quiet", action="store_true", default=None, help="no live progress in the terminal")
     up.add_argument(
         "--set",
         action="append",
@@ -146,6 +275,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="set any mitmproxy or clickwatch_ option (repeatable)",
     )
     up.set_defaults(func=_cmd_up)
+
+    check = sub.add_parser("check", help="the CI gate: exit 0 when healthy, 1 when not, 2 on usage errors")
+    check.add_argument("--url", default=None, help=f"a running dashboard (default {DEFAULT_URL}; env CLICKWATCH_URL)")
+    _store_options(check)
+    _filter_options(check, full=False)
+    check.add_argument("--token", default=None, help="the dashboard's access token (env CLICKWATCH_TOKEN)")
+    check.add_argument(
+        "--fail-on",
+        default="rejected,failed,error",
+        help="what makes a run unhealthy: verdicts, severities or finding kinds (default rejected,failed,error)",
+    )
+    check.add_argument(
+        "--expect",
+        action="append",
+        default=[],
+        metavar="SCHEMA[:N]",
+        help="require at least N (default 1) delivered events of this schema (repeatable)",
+    )
+    check.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for pending decisions")
+    check.add_argument("--junit", default=None, metavar="FILE", help="write a JUnit XML report")
+    check.set_defaults(func=_cmd_check)
+
+    imp = sub.add_parser("import", help="import and judge a HAR file exported from a browser")
+    imp.add_argument("file", metavar="FILE.har")
+    _store_options(imp)
+    imp.add_argument("--run", default=None, help="run name (default: the file's name)")
+    imp.set_defaults(func=_cmd_import)
+
+    exp = sub.add_parser("export", help="export deliveries as HAR, JSON lines or CSV")
+    _store_options(exp)
+    exp.add_argument("--format", choices=["har", "jsonl", "csv"], default="jsonl")
+    exp.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
+    _filter_options(exp, full=True)
+    exp.set_defaults(func=_cmd_export)
 
     addon_path = sub.add_parser("addon-path", help="print the addon script path for `mitmdump -s`")
     addon_path.set_defaults(func=_cmd_addon_path)

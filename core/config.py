@@ -57,6 +57,13 @@ class Config:
     slow_delivery_seconds: float = 2.0
     schemas: Mapping[str, tuple[str, ...]] = BUILTIN_SCHEMAS
     severity: Mapping[FindingKind, Severity] = DEFAULT_SEVERITY
+    db: str = "clickwatch.db"
+    proxy_port: int = 8080
+    dashboard_port: int = 8000
+    listen_host: str = "127.0.0.1"
+    upstream_insecure: bool = False
+    token: str = ""
+    quiet: bool = False
     source: str = field(default="built-in defaults", compare=False)
 
     def patterns(self) -> matching.Patterns:
@@ -84,6 +91,17 @@ _SCALARS: dict[str, dict[str, tuple[str, type]]] = {
         "template": ("consent_template", str),
         "grace_seconds": ("grace_seconds", float),
     },
+    "store": {
+        "db": ("db", str),
+    },
+    "up": {
+        "proxy_port": ("proxy_port", int),
+        "dashboard_port": ("dashboard_port", int),
+        "listen_host": ("listen_host", str),
+        "upstream_insecure": ("upstream_insecure", bool),
+        "token": ("token", str),
+        "quiet": ("quiet", bool),
+    },
     "windows": {
         "duplicate_seconds": ("duplicate_seconds", float),
         "session_seconds": ("session_seconds", float),
@@ -103,6 +121,10 @@ DOCUMENTED_KEYS: tuple[str, ...] = (
 
 
 def _check_scalar(where: str, value: Any, expected: type) -> Any:
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ConfigError(f"{where}: expected a number of seconds, got {value!r}")
@@ -184,6 +206,9 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "configuration") 
             raise ConfigError(str(exc)) from None
     if not config.consent_template:
         raise ConfigError("consent.template: must not be empty")
+    for key in ("proxy_port", "dashboard_port"):
+        if not 1 <= getattr(config, key) <= 65535:
+            raise ConfigError(f"up.{key}: must be a port number 1-65535, got {getattr(config, key)}")
     return config
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
+from core import timeparse
 from core.findings import FindingKind
 from core.model import Kind, Verdict
 from dashboard.settings import DashboardSettings
@@ -45,22 +44,9 @@ def parse_time(name: str, value: str | None) -> float | None:
     if value is None or value == "":
         return None
     try:
-        number = float(value)
-    except ValueError:
-        pass
-    else:
-        if math.isfinite(number):
-            return number
-        raise HTTPException(status_code=422, detail=f"{name}: {value!r} is not a finite time")
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise HTTPException(
-            status_code=422, detail=f"{name}: {value!r} is neither epoch seconds nor an ISO 8601 time"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        return timeparse.parse_time(value)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=f"{name}: {exc}") from None
 
 
 def delivery_filter(

@@ -138,10 +138,10 @@ def _store_unavailable(request: Request, settings: DashboardSettings, reason: st
         request,
         503,
         "Store not available yet",
-        "The dashboard cannot read the clickwatch store. It appears once the proxy has started and "
-        "written to it; reload this page then.",
+        "The dashboard cannot read the clickwatch store. It appears once the proxy has started and written to it.",
         detail=reason,
         db=os.path.abspath(settings.db),
+        retry_seconds=5,
     )
 
 

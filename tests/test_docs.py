@@ -24,13 +24,15 @@ def test_every_addon_option_is_documented():
     assert missing == []
 
 
-def test_every_up_flag_is_documented():
+def test_every_command_and_flag_is_documented():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command")
-    up = subparsers.choices["up"]
-    flags = [opt for action in up._actions for opt in action.option_strings if opt.startswith("--") and opt != "--help"]
-    assert flags
-    missing = [flag for flag in flags if f"`{flag}" not in README]
+    missing = []
+    for name, command in subparsers.choices.items():
+        if f"clickwatch {name}" not in README:
+            missing.append(name)
+        flags = [o for a in command._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+        missing += [f"{name} {flag}" for flag in flags if f"`{flag}" not in README]
     assert missing == []
 
 

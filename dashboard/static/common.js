@@ -51,8 +51,17 @@
     }
   }
 
+  /* The 'store not available yet' page: try again on its own, the proxy may just be starting. */
+  function retryLater() {
+    var retry = document.getElementById("retry");
+    if (!retry) return;
+    var seconds = Number(retry.getAttribute("data-seconds")) || 5;
+    window.setTimeout(function () { window.location.reload(); }, seconds * 1000);
+  }
+
   window.clickwatch = { formatTime: formatTime, isoTime: isoTime, localizeTimes: localizeTimes };
 
   localizeTimes(document);
   tidyFilterForms();
+  retryLater();
 })();

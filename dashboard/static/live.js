@@ -1,5 +1,5 @@
 /* Live events: follow /api/stream (Server-Sent Events) and keep the table and the health banner current.
-   Captured values are hostile: rows are built with createElement/textContent only, never innerHTML. */
+   Captured values are hostile: rows are built with createElement/textContent only, never parsed as markup. */
 (function () {
   "use strict";
 

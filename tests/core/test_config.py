@@ -238,8 +238,26 @@ def test_every_documented_scalar_key_can_be_set():
             config_from_mapping({section: {key: "2xx"}})
         elif section == "severity":
             assert config_from_mapping({section: {key: "info"}}).severity[FindingKind(key)] is Severity.INFO
+        elif section in ("store", "up"):
+            value = {"proxy_port": 9090, "dashboard_port": 9091, "upstream_insecure": True, "quiet": True}.get(key, "x")
+            config = config_from_mapping({section: {key: value}})
+            assert value in vars(config).values()
         else:
             assert documented == "schemas.*"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("up", "proxy_port", 0, "up.proxy_port: must be a port number"),
+        ("up", "dashboard_port", 70000, "up.dashboard_port: must be a port number"),
+        ("up", "quiet", "yes", "up.quiet: expected true or false"),
+        ("store", "db", 5, "store.db: expected a string"),
+    ],
+)
+def test_bad_up_and_store_values(section, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_mapping({section: {key: value}})
 
 
 def test_config_fields_name_every_setting():
