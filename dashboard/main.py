@@ -12,7 +12,7 @@ from core import __version__
 from dashboard import pages
 from dashboard.metrics import StoreCollector, registry_for, render
 from dashboard.routes import api, health
-from dashboard.security import token_guard
+from dashboard.security import browser_guard, token_guard
 from dashboard.settings import DashboardSettings
 from store.writer import StoreWriter
 
@@ -41,6 +41,8 @@ def create_app(
     app.state.settings = settings
     if settings.token:
         app.middleware("http")(token_guard(settings.token))
+    # Added last, so it runs first: refuse foreign Hosts and cross-site writes before anything else.
+    app.middleware("http")(browser_guard(settings.listen_host, token_required=bool(settings.token)))
     registry = registry_for(StoreCollector(settings.db, live_writer))
 
     @app.get("/metrics", include_in_schema=False)

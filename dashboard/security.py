@@ -43,3 +43,39 @@ def token_guard(token: str) -> Callable[[Request, Callable[[Request], Awaitable[
         return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
 
     return guard
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _hostname(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def browser_guard(
+    listen_host: str, token_required: bool
+) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    """Refuse cross-site writes (a page on another site POSTing /api/reset) and, without a token,
+    requests for a Host that is not this machine (DNS rebinding reading captured data)."""
+    allowed = LOOPBACK_NAMES | {_hostname(listen_host)}
+
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if not token_required and request.url.path != "/healthz":
+            host = _hostname(request.headers.get("host", ""))
+            if host not in allowed:
+                return JSONResponse({"detail": f"unexpected Host {host!r}: use http://127.0.0.1"}, status_code=421)
+        if request.method not in SAFE_METHODS:
+            site = request.headers.get("sec-fetch-site")
+            origin = request.headers.get("origin")
+            origin_host = _hostname(origin.split("://", 1)[-1].split("/", 1)[0]) if origin else None
+            if site == "cross-site" or (
+                origin_host is not None and origin_host not in allowed | {_hostname(request.headers.get("host", ""))}
+            ):
+                return JSONResponse({"detail": "cross-site request refused"}, status_code=403)
+        return await call_next(request)
+
+    return guard

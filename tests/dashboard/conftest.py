@@ -123,6 +123,7 @@ def store_builder(tmp_path: Path) -> Callable[..., StoreBuilder]:
 def client_for(tmp_path: Path) -> Callable[..., TestClient]:
     def make(path: Path, **settings: object) -> TestClient:
         values: dict[str, object] = {"db": str(path), "confdir": str(tmp_path / "mitm"), **settings}
-        return TestClient(create_app(DashboardSettings(**values)))  # type: ignore[arg-type]
+        app = create_app(DashboardSettings(**values))  # type: ignore[arg-type]
+        return TestClient(app, base_url="http://127.0.0.1:8000")
 
     return make

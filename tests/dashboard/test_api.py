@@ -248,3 +248,28 @@ def test_token_protects_everything_but_healthz(filled: StoreBuilder, client_for)
     page = client.get("/", follow_redirects=False)
     assert page.status_code == 303
     assert page.headers["location"].startswith("/login")
+
+
+def test_a_foreign_host_is_refused_without_a_token(client: TestClient) -> None:
+    """DNS rebinding: a page on attacker.example resolving to 127.0.0.1 must not read captured data."""
+    answer = client.get("/api/deliveries", headers={"Host": "attacker.example:8000"})
+    assert answer.status_code == 421
+    assert client.get("/api/deliveries", headers={"Host": "localhost:8000"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example", "Content-Type": "text/plain"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ],
+)
+def test_cross_site_writes_are_refused(client: TestClient, headers: dict[str, str]) -> None:
+    answer = client.post("/api/reset", headers=headers)
+    assert answer.status_code == 403
+    assert len(client.get("/api/deliveries").json()["items"]) == 5
+
+
+def test_same_origin_and_script_writes_are_allowed(client: TestClient) -> None:
+    assert client.post("/api/reset?run=other", headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
+    assert client.post("/api/reset?run=other").status_code == 200

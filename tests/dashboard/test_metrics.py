@@ -108,7 +108,8 @@ def test_an_in_process_dashboard_reads_the_live_writer(tmp_path: Path) -> None:
     writer.stats.dropped = 3
     writer.start()
     try:
-        client = TestClient(create_app(DashboardSettings(db=str(tmp_path / "cw.db")), live_writer=lambda: writer))
+        app = create_app(DashboardSettings(db=str(tmp_path / "cw.db")), live_writer=lambda: writer)
+        client = TestClient(app, base_url="http://127.0.0.1:8000")
         samples = scrape(client)
         assert value(samples, "clickwatch_proxy_flows_total") == 7
         assert value(samples, "clickwatch_store_dropped_total") == 3
