@@ -54,8 +54,13 @@ PUBLISHED = {
     ("grafana", 3000),
 }
 NAMED_VOLUMES = {"clickwatch-data", "clickwatch-ca", "prometheus-data", "grafana-data"}
-PACKAGES = {"docker-compose": "docker-compose", "promtool": "prometheus", "prometheus": "prometheus"}
-PACKAGES["amtool"] = "prometheus-alertmanager"
+# The Debian package of each command-line tool the tests run.
+PACKAGES = {
+    "docker-compose": "docker-compose",
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "amtool": "prometheus-alertmanager",
+}
 # PromQL words that are not metric names (functions are recognised by the parenthesis that follows them).
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
 
@@ -212,7 +217,10 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile_installs_the_locked_project_and_runs_clickwatch_up_beyond_loopback(compose: dict[str, Any]) -> None:
     instructions = dockerfile_instructions()
-    get = lambda name: [args for inst, args in instructions if inst == name]  # noqa: E731
+
+    def get(name: str) -> list[str]:
+        return [args for inst, args in instructions if inst == name]
+
     assert get("FROM") == ["python:3.12-slim"]
     installs = [args for args in get("RUN") if "pip install" in args]
     assert len(installs) == 1
