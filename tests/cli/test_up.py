@@ -151,3 +151,42 @@ def test_addon_path_points_at_the_loadable_script() -> None:
     path = Path(result.stdout.strip())
     assert path.name == "capture.py"
     assert "addons = [Clickwatch()]" in path.read_text()
+
+
+def test_up_shows_live_progress_unless_quiet(tmp_path: Path, upstream: Upstream) -> None:
+    port, dashboard = free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            str(CLICKWATCH),
+            "up",
+            "--db",
+            str(tmp_path / "cw.db"),
+            "--proxy-port",
+            str(port),
+            "--dashboard-port",
+            str(dashboard),
+            "--set",
+            f"confdir={tmp_path / 'mitm'}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: listening(port) or process.poll() is not None, 20, "proxy listening")
+        with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=10, trust_env=False) as client:
+            client.post(
+                upstream.url("/s400/edge/clickstreamEvents"),
+                json={"productSku": "1"},
+                headers={"hybris-schema": "context/commerce/ProductView"},
+            )
+        time.sleep(3.5)  # one progress tick after the delivery
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert "FAILING: 0 delivered, 1 rejected, 0 failed, 0 pending" in out
+    assert "missing_consent_reference (error)" in out
