@@ -12,11 +12,12 @@ import binascii
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from core.findings import FindingKind, Severity
 from core.model import Kind, Verdict
+from core.record import schema_name
 
 MAX_LIMIT = 500
 
@@ -24,6 +25,8 @@ ITEM_COLUMNS = (
     "id, run, kind, target_kind, verdict, method, url, host, schema, schema_name, status_code, duration_ms, "
     "sent_at, answered_at, visitor, client_addr, consent, consent_reference, error, seq"
 )
+
+_D_ITEM_COLUMNS = ", ".join(f"d.{column.strip()}" for column in ITEM_COLUMNS.split(","))
 
 
 class StoreUnavailable(Exception):
@@ -69,9 +72,11 @@ class DeliveryFilter:
                 clauses.append(f"{alias}.{column} = ?")
                 params.append(str(value))
         if self.schema is not None:
-            # Users name schemas short ('ProductView') or as sent ('context/commerce/ProductView').
-            clauses.append(f"({alias}.schema_name = ? OR {alias}.schema = ?)")
-            params += [self.schema, self.schema]
+            # Users name schemas short ('ProductView') or as sent ('context/commerce/ProductView'): both are the
+            # stored schema_name. One equality keeps its (schema_name, sent_at) index usable; an OR with the
+            # unindexed `schema` column walked the whole store for a rare or unknown schema.
+            clauses.append(f"{alias}.schema_name = ?")
+            params.append(schema_name(self.schema))
         if self.finding is not None:
             clauses.append(f"EXISTS (SELECT 1 FROM findings f WHERE f.delivery_id = {alias}.id AND f.kind = ?)")
             params.append(str(self.finding))
@@ -142,13 +147,26 @@ def list_deliveries(
     conn: sqlite3.Connection, flt: DeliveryFilter, limit: int = 50, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first, one page, and the cursor of the next page (None at the end)."""
-    where, params = flt.where()
+    if flt.finding is not None:
+        # Page through that kind's findings newest first (each carries its delivery's sent_at) instead of
+        # probing every delivery for one: a rare finding kind would walk the whole store for one page.
+        where, params = replace(flt, finding=None).where()
+        source = "findings fk CROSS JOIN deliveries d ON d.id = fk.delivery_id"
+        where = (
+            "fk.kind = ? AND NOT EXISTS (SELECT 1 FROM findings f2 WHERE f2.delivery_id = fk.delivery_id "
+            f"AND f2.kind = fk.kind AND f2.id < fk.id) AND {where}"
+        )
+        params = [str(flt.finding), *params]
+        at, key = "fk.sent_at", "fk.delivery_id"
+    else:
+        where, params = flt.where()
+        source, at, key = "deliveries d", "d.sent_at", "d.id"
     if cursor:
         sent_at, delivery_id = decode_cursor(cursor)
-        where += " AND (d.sent_at < ? OR (d.sent_at = ? AND d.id < ?))"
+        where += f" AND ({at} < ? OR ({at} = ? AND {key} < ?))"
         params += [sent_at, sent_at, delivery_id]
     rows = conn.execute(
-        f"SELECT {ITEM_COLUMNS} FROM deliveries d WHERE {where} ORDER BY d.sent_at DESC, d.id DESC LIMIT ?",
+        f"SELECT {_D_ITEM_COLUMNS} FROM {source} WHERE {where} ORDER BY {at} DESC, {key} DESC LIMIT ?",
         [*params, limit + 1],
     ).fetchall()
     more = len(rows) > limit

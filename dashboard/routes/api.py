@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
@@ -18,6 +18,8 @@ from store import admin, export, reader
 
 router = APIRouter(prefix="/api", tags=["api"])
 
+# SQLite integers are signed 64-bit: a larger id or change number cannot even be bound (OverflowError, a 500).
+SQLITE_MAX_INT = 2**63 - 1
 LimitQuery = Annotated[int, Query(ge=1, le=reader.MAX_LIMIT, description="items per page (1-500)")]
 
 
@@ -36,7 +38,9 @@ def list_deliveries(
 
 
 @router.get("/deliveries/{delivery_id}", summary="One delivery with request, response or error, and findings")
-def get_delivery(conn: ConnDep, delivery_id: int) -> dict[str, Any]:
+def get_delivery(
+    conn: ConnDep, delivery_id: Annotated[int, Path(ge=-SQLITE_MAX_INT - 1, le=SQLITE_MAX_INT)]
+) -> dict[str, Any]:
     item = reader.get_delivery(conn, delivery_id)
     if item is None:
         raise HTTPException(status_code=404, detail=f"no delivery {delivery_id}")
@@ -98,7 +102,7 @@ async def stream(
     request: Request,
     settings: SettingsDep,
     flt: FilterDep,
-    after: Annotated[int | None, Query(ge=0, description="start after this change number")] = None,
+    after: Annotated[int | None, Query(ge=0, le=SQLITE_MAX_INT, description="start after this change number")] = None,
     last_event_id: Annotated[str | None, Header(max_length=32)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     seq = _start_seq(settings.db, after, last_event_id)
@@ -121,7 +125,7 @@ async def stream(
 def _start_seq(db: str, after: int | None, last_event_id: str | None) -> int:
     if last_event_id:
         try:
-            return max(0, int(last_event_id))
+            return min(max(0, int(last_event_id)), SQLITE_MAX_INT)
         except ValueError:
             raise HTTPException(status_code=422, detail="Last-Event-ID must be a change number") from None
     if after is not None:
@@ -158,7 +162,12 @@ def reset(settings: SettingsDep, run: Annotated[str | None, Query(max_length=200
     return {"removed": removed, "run": run}
 
 
-@router.get("/export", summary="Download deliveries as HAR, JSON lines or CSV")
+@router.get(
+    "/export",
+    summary="Download deliveries as HAR, JSON lines or CSV",
+    response_class=StreamingResponse,
+    responses={200: {"content": {media_type: {} for media_type in dict.fromkeys(export.FORMATS.values())}}},
+)
 def export_deliveries(
     settings: SettingsDep,
     flt: FilterDep,

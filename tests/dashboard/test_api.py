@@ -153,7 +153,10 @@ def test_delivery_detail(client: TestClient) -> None:
     assert failed_detail["error"] == "connection reset"
 
 
-@pytest.mark.parametrize(("path", "status"), [("/api/deliveries/999999", 404), ("/api/deliveries/abc", 422)])
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/api/deliveries/999999", 404), ("/api/deliveries/abc", 422), ("/api/deliveries/9223372036854775808", 422)],
+)
 def test_unknown_or_bad_delivery_id(client: TestClient, path: str, status: int) -> None:
     assert client.get(path).status_code == status
 
