@@ -342,6 +342,7 @@ def test_cors_preflight_is_stored_as_preflight(proxy: Proxy, upstream: Upstream)
         ("clickwatch_body_limit=-1", ["clickwatch_body_limit", "-1"]),
         ("clickwatch_config=BAD_TOML", ["clickwatch_config", "windows.silence_seconds", "expected a number"]),
         ("clickwatch_config=/no/such/file.toml", ["clickwatch_config", "/no/such/file.toml", "cannot read"]),
+        ("clickwatch_webhook=ftp://example.org/hook", ["clickwatch_webhook", "not an http(s) URL"]),
     ],
 )
 def test_bad_option_stops_startup_with_a_clear_message(tmp_path: Path, option: str, expected: list[str]) -> None:

@@ -37,8 +37,3 @@ def test_rejected_delivery_is_notified_and_the_proxy_is_not_slowed(
     text = receiver.bodies[0]["text"]
     assert "clickstream delivery rejected: HTTP 500" in text
     assert "SECRET" not in proxy.log()
-
-
-def test_bad_webhook_url_stops_start_up(proxy_factory: Callable[..., Proxy]) -> None:
-    with pytest.raises(pytest.fail.Exception, match="clickwatch_webhook"):
-        proxy_factory("--set", "clickwatch_webhook=ftp://example.org/hook")
