@@ -5,6 +5,7 @@ Load it into an existing mitmproxy with `mitmdump -s "$(clickwatch addon-path)"`
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -35,6 +36,7 @@ DEFAULT_RUN = "default"
 RUN_HEADER = "X-Clickwatch-Run"
 RUN_METADATA = "clickwatch_run"
 MAX_RUN_LENGTH = 100
+PAGE_FOLD_SECONDS = 1.0
 STOPPED_ERROR = "clickwatch stopped before the answer arrived"
 _CONSENT_COOKIE_NAMES = (ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE)
 _MAX_REMEMBERED_BROWSERS = 10000
@@ -78,6 +80,9 @@ class Clickwatch:
         # Per browser, the consent-bearing headers last handed on: unchanged ones on assets are not re-sent.
         self._last_consent_headers: OrderedDict[tuple[str, str, str], tuple[str, str | None]] = OrderedDict()
         self._connection_runs: dict[str, str] = {}
+        # Per browser: [first page at, last page at, count, consent headers] of page loads not handed on yet.
+        self._folded_pages: dict[tuple[str, str, str], list[Any]] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
         self.flows_seen = 0
         self.addon_errors = 0
 
@@ -339,7 +344,7 @@ class Clickwatch:
         self.writer.submit(Answer(uid=uid, kind=kind, sent_at=sent_at, ended_at=time.time(), error=message))
 
     def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> None:
-        """Hand on what storefront traffic says about consent and page loads; most assets say nothing new."""
+        """Hand on what storefront traffic says about consent and page loads; most of it says nothing new."""
         assert self.writer is not None
         req = flow.request
         cookie = req.headers.get("cookie", "")
@@ -355,25 +360,32 @@ class Clickwatch:
             req.headers.get("accept", ""),
             resp.headers.get("content-type", ""),
         )
-        if not page_load and not set_cookies:
-            if anonymous_header is None and not has_consent_cookie(cookie):
-                return
-            browser = (
-                flow.metadata.get(RUN_METADATA, DEFAULT_RUN),
-                _client_ip(flow),
-                req.headers.get("user-agent", ""),
-            )
-            if self._last_consent_headers.get(browser) == (cookie, anonymous_header):
-                return
-            self._last_consent_headers[browser] = (cookie, anonymous_header)
-            self._last_consent_headers.move_to_end(browser)
-            if len(self._last_consent_headers) > _MAX_REMEMBERED_BROWSERS:
-                self._last_consent_headers.popitem(last=False)
+        if not page_load and not set_cookies and anonymous_header is None and not has_consent_cookie(cookie):
+            return  # an asset that tells nothing about consent
+        run = flow.metadata.get(RUN_METADATA, DEFAULT_RUN)
+        browser = (run, _client_ip(flow), req.headers.get("user-agent", ""))
+        headers = (cookie, anonymous_header)
+        if not set_cookies and self._last_consent_headers.get(browser) == headers:
+            if page_load:
+                # Same browser, same consent headers: only the page count moves. Fold it and hand it on
+                # once a second, so ordinary browsing costs the store almost nothing.
+                folded = self._folded_pages.get(browser)
+                if folded is None:
+                    self._folded_pages[browser] = [req.timestamp_start, req.timestamp_start, 1, headers]
+                else:
+                    folded[1] = req.timestamp_start
+                    folded[2] += 1
+            return
+        self._flush_pages(browser)  # keep the order: earlier pages before what changes now
+        self._last_consent_headers[browser] = headers
+        self._last_consent_headers.move_to_end(browser)
+        if len(self._last_consent_headers) > _MAX_REMEMBERED_BROWSERS:
+            self._last_consent_headers.popitem(last=False)
         self.writer.submit(
             StorefrontSeen(
-                run=flow.metadata.get(RUN_METADATA, DEFAULT_RUN),
-                client_addr=_client_ip(flow),
-                user_agent=req.headers.get("user-agent", ""),
+                run=run,
+                client_addr=browser[1],
+                user_agent=browser[2],
                 request_at=req.timestamp_start,
                 response_at=resp.timestamp_end if resp is not None else None,
                 cookie=cookie,
@@ -383,9 +395,57 @@ class Clickwatch:
             )
         )
 
-    def done(self) -> None:
+    def _flush_pages(self, browser: tuple[str, str, str] | None = None) -> None:
+        """Hand on folded page loads (of one browser, or of all)."""
         if self.writer is None:
             return
+        browsers = [browser] if browser is not None else list(self._folded_pages)
+        for key in browsers:
+            folded = self._folded_pages.pop(key, None)
+            if folded is None:
+                continue
+            first_at, last_at, count, (cookie, anonymous_header) = folded
+            self.writer.submit(
+                StorefrontSeen(
+                    run=key[0],
+                    client_addr=key[1],
+                    user_agent=key[2],
+                    request_at=first_at,
+                    response_at=None,
+                    cookie=cookie,
+                    anonymous_consents_header=anonymous_header,
+                    set_cookies=(),
+                    page_load=True,
+                    repeats=count - 1,
+                    last_at=last_at,
+                )
+            )
+
+    def running(self) -> None:
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._flush_timer = loop.call_later(PAGE_FOLD_SECONDS, self._flush_tick)
+
+    def _flush_tick(self) -> None:
+        try:
+            self._flush_pages()
+        except Exception:
+            self.addon_errors += 1
+            log.exception("clickwatch: could not hand on page loads")
+        self._schedule_flush()
+
+    def done(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self.writer is None:
+            return
+        self._flush_pages()
         now = time.time()
         for uid, kind, sent_at in self.inflight.values():
             self.writer.submit(Answer(uid=uid, kind=kind, sent_at=sent_at, ended_at=now, error=STOPPED_ERROR))

@@ -200,8 +200,9 @@ class Judge:
             if set_reading is not None:
                 self._record(v, seen.response_at, set_reading, out)
         if seen.page_load:
-            v.page_loads += 1
-            v.last_page_at = max(seen.request_at, v.last_page_at or seen.request_at)
+            v.page_loads += 1 + seen.repeats
+            last = seen.last_at or seen.request_at
+            v.last_page_at = max(last, v.last_page_at or last)
             self._arm_silence(v, seen.request_at)
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out

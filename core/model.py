@@ -97,3 +97,5 @@ class StorefrontSeen:
     anonymous_consents_header: str | None
     set_cookies: tuple[str, ...]
     page_load: bool
+    repeats: int = 0  # further page loads with the same consent headers, folded into this one
+    last_at: float | None = None  # when the last folded page load happened

@@ -16,8 +16,8 @@ _NO_BODY = Body(BodyKind.EMPTY, None, 0)
 
 def clean_text(value: str | None) -> str | None:
     """Replace undecodable bytes (surrogate escapes) so any captured string can be stored and shown."""
-    if value is None:
-        return None
+    if value is None or value.isascii():
+        return value
     try:
         value.encode("utf-8")
         return value

@@ -22,11 +22,37 @@ def _next_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()[0])
 
 
+def coalesce(ops: StoreOps) -> None:
+    """Fold answers and consent decisions into requests of the same batch: one row written instead of three."""
+    new = {row["uid"]: row for row in ops.inserts}
+    if not new:
+        return
+    answers = []
+    for answer in ops.answers:
+        row = new.get(answer["uid"])
+        if row is None:
+            answers.append(answer)
+        else:
+            row.update(answer)
+    ops.answers = answers
+    consent = []
+    for decision in ops.consent:
+        row = new.get(decision["uid"])
+        if row is None:
+            consent.append(decision)
+        else:
+            row["consent"] = decision["consent"]
+    ops.consent = consent
+
+
 def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
     """Write a batch; order matters: an answer, a consent decision or a finding may belong to a request in it."""
-    if ops.inserts:
-        columns = list(ops.inserts[0])
-        conn.executemany(_insert("deliveries", columns).replace("INSERT", "INSERT OR IGNORE", 1), ops.inserts)
+    coalesce(ops)
+    groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
+    for row in ops.inserts:
+        groups.setdefault(tuple(row), []).append(row)
+    for names, rows in groups.items():
+        conn.executemany(_insert("deliveries", list(names)).replace("INSERT", "INSERT OR IGNORE", 1), rows)
     if ops.answers:
         columns = [c for c in ops.answers[0] if c != "uid"]
         conn.executemany(

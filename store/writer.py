@@ -39,6 +39,8 @@ STALE_PENDING_ERROR = "clickwatch stopped before an answer was seen"
 ANSWER_OVERFLOW_LIMIT = 50000
 OVERFLOW_NOTE = "response headers and body not kept: the store queue was full"
 EVALUATE_EVERY_SECONDS = 1.0
+# How long the writer lets observations gather before a commit: a hard kill loses at most this much.
+GATHER_SECONDS = 0.1
 
 
 @dataclass
@@ -86,7 +88,8 @@ class StoreWriter:
         config: Config | None = None,
         *,
         queue_size: int = 10000,
-        batch_size: int = 500,
+        batch_size: int = 2000,
+        gather_seconds: float = GATHER_SECONDS,
         retry_max_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
         live_counters: Callable[[], dict[str, int]] | None = None,
@@ -95,6 +98,7 @@ class StoreWriter:
         self.path = path
         self.pipeline = Pipeline(config)
         self.batch_size = batch_size
+        self.gather_seconds = gather_seconds
         self.retry_max_seconds = retry_max_seconds
         self.clock = clock
         self.stats = WriterStats()
@@ -239,6 +243,10 @@ class StoreWriter:
         except queue.Empty:
             pass
         else:
+            if not self._stopping.is_set():
+                # Let a batch gather: one wake-up and one commit per interval instead of one per request,
+                # which is what keeps this thread from competing with the proxy's event loop for the GIL.
+                self._stopping.wait(self.gather_seconds)
             batch = [first]
             while len(batch) < self.batch_size:
                 try:

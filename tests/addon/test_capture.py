@@ -183,3 +183,33 @@ def test_db_that_is_a_directory_is_refused(tmp_path):
     addon = Clickwatch()
     with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match="is a directory"):
         tctx.configure(addon, clickwatch_db=str(tmp_path))
+
+
+def page_flow(cookie: str):
+    req = tutils.treq(method=b"GET", host="shop.example", port=443, scheme=b"https", path=b"/electronics/p/1")
+    req.headers["cookie"] = cookie
+    req.headers["accept"] = "text/html"
+    req.headers["sec-fetch-dest"] = "document"
+    req.headers["user-agent"] = "Mozilla/5.0 test"
+    flow = tflow.tflow(req=req)
+    flow.response = tutils.tresp(status_code=200, content=b"<html></html>")
+    flow.response.headers["content-type"] = "text/html; charset=utf-8"
+    return flow
+
+
+async def test_unchanged_page_loads_are_folded_but_all_counted(addon_ctx):
+    addon, tctx, db = addon_ctx
+    given = "anonymous-consents=%5B%7B%22templateCode%22%3A%22PROFILE%22%2C%22consentState%22%3A%22GIVEN%22%7D%5D"
+    submitted = []
+    real_submit = addon.writer.submit
+    addon.writer.submit = lambda observation: submitted.append(observation) or real_submit(observation)
+    for _ in range(25):
+        await tctx.cycle(addon, page_flow(given))
+    assert len(submitted) == 1  # the first page; the other 24 wait folded
+    addon.done()
+    assert len(submitted) == 2
+    assert submitted[1].repeats == 23
+    conn = sqlite3.connect(db)
+    page_loads, consent = conn.execute("SELECT page_loads, consent FROM visitors").fetchone()
+    conn.close()
+    assert (page_loads, consent) == (25, "given")
