@@ -1,0 +1,1 @@
+"""Benchmarks of clickwatch: scripts that print figures, not tests."""
