@@ -22,6 +22,7 @@ COPY addon/ addon/
 COPY cli/ cli/
 COPY core/ core/
 COPY dashboard/ dashboard/
+COPY standin/ standin/
 COPY store/ store/
 RUN pip install -c requirements.lock . \
  && rm -rf /src

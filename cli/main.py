@@ -227,6 +227,33 @@ def _cmd_addon_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cli.demo import DemoOptions, DemoUsageError, parse_faults, run_demo
+
+    try:
+        options = DemoOptions(
+            journey=args.journey,
+            faults=parse_faults(args.fault),
+            spartacus=args.spartacus,
+            proxy_port=args.proxy_port,
+            dashboard_port=args.dashboard_port,
+            db=args.db,
+            chromium=Path(args.chromium),
+        )
+        for flag, port in (("--proxy-port", args.proxy_port), ("--dashboard-port", args.dashboard_port)):
+            if not 1 <= port <= 65535:
+                raise UsageError(f"{flag}: {port} is not a port number (1-65535)")
+        if args.db:
+            _check_db_path(args.db)
+        _check_port_free("127.0.0.1", args.proxy_port)
+        _check_port_free("127.0.0.1", args.dashboard_port)
+        return run_demo(options)
+    except DemoUsageError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None, help="SQLite store (default ./clickwatch.db; env CLICKWATCH_DB)")
     parser.add_argument("--config", default=None, help="TOML configuration file (env CLICKWATCH_CONFIG)")
@@ -309,6 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
     _filter_options(exp, full=True)
     exp.set_defaults(func=_cmd_export)
+
+    demo = sub.add_parser("demo", help="start a stand-in storefront and tenant with the proxy and the dashboard")
+    demo.add_argument(
+        "--journey", action="store_true", help="drive headless Chromium through a scripted visit, then judge it"
+    )
+    demo.add_argument("--fault", action="append", default=[], metavar="NAME", help="a stand-in fault (repeatable)")
+    demo.add_argument(
+        "--spartacus", action="store_true", help="a Spartacus-style storefront instead of the accelerator"
+    )
+    demo.add_argument("--proxy-port", type=int, default=8080, help="port of the proxy (default 8080)")
+    demo.add_argument("--dashboard-port", type=int, default=8000, help="port of the dashboard (default 8000)")
+    demo.add_argument("--db", default=None, help="SQLite store (default: a temporary file removed at exit)")
+    demo.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium for --journey")
+    demo.set_defaults(func=_cmd_demo)
 
     addon_path = sub.add_parser("addon-path", help="print the addon script path for `mitmdump -s`")
     addon_path.set_defaults(func=_cmd_addon_path)

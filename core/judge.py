@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 
 from core.checks import cors_problems, payload_problems, schema_problem
 from core.config import Config
-from core.consent import ConsentReading, ConsentState, has_consent_cookie, read_request, read_response
+from core.consent import (
+    CONSENT_GIVEN_SUFFIX,
+    ConsentReading,
+    ConsentState,
+    has_consent_cookie,
+    read_request,
+    read_response,
+)
 from core.findings import Finding, FindingKind
 from core.model import Answer, Body, Headers, Kind, RequestSeen, StorefrontSeen, Verdict
 from core.record import header, schema_name
@@ -234,6 +241,13 @@ class Judge:
 
     def _record(self, v: _Visitor, at: float, reading: ConsentReading, out: Judgement) -> None:
         before = v.state_at(at)
+        if (
+            reading.state is ConsentState.ABSENT
+            and before is not None
+            and before[1] is ConsentState.WITHDRAWN
+            and reading.source.endswith(CONSENT_GIVEN_SUFFIX)
+        ):
+            return  # the server's mirror cookie says only "not given": after a withdrawal it adds nothing
         entry = (at, reading.state, reading.source, reading.detail)
         bisect.insort(v.readings, entry, key=lambda r: r[0])
         if len(v.readings) > _MAX_READINGS:

@@ -1114,3 +1114,17 @@ def test_an_evaluation_with_nothing_waiting_says_nothing():
     trace.send(clickstream("c1", T))
     assert not trace.evaluate(T + 5)
     assert not Judge().evaluate(T, final=True)
+
+
+def test_the_mirror_cookie_after_a_withdrawal_does_not_flip_the_state_to_absent():
+    trace = Trace()
+    trace.page(T - 10, cookie=GIVEN)
+    trace.page(T, cookie=f"anonymous-consents={consents('WITHDRAWN')}", page_load=False)
+    trace.page(
+        T + 0.1,
+        cookie=f"anonymous-consents={consents('WITHDRAWN')}",
+        set_cookies=("electronics-profile.consent.given=false; Path=/",),
+        page_load=False,
+        response_at=T + 0.2,
+    )
+    assert trace.states() == [ConsentState.GIVEN, ConsentState.WITHDRAWN]

@@ -20,17 +20,10 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_
 
 from dashboard.main import create_app
 from dashboard.settings import DashboardSettings
+from standin.shopper import CHROMIUM_ARGS
 from tests.integration.conftest import free_port, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @dataclass

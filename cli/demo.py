@@ -1,0 +1,241 @@
+"""`clickwatch demo`: the stand-in storefront and tenant, the proxy and the dashboard, started together.
+
+Without `--journey` it runs until Ctrl-C while a person browses. With `--journey` a headless Chromium takes a
+scripted visit through the proxy (home, accept consent, product, add to cart, search), and the run is judged
+as `clickwatch check` would: exit 0 when healthy, 1 when not. `clickwatch up` runs as a child process, so
+the demo exercises exactly what a user starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from standin.faults import FaultError, Faults
+from standin.server import TAG_PATTERN, StandIn
+
+LISTEN = "127.0.0.1"
+STARTUP_SECONDS = 30.0
+STOP_SECONDS = 20.0
+JOURNEY_STEPS = ("accept", "product", "add-to-cart", "search")
+EXPECTED = ("ProductView", "AddedToCart", "KeywordSearch")
+# Short windows in journey mode, so the verdict comes seconds after the visit. A person reads a page longer
+# than a script does, and the proxy sees a newly given consent only on the next storefront request: the
+# interactive demo gives that more time.
+JOURNEY_GRACE_SECONDS = 2
+JOURNEY_SILENCE_SECONDS = 3
+INTERACTIVE_GRACE_SECONDS = 30
+CHECK_WAIT_SECONDS = 20.0
+
+
+class DemoUsageError(Exception):
+    """Something the user can fix (bad fault, missing browser, busy port): one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `clickwatch demo` was asked for."""
+
+    journey: bool
+    faults: Faults
+    spartacus: bool
+    proxy_port: int
+    dashboard_port: int
+    db: str | None
+    chromium: Path
+
+
+def parse_faults(names: list[str]) -> Faults:
+    """The --fault values, or a DemoUsageError naming the bad one."""
+    try:
+        return Faults.parse(names)
+    except FaultError as exc:
+        raise DemoUsageError(f"--fault: {exc}") from None
+
+
+def write_config(path: Path, journey: bool) -> None:
+    """The demo's clickwatch configuration: the stand-in's tag host, and windows fit for the kind of visit."""
+    grace = JOURNEY_GRACE_SECONDS if journey else INTERACTIVE_GRACE_SECONDS
+    lines = [
+        "# written by clickwatch demo",
+        "[capture]",
+        f"tag_pattern = '{TAG_PATTERN}'",
+        "[consent]",
+        f"grace_seconds = {grace}",
+    ]
+    if journey:
+        lines += ["[windows]", f"silence_seconds = {JOURNEY_SILENCE_SECONDS}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((LISTEN, port), timeout=0.5):
+        return True
+    return False
+
+
+def _healthy(url: str) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
+        return bool(answer.status == 200)
+    return False
+
+
+@contextlib.contextmanager
+def clickwatch_up(options: DemoOptions, db: str, config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`clickwatch up` as a child process, ready (proxy listening, dashboard reading the store) when yielded."""
+    command = [
+        sys.executable, "-m", "cli.main", "up",
+        "--proxy-port", str(options.proxy_port), "--dashboard-port", str(options.dashboard_port),
+        "--listen-host", LISTEN, "--db", db, "--config", str(config), "--upstream-insecure",
+    ]  # fmt: skip
+    if options.journey:
+        # Proxy credentials name the run; only the scripted browser uses this proxy.
+        command += ["--quiet", "--set", "proxyauth=any"]
+    with log.open("wb") as log_file:
+        output = log_file if options.journey else None  # a person watches the progress lines
+        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT if options.journey else None)
+        try:
+            dashboard = f"http://{LISTEN}:{options.dashboard_port}"
+            deadline = time.monotonic() + STARTUP_SECONDS
+            while not (_listening(options.proxy_port) and _healthy(dashboard)):
+                if child.poll() is not None:
+                    lines = log.read_text(errors="replace").strip().splitlines() if options.journey else []
+                    raise DemoUsageError(lines[-1] if lines else f"clickwatch up exited with {child.returncode}")
+                if time.monotonic() > deadline:
+                    raise DemoUsageError(f"clickwatch up did not start within {STARTUP_SECONDS:.0f} s (log: {log})")
+                time.sleep(0.1)
+            yield child
+        finally:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+                try:
+                    child.wait(STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+
+
+def print_banner(standin: StandIn, options: DemoOptions, db: str, ca_cert: Path, out: TextIO) -> None:
+    """What is running and what to open."""
+    style = "Spartacus style" if options.spartacus else "accelerator style"
+    proxy = f"http://{LISTEN}:{options.proxy_port}"
+    out.write("clickwatch demo: a stand-in storefront and ISS tenant behind the clickwatch proxy\n")
+    out.write(f"  storefront  {standin.storefront_url()}  ({style}; also {standin.storefront_url('http')})\n")
+    out.write(f"  tenant      {standin.tenant_origin()}  faults: {', '.join(options.faults.names()) or 'none'}\n")
+    out.write(f"  proxy       {proxy}  CA certificate {ca_cert}\n")
+    out.write(f"  dashboard   http://{LISTEN}:{options.dashboard_port}/\n")
+    out.write(f"  store       {db}\n")
+    if not options.journey:
+        out.write(
+            f"Browse the storefront through the proxy, e.g.\n"
+            f"  chromium --proxy-server={proxy} --proxy-bypass-list='<-loopback>' {standin.storefront_url()}\n"
+            f"(trust the CA certificate first, see the README), accept the consent banner, view a product.\n"
+            f"Switch faults while it runs:\n"
+            f'  curl --insecure -X POST {standin.tenant_origin()}/admin/faults -d \'{{"faults": ["status:503"]}}\'\n'
+            f"Ctrl-C stops everything.\n"
+        )
+    out.flush()
+
+
+def take_journey(standin: StandIn, options: DemoOptions, ca_cert: Path, home: Path, run: str, out: TextIO) -> None:
+    """Headless Chromium through the proxy as run `run`: home, (read), accept, product, add to cart, search."""
+    from playwright.sync_api import sync_playwright
+
+    from standin import shopper
+
+    shopper.trusting_home(home, ca_cert)
+    with sync_playwright() as playwright:
+        browser = shopper.launch(playwright, home, options.chromium)
+        try:
+            context = shopper.visit(browser, f"http://{LISTEN}:{options.proxy_port}", run)
+            walker = shopper.Shopper(context.new_page(), standin.storefront_url(), settle_seconds=3.0)
+            walker.home()
+            # The shopper reads the home page (and the banner) for longer than the grace window: whatever the
+            # tag sends before consent is then judged as sent without consent.
+            time.sleep(JOURNEY_GRACE_SECONDS + 1)
+            walker.walk(JOURNEY_STEPS)
+            context.close()
+        finally:
+            browser.close()
+    steps = " → ".join(name for name, _ in walker.steps)
+    unanswered = f" (no answer yet after: {', '.join(walker.unsettled)})" if walker.unsettled else ""
+    out.write(f"journey: {steps} as run {run!r}{unanswered}\n")
+    out.flush()
+
+
+def judge(dashboard: str, run: str, out: TextIO) -> bool:
+    """Wait for the run's pending decisions, then print the `clickwatch check` report; True when healthy."""
+    from cli.check import DEFAULT_FAIL_ON, Expectation, parse_fail_on, print_report, run_check
+    from cli.sources import ApiSource
+
+    source = ApiSource(dashboard)
+    fail_on = parse_fail_on(DEFAULT_FAIL_ON)
+    run_check(source, {"run": run}, fail_on, [], CHECK_WAIT_SECONDS)  # decisions first, so no time is spent on
+    report = run_check(source, {"run": run}, fail_on, [Expectation(e) for e in EXPECTED], 0.0)  # unmet ones
+    print_report(report, out)
+    return report.healthy
+
+
+def _check_journey_tools(options: DemoOptions) -> None:
+    from standin.shopper import ShopperError, require_certutil, require_chromium
+
+    try:
+        require_chromium(options.chromium)
+        require_certutil()
+    except ShopperError as exc:
+        raise DemoUsageError(str(exc)) from None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        raise DemoUsageError("the scripted journey needs Playwright (pip install playwright)") from None
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
+    """Run the demo; 0 healthy (or stopped by Ctrl-C), 1 unhealthy journey."""
+    from standin.shopper import ShopperError
+
+    if options.journey:
+        _check_journey_tools(options)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    with tempfile.TemporaryDirectory(prefix="clickwatch-demo-") as scratch:
+        state = Path(scratch)
+        db = os.path.abspath(options.db) if options.db else str(state / "demo.db")
+        config = state / "clickwatch.toml"
+        write_config(config, options.journey)
+        ca_cert = Path("~/.mitmproxy/mitmproxy-ca-cert.pem").expanduser()
+        try:
+            with (
+                StandIn(spartacus=options.spartacus, faults=options.faults, directory=state / "standin") as standin,
+                clickwatch_up(options, db, config, state / "clickwatch-up.log") as child,
+            ):
+                print_banner(standin, options, db, ca_cert, out)
+                if not options.journey:
+                    child.wait()
+                    return 0
+                run = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+                try:
+                    take_journey(standin, options, ca_cert, state / "browser-home", run, out)
+                except ShopperError as exc:
+                    raise DemoUsageError(str(exc)) from None
+                return 0 if judge(f"http://{LISTEN}:{options.dashboard_port}", run, out) else 1
+        except KeyboardInterrupt:
+            out.write("clickwatch demo: stopped\n")
+            return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,149 @@
+/* Stand-in Profile Tag. Reads the storefront's data layer (window.Y_TRACKING.eventLayer) and sends its events
+   to the tenant the way SAP's Profile Tag does:
+   - nothing until ConsentChanged {granted: true}: earlier events are dropped, not queued;
+   - then one consent reference (POST consentReferences, 201 with the reference), kept for later pages in the
+     <siteId>-consentReference cookie;
+   - then each event as a POST to /edge/clickstreamEvents with hybris-schema and consent-reference;
+   - ConsentChanged {granted: false} clears the reference and stops tracking.
+   The tenant's configuration (/config/<id>) can switch on faulty behaviour: trackBeforeConsent (consent is
+   ignored), duplicateEvents (every event sent twice), omitConsentReference (no consent-reference header).
+   Y_TRACKING.standin tells a scripted shopper when everything the page pushed has been handled. */
+(function () {
+  "use strict";
+
+  var Y = (window.Y_TRACKING = window.Y_TRACKING || {});
+  var layer = (Y.eventLayer = Y.eventLayer || []);
+  var init = (Y.q && Y.q[0] && Y.q[0][0]) || {};
+  var SCHEMAS = {
+    ProductDetailsPageViewed: "ProductView",
+    CategoryPageViewed: "CategoryView",
+    KeywordSearch: "KeywordSearch",
+    AddedToCart: "AddedToCart",
+    ModifiedCart: "ModifiedCart",
+    RemovedFromCart: "RemovedFromCart",
+    CartSnapshot: "CartSnapshot",
+    OrderConfirmationPageViewed: "OrderCreated"
+  };
+  var cookieName = (init.siteId || "site") + "-consentReference";
+  var config = null;
+  var behaviour = {};
+  var granted = false;
+  var reference = readCookie(cookieName);
+  var obtaining = false;
+  var waiting = []; // events consent allowed, waiting for the consent reference
+  var handled = 0;
+  var status = (Y.standin = {
+    ready: false,
+    inflight: 0,
+    sent: [],
+    reference: function () { return reference; },
+    settled: function () {
+      // Without a configuration nothing will ever be sent: that is settled too.
+      return status.ready && (!config || handled >= layer.length) && status.inflight === 0;
+    }
+  });
+
+  function readCookie(name) {
+    var parts = document.cookie ? document.cookie.split("; ") : [];
+    for (var i = 0; i < parts.length; i++) {
+      var eq = parts[i].indexOf("=");
+      if (parts[i].slice(0, eq) === name) return decodeURIComponent(parts[i].slice(eq + 1));
+    }
+    return null;
+  }
+
+  function keepReference(value) {
+    reference = value;
+    var secure = window.location.protocol === "https:" ? "; Secure" : "";
+    document.cookie = cookieName + "=" + (value ? encodeURIComponent(value) : "") + "; path=/; SameSite=Lax" + secure +
+      (value ? "" : "; Max-Age=0");
+  }
+
+  function post(url, headers, body) {
+    status.inflight += 1;
+    return fetch(url, { method: "POST", headers: headers, body: body, credentials: "omit", keepalive: true })
+      .finally(function () { status.inflight -= 1; });
+  }
+
+  function obtainReference() {
+    if (reference || obtaining) return;
+    obtaining = true;
+    var body = JSON.stringify({ siteId: init.siteId, consentTemplateId: "PROFILE", consentTemplateVersion: 1 });
+    post(config.consentReferenceUrl, { "content-type": "application/json" }, body)
+      .then(function (response) { return response.status === 201 ? response.json() : null; })
+      .then(function (answer) {
+        if (answer && answer.id && granted) keepReference(answer.id);
+      })
+      .catch(function () { /* no reference: events keep waiting until a later page tries again */ })
+      .then(function () {
+        obtaining = false;
+        var ready = reference ? waiting : [];
+        waiting = reference ? [] : waiting;
+        ready.forEach(function (event) { send(event[0], event[1]); });
+      });
+  }
+
+  function send(schema, data) {
+    var headers = { "content-type": "application/json", "hybris-schema": "context/commerce/" + schema };
+    if (!behaviour.omitConsentReference) headers["consent-reference"] = reference;
+    var copies = behaviour.duplicateEvents ? 2 : 1;
+    for (var i = 0; i < copies; i++) {
+      post(config.clickstreamUrl, headers, JSON.stringify(data)).then(
+        function (response) { status.sent.push({ schema: schema, status: response.status }); },
+        function (error) { status.sent.push({ schema: schema, status: 0, error: String(error) }); }
+      );
+    }
+  }
+
+  function consentChanged(isGranted) {
+    if (behaviour.trackBeforeConsent) return; // the faulty tag does not listen to consent at all
+    granted = isGranted;
+    if (granted) {
+      obtainReference();
+    } else {
+      waiting = [];
+      keepReference(null);
+    }
+  }
+
+  function handle(event) {
+    if (!event || typeof event.name !== "string") return;
+    if (event.name === "ConsentChanged") {
+      consentChanged(Boolean(event.data && event.data.granted));
+      return;
+    }
+    var schema = SCHEMAS[event.name];
+    if (!schema || !granted) return; // not tracked, or no consent: dropped
+    if (reference) send(schema, event.data || {});
+    else {
+      waiting.push([schema, event.data || {}]);
+      obtainReference();
+    }
+  }
+
+  function drain() {
+    if (!config) return;
+    while (handled < layer.length) handle(layer[handled++]);
+  }
+
+  var originalPush = layer.push;
+  layer.push = function () {
+    var length = originalPush.apply(layer, arguments);
+    drain();
+    return length;
+  };
+
+  fetch(init.configUrl, { credentials: "omit" })
+    .then(function (response) { return response.json(); })
+    .then(function (answer) {
+      config = answer;
+      behaviour = answer.behaviour || {};
+      if (behaviour.trackBeforeConsent) {
+        granted = true;
+        obtainReference();
+      }
+      drain();
+    })
+    .catch(function (error) { status.error = String(error); })
+    .then(function () { status.ready = true; });
+})();

@@ -1,0 +1,94 @@
+"""`clickwatch demo` as a QA runs it after installing: a real process, real ports, the system Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+CLICKWATCH = Path(sys.executable).with_name("clickwatch")
+
+
+def demo(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    # HOME keeps mitmproxy's CA (~/.mitmproxy) inside the test's own directory.
+    env = {**os.environ, "HOME": str(tmp_path)}
+    ports = ["--proxy-port", str(free_port()), "--dashboard-port", str(free_port())]
+    command = [str(CLICKWATCH), "demo", *ports, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "shown"),
+    [
+        ([], 0, ["ok   ProductView", "ok   AddedToCart", "ok   KeywordSearch", "HEALTHY"]),
+        (["--fault", "status:503"], 1, ["rejected (503)", "MISS ProductView", "UNHEALTHY"]),
+    ],
+    ids=["healthy", "status-503"],
+)
+def test_demo_journey_judges_the_visit(tmp_path: Path, args: list[str], code: int, shown: list[str]) -> None:
+    result = demo(tmp_path, "--journey", *args)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "journey: home → accept → product → add-to-cart → search" in result.stdout
+    for text in ["storefront  https://localhost:", "dashboard   http://127.0.0.1:", *shown]:
+        assert text in result.stdout, result.stdout
+
+
+def test_demo_without_chromium_says_how_to_install_it(tmp_path: Path) -> None:
+    result = demo(tmp_path, "--journey", "--chromium", str(tmp_path / "no-chromium"), timeout=30)
+    assert result.returncode == 2
+    assert "apt-get install chromium" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--fault", "teapot"], "--fault: unknown fault 'teapot'"), (["--proxy-port", "0"], "--proxy-port")],
+)
+def test_demo_usage_errors_exit_2_before_anything_starts(tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [str(CLICKWATCH), "demo", "--dashboard-port", str(free_port()), *args],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "HOME": str(tmp_path)}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+
+
+def test_demo_without_journey_serves_until_interrupted(tmp_path: Path) -> None:
+    proxy_port, dashboard_port = free_port(), free_port()
+    command = [str(CLICKWATCH), "demo", "--proxy-port", str(proxy_port), "--dashboard-port", str(dashboard_port)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HOME": str(tmp_path)}
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Ctrl-C stops everything"):
+                break
+        banner = "".join(lines)
+        storefront = re.search(r"also (http://localhost:\d+/)", banner)
+        assert storefront, banner
+        assert f"--proxy-server=http://127.0.0.1:{proxy_port}" in banner
+        # The storefront answers through the proxy, and the dashboard is up.
+        with httpx.Client(proxy=f"http://127.0.0.1:{proxy_port}", trust_env=False, timeout=10) as through_proxy:
+            assert "Stand-in Electronics" in through_proxy.get(storefront[1]).text
+        assert httpx.get(f"http://127.0.0.1:{dashboard_port}/healthz", trust_env=False).status_code == 200
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, banner + rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
