@@ -132,6 +132,8 @@ class StoreWriter:
     def metric_counters(self) -> dict[str, float]:
         """Cumulative counters across restarts: what earlier processes stored plus this process's counts."""
         live = {"proxy_flows": 0, "addon_errors": 0, **self._live_counters(), "store_dropped": self.stats.dropped}
+        # A bug met while decoding, judging or writing one observation counts like one in the addon's hooks.
+        live["addon_errors"] += self.stats.errors
         base = self._counter_base or {}
         return {name: base.get(name, 0.0) + float(live.get(name, 0)) for name in COUNTERS}
 
