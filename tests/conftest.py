@@ -1,6 +1,18 @@
-"""Fixtures shared across test folders: the real upstream server and the real store builder."""
+"""Fixtures shared across test folders: the real upstream server, the real store builder, and the one
+Playwright driver of the session (a second sync driver cannot run beside the first in one thread)."""
+
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Playwright, sync_playwright
 
 from tests.dashboard.conftest import client_for, store_builder
 from tests.integration.conftest import upstream
 
-__all__ = ["client_for", "store_builder", "upstream"]
+__all__ = ["client_for", "playwright_driver", "store_builder", "upstream"]
+
+
+@pytest.fixture(scope="session")
+def playwright_driver() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver

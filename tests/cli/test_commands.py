@@ -195,24 +195,25 @@ def judged(db: Path) -> list[tuple[Any, ...]]:
     return rows
 
 
-def test_import_a_har_recorded_by_chromium_judges_it_like_live_traffic(tmp_path: Path, shop: str) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_import_a_har_recorded_by_chromium_judges_it_like_live_traffic(
+    tmp_path: Path, shop: str, playwright_driver: Any
+) -> None:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} not found: apt-get install chromium")
     har = tmp_path / "session.har"
     proxy = start_proxy(tmp_path, "--set", f"hardump={har}")
     try:
-        with sync_playwright() as driver:
-            browser = driver.chromium.launch(
-                executable_path=str(CHROMIUM),
-                headless=True,
-                args=[*CHROMIUM_ARGS, "--proxy-bypass-list=<-loopback>"],
-                proxy={"server": f"http://127.0.0.1:{proxy.port}"},
-            )
+        browser = playwright_driver.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[*CHROMIUM_ARGS, "--proxy-bypass-list=<-loopback>"],
+            proxy={"server": f"http://127.0.0.1:{proxy.port}"},
+        )
+        try:
             page = browser.new_page()
             page.goto(f"{shop}/p/300938")
             page.wait_for_function("window.done === true", timeout=10000)
+        finally:
             browser.close()
         assert proxy.stop() == 0
     finally:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright
 
 from dashboard.main import create_app
 from dashboard.settings import DashboardSettings
@@ -68,12 +68,6 @@ def wait_for_store(dashboard: Dashboard, timeout: float = 10.0) -> None:
         return False
 
     wait_until(readable, timeout, "the dashboard to read the store")
-
-
-@pytest.fixture(scope="session")
-def playwright_driver() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
 
 
 @pytest.fixture(scope="session")

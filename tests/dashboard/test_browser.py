@@ -13,7 +13,6 @@ from playwright.sync_api import expect
 from tests.dashboard.browser_fixtures import (
     WatchedPage,
     chromium,
-    playwright_driver,
     serve_dashboard,
     settle,
     tab,
@@ -22,7 +21,7 @@ from tests.dashboard.browser_fixtures import (
 from tests.integration.conftest import Proxy, Upstream, proxy, proxy_factory, upstream, wait_until
 
 # Fixtures used by name below: imported so pytest finds them here.
-__all__ = ["chromium", "playwright_driver", "proxy", "proxy_factory", "tab", "upstream"]
+__all__ = ["chromium", "proxy", "proxy_factory", "tab", "upstream"]
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from standin import shopper
@@ -177,12 +177,6 @@ def clickwatch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clickwatch]
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-
-
-@pytest.fixture(scope="session")
-def playwright_driver() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
 
 
 @pytest.fixture(scope="session")
