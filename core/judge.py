@@ -222,7 +222,8 @@ class Judge:
             changed = False
             due = [c for c in v.candidates if final or c.at + grace <= now]
             if due:
-                v.candidates = [c for c in v.candidates if c not in due]
+                # A plain split, not a membership test: thousands of calls can wait at once under load.
+                v.candidates = [] if final else [c for c in v.candidates if c.at + grace > now]
                 for candidate in due:
                     self._decide_consent(v, candidate, out)
                 changed = True
@@ -273,7 +274,9 @@ class Judge:
     def _decide_consent(self, v: _Visitor, candidate: _Candidate, out: Judgement) -> None:
         grace = self.config.grace_seconds
         at_call = v.state_at(candidate.at)
-        later = [r for r in v.readings if candidate.at < r[0] <= candidate.at + grace]
+        start = bisect.bisect_right(v.readings, candidate.at, key=lambda r: r[0])
+        end = bisect.bisect_right(v.readings, candidate.at + grace, key=lambda r: r[0])
+        later = v.readings[start:end]
         if (at_call is not None and at_call[1] is ConsentState.GIVEN) or any(r[1] is ConsentState.GIVEN for r in later):
             out.consent.append((candidate.uid, ConsentState.GIVEN.value))
             return
