@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.model import Body, BodyKind, Headers
+from core.record import header
 
 SAFELISTED_METHODS = frozenset({"GET", "HEAD", "POST"})
 _MAX_NULL_PATHS = 5
@@ -79,10 +80,6 @@ def _tokens(value: str | None) -> list[str]:
     return [token.strip().lower() for token in (value or "").split(",") if token.strip()]
 
 
-def _first(headers: Headers, name: str) -> str | None:
-    return next((value for key, value in headers if key.lower() == name), None)
-
-
 def _joined(headers: Headers, name: str) -> str | None:
     # Repeated list-valued header lines mean the same as one line joined with commas (RFC 9110 5.3).
     values = [value for key, value in headers if key.lower() == name]
@@ -94,8 +91,8 @@ def cors_problems(request_headers: Headers, status_code: int, response_headers: 
     if not 200 <= status_code <= 299:
         return [f"the preflight was answered {status_code}, not 2xx"]
     problems: list[str] = []
-    origin = _first(request_headers, "origin")
-    allow_origin = _first(response_headers, "access-control-allow-origin")
+    origin = header(request_headers, "origin")
+    allow_origin = header(response_headers, "access-control-allow-origin")
     if origin is not None:
         if allow_origin is None:
             problems.append("the answer has no Access-Control-Allow-Origin")
@@ -103,13 +100,13 @@ def cors_problems(request_headers: Headers, status_code: int, response_headers: 
             problems.append(
                 f"Access-Control-Allow-Origin is {allow_origin.strip()!r}, not the page's origin {origin!r}"
             )
-    method = (_first(request_headers, "access-control-request-method") or "").strip().upper()
+    method = (header(request_headers, "access-control-request-method") or "").strip().upper()
     allowed_methods = [m.upper() for m in _tokens(_joined(response_headers, "access-control-allow-methods"))]
     if method and method not in SAFELISTED_METHODS and method not in allowed_methods and "*" not in allowed_methods:
         problems.append(f"method {method} is not in Access-Control-Allow-Methods")
     requested = _tokens(_joined(request_headers, "access-control-request-headers"))
     allowed = _tokens(_joined(response_headers, "access-control-allow-headers"))
-    credentials = (_first(response_headers, "access-control-allow-credentials") or "").strip().lower() == "true"
+    credentials = (header(response_headers, "access-control-allow-credentials") or "").strip().lower() == "true"
     if requested and not ("*" in allowed and not credentials):
         missing = [name for name in requested if name not in allowed]
         if missing:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from core.matching import Patterns, is_page_load
 from core.model import Answer, Headers, RequestSeen, StorefrontSeen
+from core.record import header
 
 HAR_CLIENT = "har-import"  # a HAR names no client address; one recording is one browser
 
@@ -34,9 +35,9 @@ def _get(obj: Any, key: str, where: str, kind: type | tuple[type, ...]) -> Any:
 def _headers(entry_part: dict[str, Any], where: str) -> Headers:
     headers = _get(entry_part, "headers", where, list)
     out = []
-    for index, header in enumerate(headers):
-        name = _get(header, "name", f"{where}.headers[{index}]", str)
-        value = _get(header, "value", f"{where}.headers[{index}]", str)
+    for index, field in enumerate(headers):
+        name = _get(field, "name", f"{where}.headers[{index}]", str)
+        value = _get(field, "value", f"{where}.headers[{index}]", str)
         out.append((name, value))
     return tuple(out)
 
@@ -67,10 +68,6 @@ def _started(entry: dict[str, Any], where: str) -> float:
     if moment.tzinfo is None:
         raise HarError(f"{where}.startedDateTime: {raw!r} has no time zone")
     return moment.timestamp()
-
-
-def _header(headers: Headers, name: str) -> str | None:
-    return next((v for k, v in headers if k.lower() == name), None)
 
 
 def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | Answer | StorefrontSeen]:
@@ -106,7 +103,7 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
         parts = urlsplit(url)
         host = parts.hostname or ""
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        user_agent = _header(req_headers, "user-agent") or ""
+        user_agent = header(req_headers, "user-agent") or ""
         match = patterns.classify(method, host, path)
         ended = started + elapsed
         if match is None:
@@ -117,15 +114,15 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
                     user_agent=user_agent,
                     request_at=started,
                     response_at=ended if status else None,
-                    cookie=_header(req_headers, "cookie") or "",
-                    anonymous_consents_header=_header(req_headers, "x-anonymous-consents"),
+                    cookie=header(req_headers, "cookie") or "",
+                    anonymous_consents_header=header(req_headers, "x-anonymous-consents"),
                     set_cookies=tuple(v for k, v in resp_headers if k.lower() == "set-cookie"),
                     page_load=bool(status)
                     and is_page_load(
                         method,
-                        _header(req_headers, "sec-fetch-dest"),
-                        _header(req_headers, "accept") or "",
-                        _header(resp_headers, "content-type") or "",
+                        header(req_headers, "sec-fetch-dest"),
+                        header(req_headers, "accept") or "",
+                        header(resp_headers, "content-type") or "",
                     ),
                 )
             )
