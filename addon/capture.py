@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import functools
 import logging
 import os
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -22,13 +20,12 @@ from urllib.parse import unquote
 from mitmproxy import ctx, exceptions, http
 
 from core import matching
-from core.config import Config, ConfigError, load_config
+from core.config import Config, ConfigError, build_config
 from core.consent import ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE, has_consent_cookie
-from core.model import Answer, Kind, RequestSeen, StorefrontSeen
-from core.pipeline import Notice
-from core.verdict import StatusSpecError, parse_expected
-from store.notify import WebhookError, WebhookNotifier, check_url, redact
-from store.writer import StoreWriter
+from core.verdict import StatusSpecError
+from store import wire
+from store.link import StoreLink
+from store.notify import WebhookError, check_url, redact
 
 log = logging.getLogger("clickwatch.addon")
 
@@ -38,8 +35,12 @@ RUN_METADATA = "clickwatch_run"
 MAX_RUN_LENGTH = 100
 PAGE_FOLD_SECONDS = 1.0
 STOPPED_ERROR = "clickwatch stopped before the answer arrived"
-_CONSENT_COOKIE_NAMES = (ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE)
+_CONSENT_COOKIE_BYTES = tuple(name.encode() for name in (ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE))
+# What has_consent_cookie looks for first; a Cookie header without either cannot carry a consent cookie.
+_CONSENT_COOKIE_PROBES = (ANONYMOUS_CONSENTS.encode(), CONSENT_GIVEN_SUFFIX.encode())
+_RUN_HEADERS = frozenset((b"proxy-authorization", RUN_HEADER.lower().encode()))
 _MAX_REMEMBERED_BROWSERS = 10000
+_MAX_REMEMBERED_ORIGINS = 4096
 
 # Options that map onto a Config field; set to anything but their default, they override the config file.
 _OPTION_FIELDS = {
@@ -74,9 +75,14 @@ class Clickwatch:
     def __init__(self) -> None:
         self.config = Config()
         self.patterns = self.config.patterns()
-        self.writer: StoreWriter | None = None
-        self.notifier: WebhookNotifier | None = None
-        self.inflight: dict[str, tuple[str, Kind, float]] = {}
+        self.writer: StoreLink | None = None
+        self.inflight: dict[str, tuple[str, str, float]] = {}
+        self._origins: dict[tuple[str, str | None, str, int], tuple[str, str]] = {}
+        self._config_message: wire.Message = (
+            wire.CONFIG,
+            {"config_file": "", "overrides": {}, "expected_status": ""},
+        )
+        self._webhook_message: wire.Message = (wire.WEBHOOK, "", 10)
         # Per browser, the consent-bearing headers last handed on: unchanged ones on assets are not re-sent.
         self._last_consent_headers: OrderedDict[tuple[str, str, str], tuple[str, str | None]] = OrderedDict()
         self._connection_runs: dict[str, str] = {}
@@ -166,6 +172,13 @@ class Clickwatch:
             "Observations held in memory while the database cannot be written; beyond it they are dropped and counted.",
         )
         loader.add_option(
+            "clickwatch_store_process",
+            bool,
+            True,
+            "Decode, judge and write deliveries in a separate store process, so the proxy's event loop never "
+            "waits for them; false does it in a thread of the proxy process (slower under heavy load).",
+        )
+        loader.add_option(
             "clickwatch_shutdown_timeout",
             int,
             10,
@@ -175,11 +188,12 @@ class Clickwatch:
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
         if updated & _CONFIG_OPTIONS:
-            config = self._build_config()
-            self.patterns = config.patterns()
-            self.config = config
+            spec = self._config_spec()
+            self.config = self._build_config(spec)
+            self.patterns = self.config.patterns()
+            self._config_message = (wire.CONFIG, spec)
             if self.writer is not None:
-                self.writer.config = config
+                self.writer.control(self._config_message)
         if opts.clickwatch_queue_size < 1:
             raise exceptions.OptionsError(
                 f"clickwatch_queue_size: must be at least 1, not {opts.clickwatch_queue_size}"
@@ -189,11 +203,14 @@ class Clickwatch:
                 f"clickwatch_shutdown_timeout: must be 0 or more seconds, not {opts.clickwatch_shutdown_timeout}"
             )
         if updated & {"clickwatch_webhook", "clickwatch_webhook_interval"}:
-            self._open_webhook(opts.clickwatch_webhook, opts.clickwatch_webhook_interval)
-        if "clickwatch_db" in updated or self.writer is None:
+            self._check_webhook(opts.clickwatch_webhook, opts.clickwatch_webhook_interval)
+            self._webhook_message = (wire.WEBHOOK, opts.clickwatch_webhook, opts.clickwatch_webhook_interval)
+            if self.writer is not None:
+                self.writer.control(self._webhook_message)
+        if updated & {"clickwatch_db", "clickwatch_store_process"} or self.writer is None:
             self._open_store(opts.clickwatch_db, opts.clickwatch_queue_size)
 
-    def _open_webhook(self, url: str, interval: int) -> None:
+    def _check_webhook(self, url: str, interval: int) -> None:
         if interval < 0:
             raise exceptions.OptionsError(f"clickwatch_webhook_interval: must be 0 or more seconds, not {interval}")
         if url:
@@ -201,133 +218,160 @@ class Clickwatch:
                 check_url(url)
             except WebhookError as exc:
                 raise exceptions.OptionsError(f"clickwatch_webhook: {exc}") from None
-        if self.notifier is not None:
-            self.notifier.close()
-            self.notifier = None
-        if url:
-            self.notifier = WebhookNotifier(url, min_interval=float(interval))
             log.info("clickwatch: notifying %s", redact(url))
 
-    def _notify(self, notices: list[Notice]) -> None:
-        notifier = self.notifier
-        if notifier is not None:
-            notifier.notify(notices)
-
-    def _build_config(self) -> Config:
+    def _config_spec(self) -> dict[str, Any]:
+        """The plain values the Config is built from, here and in the store process."""
         opts = ctx.options
-        try:
-            config = load_config(opts.clickwatch_config) if opts.clickwatch_config else Config()
-        except ConfigError as exc:
-            raise exceptions.OptionsError(f"clickwatch_config: {exc}") from None
         defaults = Config()
         overrides = {
             field: getattr(opts, name)
             for name, field in _OPTION_FIELDS.items()
             if getattr(opts, name) != getattr(defaults, field)
         }
-        if opts.clickwatch_body_limit < 0:
+        return {
+            "config_file": opts.clickwatch_config,
+            "overrides": overrides,
+            "expected_status": opts.clickwatch_expected_status,
+        }
+
+    def _build_config(self, spec: dict[str, Any]) -> Config:
+        if ctx.options.clickwatch_body_limit < 0:
             raise exceptions.OptionsError(
-                f"clickwatch_body_limit: must be 0 or more characters, not {opts.clickwatch_body_limit}"
+                f"clickwatch_body_limit: must be 0 or more characters, not {ctx.options.clickwatch_body_limit}"
             )
         try:
-            overrides["expected_status"] = parse_expected(opts.clickwatch_expected_status, config.expected_status)
+            return build_config(**spec)
+        except ConfigError as exc:
+            raise exceptions.OptionsError(f"clickwatch_config: {exc}") from None
         except StatusSpecError as exc:
             raise exceptions.OptionsError(f"clickwatch_expected_status: {exc}") from None
-        config = dataclasses.replace(config, **overrides)
-        try:
-            config.patterns()
         except matching.PatternError as exc:
             raise exceptions.OptionsError(f"clickwatch: {exc}") from None
-        return config
 
     def _open_store(self, path: str, queue_size: int) -> None:
+        opts = ctx.options
         path = os.path.expanduser(path)
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise exceptions.OptionsError(f"clickwatch_db: directory {directory!r} does not exist")
         if os.path.isdir(path):
             raise exceptions.OptionsError(f"clickwatch_db: {path!r} is a directory, not a database file")
+        use_process = opts.clickwatch_store_process
         if self.writer is not None:
-            if self.writer.path == path:
+            if self.writer.path == path and (self.writer.mode == "process") == use_process:
                 return
-            self.writer.close(ctx.options.clickwatch_shutdown_timeout)
-        self.writer = StoreWriter(
+            self.writer.close(opts.clickwatch_shutdown_timeout)
+        self.writer = StoreLink(
             path,
-            self.config,
             queue_size=queue_size,
+            shutdown_timeout=opts.clickwatch_shutdown_timeout,
+            use_process=use_process,
             live_counters=lambda: {"proxy_flows": self.flows_seen, "addon_errors": self.addon_errors},
-            on_notices=self._notify,
         )
-        self.writer.start()
-        log.info("clickwatch: storing deliveries in %s", os.path.abspath(path))
+        self.writer.control(self._config_message)
+        if self._webhook_message[1]:
+            self.writer.control(self._webhook_message)
+        log.info(
+            "clickwatch: storing deliveries in %s (%s)",
+            os.path.abspath(path),
+            "store process" if self.writer.mode == "process" else "in the proxy process",
+        )
 
     @fail_open
     def http_connect(self, flow: http.HTTPFlow) -> None:
         # HTTPS: credentials come once, on the CONNECT; every request in the tunnel belongs to that run.
         run = _run_from_credentials(flow)
         if run:
-            self._connection_runs[flow.client_conn.id] = run
+            self._connection_runs[flow.client_conn.id] = clean_run(run)
 
     @fail_open
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.flows_seen += 1
+        metadata = flow.metadata
+        if "proxyauth" not in metadata:
+            for name, _ in flow.request.headers.fields:
+                if name.lower() in _RUN_HEADERS:
+                    break
+            else:
+                # The common case: nothing for clickwatch in this request's headers.
+                runs = self._connection_runs
+                metadata[RUN_METADATA] = runs.get(flow.client_conn.id, DEFAULT_RUN) if runs else DEFAULT_RUN
+                return
         headers = flow.request.headers
         run = _run_from_credentials(flow) or self._connection_runs.get(flow.client_conn.id)
         if RUN_HEADER in headers:
             # Meant for clickwatch, not for the storefront or the tenant: it goes no further.
             run = headers[RUN_HEADER] or run
             del headers[RUN_HEADER]
-        flow.metadata[RUN_METADATA] = clean_run(run)
+        metadata[RUN_METADATA] = clean_run(run)
 
     def client_disconnected(self, client: Any) -> None:
         self._connection_runs.pop(client.id, None)
 
+    def _origin(self, req: http.Request) -> tuple[str, str]:
+        """The host as the browser named it and the URL up to the path (cached: parsing costs microseconds)."""
+        key = (req.scheme, req.host_header, req.host, req.port)
+        known = self._origins.get(key)
+        if known is None:
+            path = req.path if req.path != "*" else ""
+            url = req.pretty_url
+            known = (req.pretty_host, url[: len(url) - len(path)] if path else url)
+            if len(self._origins) >= _MAX_REMEMBERED_ORIGINS:
+                self._origins.clear()
+            self._origins[key] = known
+        return known
+
     @fail_open
     def request(self, flow: http.HTTPFlow) -> None:
-        self.flows_seen += 1
         req = flow.request
-        match = self.patterns.classify(req.method, req.pretty_host, req.path)
+        host, origin = self._origin(req)
+        match = self.patterns.classify(req.method, host, req.path)
         if match is None or self.writer is None:
             return
-        uid = uuid.uuid4().hex
+        uid = flow.id.replace("-", "")
+        kind = match.kind.value
         sent_at = req.timestamp_start
-        self.inflight[flow.id] = (uid, match.kind, sent_at)
-        self.writer.submit(
-            RequestSeen(
-                uid=uid,
-                run=flow.metadata.get(RUN_METADATA, DEFAULT_RUN),
-                kind=match.kind,
-                target=match.target,
-                method=req.method,
-                url=req.pretty_url,
-                host=req.pretty_host,
-                path=req.path,
-                client_addr=_client_ip(flow),
-                user_agent=req.headers.get("user-agent", ""),
-                headers=tuple(req.headers.items(multi=True)),
-                raw_body=req.raw_content or b"",
-                sent_at=sent_at,
+        self.inflight[flow.id] = (uid, kind, sent_at)
+        self.writer.send(
+            (
+                wire.REQUEST,
+                uid,
+                flow.metadata.get(RUN_METADATA, DEFAULT_RUN),
+                kind,
+                match.target.value if match.target is not None else None,
+                req.method,
+                origin + req.path if req.path != "*" else origin,
+                host,
+                req.path,
+                _client_ip(flow),
+                req.headers.fields,
+                req.raw_content or b"",
+                sent_at,
             )
         )
 
     @fail_open
     def response(self, flow: http.HTTPFlow) -> None:
         started = self.inflight.pop(flow.id, None)
-        if self.writer is None or flow.response is None:
-            return
         resp = flow.response
+        if self.writer is None or resp is None:
+            return
         if started is None:
             self._storefront(flow, resp)
             return
         uid, kind, sent_at = started
-        self.writer.submit(
-            Answer(
-                uid=uid,
-                kind=kind,
-                sent_at=sent_at,
-                ended_at=resp.timestamp_end or time.time(),
-                status_code=resp.status_code,
-                headers=tuple(resp.headers.items(multi=True)),
-                raw_body=resp.raw_content or b"",
+        self.writer.send(
+            (
+                wire.ANSWER,
+                uid,
+                kind,
+                sent_at,
+                resp.timestamp_end or time.time(),
+                resp.status_code,
+                resp.headers.fields,
+                resp.raw_content or b"",
+                None,
             )
         )
 
@@ -341,30 +385,52 @@ class Clickwatch:
             return
         uid, kind, sent_at = started
         message = flow.error.msg if flow.error else "connection ended without an answer"
-        self.writer.submit(Answer(uid=uid, kind=kind, sent_at=sent_at, ended_at=time.time(), error=message))
+        self.writer.send((wire.ANSWER, uid, kind, sent_at, time.time(), None, (), b"", message))
 
     def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> None:
         """Hand on what storefront traffic says about consent and page loads; most of it says nothing new."""
         assert self.writer is not None
         req = flow.request
-        cookie = req.headers.get("cookie", "")
-        anonymous_header = req.headers.get("x-anonymous-consents")
-        set_cookies = [
-            value
-            for value in (resp.headers.get_all("set-cookie") if resp is not None else ())
-            if any(name in value.split("=", 1)[0] for name in _CONSENT_COOKIE_NAMES)
-        ]
-        page_load = resp is not None and matching.is_page_load(
-            req.method,
-            req.headers.get("sec-fetch-dest"),
-            req.headers.get("accept", ""),
-            resp.headers.get("content-type", ""),
+        # One pass over the raw header fields: mitmproxy's case-insensitive lookups cost a scan each.
+        cookies: list[bytes] = []
+        anonymous: bytes | None = None
+        dest: bytes | None = None
+        accept = b""
+        agent: bytes | None = None
+        for name, value in req.headers.fields:
+            lowered = name.lower()
+            if lowered == b"cookie":
+                cookies.append(value)
+            elif lowered == b"user-agent":
+                agent = value if agent is None else agent + b", " + value
+            elif lowered == b"accept":
+                accept = value if not accept else accept + b", " + value
+            elif lowered == b"sec-fetch-dest":
+                dest = value if dest is None else dest + b", " + value
+            elif lowered == b"x-anonymous-consents":
+                anonymous = value if anonymous is None else anonymous + b", " + value
+        set_cookies: list[str] = []
+        html = False
+        if resp is not None:
+            for name, value in resp.headers.fields:
+                lowered = name.lower()
+                if lowered == b"set-cookie":
+                    if any(cookie in value.split(b"=", 1)[0] for cookie in _CONSENT_COOKIE_BYTES):
+                        set_cookies.append(_text(value))
+                elif lowered == b"content-type" and not html:
+                    html = value[:9].lower() == b"text/html"
+        page_load = (
+            html
+            and req.method.upper() == "GET"
+            and (dest.lower() in (b"document", b"iframe") if dest is not None else b"text/html" in accept.lower())
         )
-        if not page_load and not set_cookies and anonymous_header is None and not has_consent_cookie(cookie):
+        cookie = b"; ".join(cookies)
+        consent_cookie = any(name in cookie for name in _CONSENT_COOKIE_PROBES) and has_consent_cookie(_text(cookie))
+        if not page_load and not set_cookies and anonymous is None and not consent_cookie:
             return  # an asset that tells nothing about consent
         run = flow.metadata.get(RUN_METADATA, DEFAULT_RUN)
-        browser = (run, _client_ip(flow), req.headers.get("user-agent", ""))
-        headers = (cookie, anonymous_header)
+        browser = (run, _client_ip(flow), _text(agent) if agent is not None else "")
+        headers = (_text(cookie), _text(anonymous) if anonymous is not None else None)
         if not set_cookies and self._last_consent_headers.get(browser) == headers:
             if page_load:
                 # Same browser, same consent headers: only the page count moves. Fold it and hand it on
@@ -381,17 +447,20 @@ class Clickwatch:
         self._last_consent_headers.move_to_end(browser)
         if len(self._last_consent_headers) > _MAX_REMEMBERED_BROWSERS:
             self._last_consent_headers.popitem(last=False)
-        self.writer.submit(
-            StorefrontSeen(
-                run=run,
-                client_addr=browser[1],
-                user_agent=browser[2],
-                request_at=req.timestamp_start,
-                response_at=resp.timestamp_end if resp is not None else None,
-                cookie=cookie,
-                anonymous_consents_header=anonymous_header,
-                set_cookies=tuple(set_cookies),
-                page_load=page_load,
+        self.writer.send(
+            (
+                wire.STOREFRONT,
+                run,
+                browser[1],
+                browser[2],
+                req.timestamp_start,
+                resp.timestamp_end if resp is not None else None,
+                headers[0],
+                headers[1],
+                tuple(set_cookies),
+                page_load,
+                0,
+                None,
             )
         )
 
@@ -405,19 +474,20 @@ class Clickwatch:
             if folded is None:
                 continue
             first_at, last_at, count, (cookie, anonymous_header) = folded
-            self.writer.submit(
-                StorefrontSeen(
-                    run=key[0],
-                    client_addr=key[1],
-                    user_agent=key[2],
-                    request_at=first_at,
-                    response_at=None,
-                    cookie=cookie,
-                    anonymous_consents_header=anonymous_header,
-                    set_cookies=(),
-                    page_load=True,
-                    repeats=count - 1,
-                    last_at=last_at,
+            self.writer.send(
+                (
+                    wire.STOREFRONT,
+                    key[0],
+                    key[1],
+                    key[2],
+                    first_at,
+                    None,
+                    cookie,
+                    anonymous_header,
+                    (),
+                    True,
+                    count - 1,
+                    last_at,
                 )
             )
 
@@ -448,13 +518,10 @@ class Clickwatch:
         self._flush_pages()
         now = time.time()
         for uid, kind, sent_at in self.inflight.values():
-            self.writer.submit(Answer(uid=uid, kind=kind, sent_at=sent_at, ended_at=now, error=STOPPED_ERROR))
+            self.writer.send((wire.ANSWER, uid, kind, sent_at, now, None, (), b"", STOPPED_ERROR))
         self.inflight.clear()
         self.writer.close(ctx.options.clickwatch_shutdown_timeout)
         self.writer = None
-        if self.notifier is not None:
-            self.notifier.close()
-            self.notifier = None
 
 
 def _run_from_credentials(flow: http.HTTPFlow) -> str | None:
@@ -481,6 +548,11 @@ def clean_run(run: str | None) -> str:
         return DEFAULT_RUN
     cleaned = "".join(c for c in run.strip() if c.isprintable())[:MAX_RUN_LENGTH]
     return cleaned or DEFAULT_RUN
+
+
+def _text(value: bytes) -> str:
+    # As mitmproxy decodes header bytes: nothing is lost, odd bytes become surrogates.
+    return value.decode("utf-8", "surrogateescape")
 
 
 def _client_ip(flow: http.HTTPFlow) -> str:

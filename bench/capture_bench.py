@@ -412,18 +412,34 @@ def thread_cpu_ticks(pid: int) -> dict[int, int]:
     return ticks
 
 
+def child_pids(pid: int) -> list[int]:
+    """The child processes of a process (clickwatch's store process), from /proc/<pid>/task/*/children."""
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as listed:
+                children += [int(child) for child in listed.read().split()]
+    return children
+
+
+# Key under which Proxy.cpu() reports the ticks of the proxy's child processes (not a thread id).
+CHILDREN = -1
+
+
 @dataclass
 class CpuUse:
-    """CPU seconds a proxy used during a phase: its event-loop (main) thread and all its other threads."""
+    """CPU seconds a proxy used during a phase: its event-loop (main) thread, its other threads, its children."""
 
     loop: float
     other: float
+    children: float = 0.0
 
     @classmethod
     def between(cls, pid: int, before: dict[int, int], after: dict[int, int]) -> CpuUse:
         loop = (after.get(pid, 0) - before.get(pid, 0)) / CLOCK_TICKS
-        other = sum(t - before.get(tid, 0) for tid, t in after.items() if tid != pid) / CLOCK_TICKS
-        return cls(loop, other)
+        other = sum(t - before.get(tid, 0) for tid, t in after.items() if tid not in (pid, CHILDREN)) / CLOCK_TICKS
+        children = (after.get(CHILDREN, 0) - before.get(CHILDREN, 0)) / CLOCK_TICKS
+        return cls(loop, other, children)
 
 
 @dataclass
@@ -531,7 +547,20 @@ class Proxy:
         return proc_status_kb(self.pid, "VmHWM") / 1024
 
     def cpu(self) -> dict[int, int]:
-        return thread_cpu_ticks(self.pid)
+        """Ticks per thread of the proxy, and of its child processes together under CHILDREN."""
+        ticks = thread_cpu_ticks(self.pid)
+        ticks[CHILDREN] = sum(process_ticks(child) for child in child_pids(self.pid))
+        return ticks
+
+    def children(self) -> list[int]:
+        """Child processes: with the clickwatch addon, its store process (unless it runs in a thread)."""
+        return child_pids(self.pid)
+
+    def store_rss_mb(self) -> float:
+        return sum(proc_status_kb(child, "VmRSS") for child in self.children()) / 1024
+
+    def store_peak_rss_mb(self) -> float:
+        return sum(proc_status_kb(child, "VmHWM") for child in self.children()) / 1024
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGINT, as Ctrl-C would: the clickwatch addon writes what it still holds before the process exits."""
@@ -659,6 +688,7 @@ class ScenarioReport:
     store: StoreCount
     cw_received: Counter[int]
     errors: list[str]
+    store_peak_mb: float = 0.0  # the clickwatch store process, beside the proxy
 
     def of(self, proxy: str) -> list[Round]:
         return [r for r in self.rounds if r.proxy == proxy]
@@ -669,12 +699,13 @@ class ScenarioReport:
     def latencies(self, proxy: str) -> list[float]:
         return [lat for r in self.of(proxy) for lat in r.result.latencies]
 
-    def cpu_ms_per_request(self, proxy: str) -> tuple[float, float]:
+    def cpu_ms_per_request(self, proxy: str) -> tuple[float, float, float]:
         rounds = self.of(proxy)
         answered = sum(r.result.answered for r in rounds) or 1
         return (
             sum(r.cpu.loop for r in rounds) * 1000 / answered,
             sum(r.cpu.other for r in rounds) * 1000 / answered,
+            sum(r.cpu.children for r in rounds) * 1000 / answered,
         )
 
     @property
@@ -728,7 +759,7 @@ def run_scenario(
         cw = Proxy.start(f"{key}-clickwatch", args, workdir, workdir / f"{key}.db")
         cw.wait_capturing(upstream.port)
         proxies = {"bare": bare, "clickwatch": cw}
-        foreign = ForeignLoad([upstream.process.pid or 0, bare.pid, cw.pid])
+        foreign = ForeignLoad([upstream.process.pid or 0, bare.pid, cw.pid, *cw.children()])
         for name, proxy in proxies.items():
             warm = proxy.load(upstream.port, builder, args.warmup, args.concurrency, args.timeout)
             errors += check_result(f"{key} warm-up {name}", warm, expected_status)
@@ -750,11 +781,12 @@ def run_scenario(
                 per_request = 1000 / max(1, result.answered)
                 print(
                     f"[{key}] round {number + 1}/{args.rounds}  {name:<10} {describe(result)}  "
-                    f"proxy CPU {cpu.loop * per_request:.3f}+{cpu.other * per_request:.3f} ms/req (loop+threads)  "
+                    f"proxy CPU {cpu.loop * per_request:.3f}+{cpu.other * per_request:.3f}"
+                    f"+{cpu.children * per_request:.3f} ms/req (loop+threads+store process)  "
                     f"idle after {idle_after:.1f} s  other processes {foreign_cpus:.2f} CPU",
                     flush=True,
                 )
-        bare_peak, cw_peak = bare.peak_rss_mb(), cw.peak_rss_mb()
+        bare_peak, cw_peak, store_peak = bare.peak_rss_mb(), cw.peak_rss_mb(), cw.store_peak_rss_mb()
     finally:
         bare.stop()
         if cw is not None:
@@ -763,7 +795,7 @@ def run_scenario(
     assert cw.db is not None
     store = count_rows(cw.db)
     return ScenarioReport(
-        key, target_ratio, expected_status, rounds, bare_peak, cw_peak, store, cw.received.copy(), errors
+        key, target_ratio, expected_status, rounds, bare_peak, cw_peak, store, cw.received.copy(), errors, store_peak
     )
 
 
@@ -822,9 +854,10 @@ def run_soak(args: argparse.Namespace, upstream: Upstream, workdir: Path) -> Soa
     foreign_cpus: list[float] = []
     try:
         cw.wait_capturing(upstream.port)
-        foreign = ForeignLoad([upstream.process.pid or 0, cw.pid])
+        foreign = ForeignLoad([upstream.process.pid or 0, cw.pid, *cw.children()])
         settle([cw])
-        rss_idle = cw.rss_mb()
+        # The proxy and its store process together: what clickwatch costs in memory.
+        rss_idle = cw.rss_mb() + cw.store_rss_mb()
         done = 0
         rss_base = rss_idle
         for size in [warmup, *split(args.soak - warmup, SOAK_SAMPLES)]:
@@ -837,16 +870,18 @@ def run_soak(args: argparse.Namespace, upstream: Upstream, workdir: Path) -> Soa
             errors += check_result(f"soak at {done:,}", result, 201)
             latencies += result.latencies
             settle([cw])
-            rss = cw.rss_mb()
+            proxy_rss, store_rss = cw.rss_mb(), cw.store_rss_mb()
+            rss = proxy_rss + store_rss
             samples.append((done, result.rps, rss))
             if done == warmup:
                 rss_base = rss
             print(
-                f"[soak] {done:>7,} deliveries  {describe(result)}  VmRSS {rss:7.1f} MB  "
+                f"[soak] {done:>7,} deliveries  {describe(result)}  VmRSS {rss:7.1f} MB "
+                f"(proxy {proxy_rss:.1f} + store process {store_rss:.1f})  "
                 f"other processes {foreign_cpus[-1]:.2f} CPU",
                 flush=True,
             )
-        rss_end, peak = cw.rss_mb(), cw.peak_rss_mb()
+        rss_end, peak = cw.rss_mb() + cw.store_rss_mb(), cw.peak_rss_mb() + cw.store_peak_rss_mb()
     finally:
         cw.stop(timeout=60)
     errors += proxy_problems([cw])
@@ -908,11 +943,18 @@ def print_report(scenarios: list[ScenarioReport], soak: SoakReport | None, args:
             f"{'':>9}/{soak.peak_mb:<9.1f}  {verdict(soak.growth_mb < TARGET_RSS_GROWTH_MB)}"
         )
 
-    print("\nproxy CPU per request (ms, event-loop thread + other threads; medians do not apply, sums over rounds):")
+    print(
+        "\nproxy CPU per request (ms, event-loop thread + other threads + store process; medians do not apply, "
+        "sums over rounds):"
+    )
     for s in scenarios:
         for name in ("bare", "clickwatch"):
-            loop, other = s.cpu_ms_per_request(name)
-            print(f"  {s.key:<11} {name:<10} {loop:.3f} + {other:.3f} = {loop + other:.3f}")
+            loop, other, children = s.cpu_ms_per_request(name)
+            print(f"  {s.key:<11} {name:<10} {loop:.3f} + {other:.3f} + {children:.3f} = {loop + other + children:.3f}")
+    if any(s.store_peak_mb for s in scenarios):
+        print("\nclickwatch store process peak RSS (MB, beside the proxy's figure above):")
+        for s in scenarios:
+            print(f"  {s.key:<11} {s.store_peak_mb:.1f}")
 
     print("\nstore contents (deliveries by kind/verdict; rows of the other tables):")
     for s in scenarios:
@@ -936,7 +978,7 @@ def print_report(scenarios: list[ScenarioReport], soak: SoakReport | None, args:
         print(f"  {'storefront pages stored':<34} {pages}  {verdict(pages == 0)}")
     if soak is not None:
         print(
-            f"  {'proxy RSS growth over soak':<34} {soak.growth_mb:+.1f} MB < {TARGET_RSS_GROWTH_MB:.0f} MB  "
+            f"  {'RSS growth over soak':<34} {soak.growth_mb:+.1f} MB < {TARGET_RSS_GROWTH_MB:.0f} MB  "
             f"{verdict(soak.growth_mb < TARGET_RSS_GROWTH_MB)}  (VmRSS {soak.rss_base_mb:.1f} MB after "
             f"{soak.warmup:,} -> {soak.rss_end_mb:.1f} MB after {soak.deliveries:,}; idle at start "
             f"{soak.rss_idle_mb:.1f} MB, peak {soak.peak_mb:.1f} MB)"
@@ -990,6 +1032,7 @@ def summary(scenarios: list[ScenarioReport], soak: SoakReport | None, args: argp
                     "rps": r.result.rps,
                     "cpu_loop_s": r.cpu.loop,
                     "cpu_other_s": r.cpu.other,
+                    "cpu_store_process_s": r.cpu.children,
                     "foreign_cpus": r.foreign_cpus,
                 }
                 for r in s.rounds
@@ -1002,7 +1045,7 @@ def summary(scenarios: list[ScenarioReport], soak: SoakReport | None, args: argp
                 }
                 for name in ("bare", "clickwatch")
             },
-            "peak_rss_mb": {"bare": s.bare_peak_mb, "clickwatch": s.cw_peak_mb},
+            "peak_rss_mb": {"bare": s.bare_peak_mb, "clickwatch": s.cw_peak_mb, "store_process": s.store_peak_mb},
             "rows": {f"{k}/{v}": n for (k, v), n in s.store.by_kind_verdict.items()},
             "page_rows": s.store.page_rows,
             "other_tables": s.store.other_tables,
@@ -1031,7 +1074,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=5000, help="requests per measured round (default 5000)")
     parser.add_argument("--concurrency", type=int, default=20, help="keep-alive connections (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per proxy and scenario (default 3)")
-    parser.add_argument("--warmup", type=int, default=200, help="unmeasured requests per proxy first (default 200)")
+    parser.add_argument("--warmup", type=int, default=1000, help="unmeasured requests per proxy first (default 1000)")
     parser.add_argument("--soak", type=int, default=50000, help="deliveries of the memory phase; 0 skips it")
     parser.add_argument(
         "--soak-warmup", type=int, default=5000, help="deliveries before the soak's RSS baseline (default 5000)"

@@ -12,7 +12,7 @@ from typing import Any
 from core import matching
 from core.findings import DEFAULT_SEVERITY, FindingKind, Severity
 from core.model import Kind
-from core.verdict import DEFAULT_EXPECTED, StatusSet, StatusSpecError
+from core.verdict import DEFAULT_EXPECTED, StatusSet, StatusSpecError, parse_expected
 
 # Required body fields per hybris-schema, from the storefront data-layer pushes (DOMAIN.md).
 # Kept to the identifying fields: tenants flatten and rename the rest.
@@ -225,6 +225,23 @@ def load_config(path: str) -> Config:
         return config_from_mapping(data, source=path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def build_config(
+    config_file: str = "", overrides: Mapping[str, Any] | None = None, expected_status: str = ""
+) -> Config:
+    """A Config from a file (or the defaults), field overrides and an expected-status spec.
+
+    The proxy and the store process build the same Config from these three plain values. Raises ConfigError,
+    StatusSpecError or matching.PatternError naming what is wrong.
+    """
+    config = load_config(config_file) if config_file else Config()
+    changes: dict[str, Any] = dict(overrides or {})
+    if expected_status:
+        changes["expected_status"] = MappingProxyType(parse_expected(expected_status, config.expected_status))
+    config = replace(config, **changes)
+    config.patterns()
+    return config
 
 
 def config_fields() -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from dashboard.metrics import StoreCollector, registry_for, render
 from dashboard.routes import api, health
 from dashboard.security import browser_guard, token_guard
 from dashboard.settings import DashboardSettings
-from store.writer import StoreWriter
+from store.link import LiveStore
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -24,7 +24,7 @@ class InsecureListen(ValueError):
 
 
 def create_app(
-    settings: DashboardSettings | None = None, live_writer: Callable[[], StoreWriter | None] | None = None
+    settings: DashboardSettings | None = None, live_writer: Callable[[], LiveStore | None] | None = None
 ) -> FastAPI:
     """The dashboard application for one store; `live_writer` gives in-process proxy numbers to the metrics."""
     settings = settings or DashboardSettings()

@@ -14,8 +14,8 @@ from core.config import BUILTIN_SCHEMAS
 from core.findings import FindingKind, Severity
 from core.model import Kind
 from store import reader
+from store.link import LiveStore
 from store.metrics_schema import COUNTERS, DURATION_BUCKETS, FINAL_VERDICTS
-from store.writer import StoreWriter
 
 OTHER_SCHEMA = "other"
 _COUNTER_HELP = {
@@ -31,7 +31,7 @@ class StoreCollector(Collector):
     def __init__(
         self,
         db: str,
-        live_writer: Callable[[], StoreWriter | None] | None = None,
+        live_writer: Callable[[], LiveStore | None] | None = None,
         schemas: Iterable[str] = BUILTIN_SCHEMAS,
     ) -> None:
         self.db = db
@@ -141,11 +141,7 @@ class StoreCollector(Collector):
             counter = CounterMetricFamily(f"clickwatch_{name}", _COUNTER_HELP[name])
             counter.add_metric([], counters.get(name, 0.0))
             yield counter
-        depth = (
-            float(writer.queue_depth + writer.stats.held)
-            if writer is not None
-            else stored.get("store_queue_depth", 0.0)
-        )
+        depth = float(writer.waiting) if writer is not None else stored.get("store_queue_depth", 0.0)
         queue = GaugeMetricFamily("clickwatch_store_queue_depth", "Observations waiting to be written to the store")
         queue.add_metric([], depth)
         yield queue

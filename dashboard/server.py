@@ -10,7 +10,7 @@ import uvicorn
 
 from dashboard.main import create_app
 from dashboard.settings import DashboardSettings
-from store.writer import StoreWriter
+from store.link import LiveStore
 
 
 class DashboardServer:
@@ -19,7 +19,7 @@ class DashboardServer:
     def __init__(
         self,
         settings: DashboardSettings,
-        live_writer: Callable[[], StoreWriter | None] | None = None,
+        live_writer: Callable[[], LiveStore | None] | None = None,
         log_level: str = "warning",
     ) -> None:
         config = uvicorn.Config(

@@ -20,6 +20,7 @@ from core.pipeline import Notice, Observation, Pipeline, StoreOps
 from store.apply import apply_ops
 from store.metrics_schema import COUNTERS
 from store.schema import open_database
+from store.wire import ANSWER, Message, observation
 
 log = logging.getLogger("clickwatch.store")
 
@@ -67,6 +68,10 @@ class _Blocked(Exception):
         self.error = error
 
 
+def _typed(item: Observation | Message) -> Observation:
+    return observation(item) if isinstance(item, tuple) else item
+
+
 def _singles(ops: StoreOps) -> Iterator[StoreOps]:
     for name in ("inserts", "answers", "consent", "findings", "signals"):
         for row in getattr(ops, name):
@@ -102,14 +107,14 @@ class StoreWriter:
         self.retry_max_seconds = retry_max_seconds
         self.clock = clock
         self.stats = WriterStats()
-        self._queue: queue.Queue[Observation] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Observation | Message] = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
         self._deadline = float("inf")
         self._thread = threading.Thread(target=self._run, name="clickwatch-store-writer", daemon=True)
         self._db: sqlite_utils.Database | None = None
         self._last_drop_log = 0.0
         self._next_evaluation = 0.0
-        self._answers_overflow: deque[Answer] = deque()
+        self._answers_overflow: deque[Answer | Message] = deque()
         # Process-lifetime counts from the proxy (flows, addon errors), added to what earlier runs stored.
         self._live_counters = live_counters or (lambda: {})
         self._counter_base: dict[str, float] | None = None
@@ -129,11 +134,23 @@ class StoreWriter:
         """Observations waiting to be written (not counting a batch being retried)."""
         return self._queue.qsize()
 
+    @property
+    def waiting(self) -> int:
+        """Observations not written yet: queued, answers kept aside, and a batch being retried."""
+        return self._queue.qsize() + len(self._answers_overflow) + self.stats.held
+
+    @property
+    def counter_base(self) -> dict[str, float] | None:
+        """The counter totals earlier processes stored (None until the database was first opened)."""
+        return dict(self._counter_base) if self._counter_base is not None else None
+
     def metric_counters(self) -> dict[str, float]:
         """Cumulative counters across restarts: what earlier processes stored plus this process's counts."""
-        live = {"proxy_flows": 0, "addon_errors": 0, **self._live_counters(), "store_dropped": self.stats.dropped}
+        live = {"proxy_flows": 0, "addon_errors": 0, "store_dropped": 0, **self._live_counters()}
         # A bug met while decoding, judging or writing one observation counts like one in the addon's hooks.
         live["addon_errors"] += self.stats.errors
+        # Drops before this writer's queue (a store process's feed) count with the ones here.
+        live["store_dropped"] += self.stats.dropped
         base = self._counter_base or {}
         return {name: base.get(name, 0.0) + float(live.get(name, 0)) for name in COUNTERS}
 
@@ -141,20 +158,24 @@ class StoreWriter:
         """Start the writer thread."""
         self._thread.start()
 
-    def submit(self, observation: Observation) -> bool:
-        """Queue an observation without blocking; count and report it when the queue is full."""
+    def submit(self, item: Observation | Message) -> bool:
+        """Queue an observation (or its wire message) without blocking; count and report it when the queue is full."""
         try:
-            self._queue.put_nowait(observation)
+            self._queue.put_nowait(item)
             return True
         except queue.Full:
             pass
-        if isinstance(observation, Answer) and len(self._answers_overflow) < ANSWER_OVERFLOW_LIMIT:
+        if len(self._answers_overflow) < ANSWER_OVERFLOW_LIMIT:
             # An answer completes a row already queued or written: keep its verdict, shed its bulk,
             # so no delivery is left pending for want of room.
-            self._answers_overflow.append(
-                replace(observation, headers=(), raw_body=b"", note=OVERFLOW_NOTE if observation.status_code else None)
-            )
-            return True
+            if isinstance(item, Answer):
+                note = OVERFLOW_NOTE if item.status_code else None
+                self._answers_overflow.append(replace(item, headers=(), raw_body=b"", note=note))
+                return True
+            if isinstance(item, tuple) and item[0] == ANSWER:
+                note = OVERFLOW_NOTE if item[5] else None
+                self._answers_overflow.append((*item[:6], (), b"", item[8], note))
+                return True
         self.stats.dropped += 1
         now = time.monotonic()
         if now - self._last_drop_log >= 5.0:
@@ -260,8 +281,8 @@ class StoreWriter:
                 while self._answers_overflow:
                     batch.append(self._answers_overflow.popleft())
             count = len(batch)
-            for observation in batch:
-                ops.extend(self._guarded(lambda o=observation: self.pipeline.process(o)))  # type: ignore[misc]
+            for item in batch:
+                ops.extend(self._guarded(lambda i=item: self.pipeline.process(_typed(i))))  # type: ignore[misc]
         if time.monotonic() >= self._next_evaluation:
             self._next_evaluation = time.monotonic() + EVALUATE_EVERY_SECONDS
             ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock())))
@@ -275,7 +296,12 @@ class StoreWriter:
         values = self.metric_counters()
         rows = [{"name": name, "value": value, "updated_at": now} for name, value in values.items()]
         rows.append(
-            {"name": "store_queue_depth", "value": float(self.queue_depth + self.stats.held), "updated_at": now}
+            {
+                "name": "store_queue_depth",
+                # What waits here, and what waits before this writer (in a proxy feeding a store process).
+                "value": float(self.waiting + self._live_counters().get("store_waiting", 0)),
+                "updated_at": now,
+            }
         )
         return rows
 

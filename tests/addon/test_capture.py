@@ -5,6 +5,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 
 from addon.capture import STOPPED_ERROR, Clickwatch
+from store.wire import observation
 
 
 def clickstream_flow(resp: bool = True, status: int = 201, path: str = "/edge/clickstreamEvents"):
@@ -144,10 +145,10 @@ async def test_unanswered_request_fails_at_shutdown(addon_ctx):
 async def test_internal_error_fails_open(addon_ctx, monkeypatch, caplog):
     addon, tctx, _db = addon_ctx
 
-    def broken_submit(observation):
+    def broken_send(message):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(addon.writer, "submit", broken_submit)
+    monkeypatch.setattr(addon.writer, "send", broken_send)
     flow = clickstream_flow()
     before = traffic(flow)
     await tctx.cycle(addon, flow)
@@ -201,8 +202,8 @@ async def test_unchanged_page_loads_are_folded_but_all_counted(addon_ctx):
     addon, tctx, db = addon_ctx
     given = "anonymous-consents=%5B%7B%22templateCode%22%3A%22PROFILE%22%2C%22consentState%22%3A%22GIVEN%22%7D%5D"
     submitted = []
-    real_submit = addon.writer.submit
-    addon.writer.submit = lambda observation: submitted.append(observation) or real_submit(observation)
+    real_send = addon.writer.send
+    addon.writer.send = lambda message: submitted.append(observation(message)) or real_send(message)
     for _ in range(25):
         await tctx.cycle(addon, page_flow(given))
     assert len(submitted) == 1  # the first page; the other 24 wait folded

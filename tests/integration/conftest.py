@@ -280,7 +280,7 @@ class Proxy:
             self.process.wait(10)
 
 
-def start_proxy(tmp_path: Path, *options: str) -> Proxy:
+def start_proxy(tmp_path: Path, *options: str, new_session: bool = False) -> Proxy:
     """Start mitmdump with the addon on a free port and wait (bounded) until it accepts connections."""
     if not MITMDUMP.exists():
         pytest.fail(f"mitmdump not found next to the interpreter at {MITMDUMP}")
@@ -304,7 +304,9 @@ def start_proxy(tmp_path: Path, *options: str) -> Proxy:
     ]
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     log_file = log_path.open("ab")
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=new_session
+    )
     proxy = Proxy(port, db_path, log_path, process, log_file)
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
@@ -348,8 +350,8 @@ def proxy_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Ca
     """Start a proxy with extra `--set` options; every proxy started is stopped (or killed) at teardown."""
     started: list[Proxy] = []
 
-    def factory(*options: str) -> Proxy:
-        proxy = start_proxy(tmp_path, *options)
+    def factory(*options: str, new_session: bool = False) -> Proxy:
+        proxy = start_proxy(tmp_path, *options, new_session=new_session)
         started.append(proxy)
         return proxy
 

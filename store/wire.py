@@ -1,0 +1,94 @@
+"""The messages the proxy hands to the store: plain tuples, cheap to build on the event loop and to pickle.
+
+The proxy's hooks build these and nothing more; decoding header bytes, building the typed observations and
+everything after happens on the store side (a worker process, or a thread in the proxy when asked for).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.model import Answer, Kind, RequestSeen, StorefrontSeen
+from core.pipeline import Observation
+
+# Header fields as mitmproxy holds them: (name, value) byte pairs.
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
+REQUEST = "q"  # (REQUEST, uid, run, kind, target, method, url, host, path, client_addr, fields, body, sent_at)
+ANSWER = "a"  # (ANSWER, uid, kind, sent_at, ended_at, status_code, fields, body, error[, note])
+STOREFRONT = "s"  # (STOREFRONT, run, addr, ua, request_at, response_at, cookie, anon, set_cookies, page, repeats, last)
+CONFIG = "config"  # (CONFIG, {"config_file": str, "overrides": {field: value}, "expected_status": str})
+WEBHOOK = "webhook"  # (WEBHOOK, url, min_interval_seconds)
+COUNTERS = "counters"  # (COUNTERS, {"proxy_flows": n, "addon_errors": n, "store_dropped": n})
+
+OBSERVATIONS = frozenset((REQUEST, ANSWER, STOREFRONT))
+
+Message = tuple[Any, ...]
+
+
+def _text(value: bytes) -> str:
+    # How mitmproxy turns header bytes into str: nothing is lost, odd bytes become surrogates.
+    return value.decode("utf-8", "surrogateescape")
+
+
+def decode_headers(fields: RawHeaders) -> tuple[tuple[str, str], ...]:
+    """Header byte pairs as the (name, value) strings the store records."""
+    return tuple((_text(name), _text(value)) for name, value in fields)
+
+
+def header_value(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    """A header's value as mitmproxy's `headers.get` gives it: repeated fields folded with ', '."""
+    values = [value for key, value in headers if key.lower() == name]
+    return ", ".join(values) if values else None
+
+
+def observation(message: Message) -> Observation:
+    """The typed observation a REQUEST, ANSWER or STOREFRONT message stands for."""
+    tag = message[0]
+    if tag == REQUEST:
+        _, uid, run, kind, target, method, url, host, path, addr, fields, body, sent_at = message
+        headers = decode_headers(fields)
+        return RequestSeen(
+            uid=uid,
+            run=run,
+            kind=Kind(kind),
+            target=Kind(target) if target else None,
+            method=method,
+            url=url,
+            host=host,
+            path=path,
+            client_addr=addr,
+            user_agent=header_value(headers, "user-agent") or "",
+            headers=headers,
+            raw_body=body,
+            sent_at=sent_at,
+        )
+    if tag == ANSWER:
+        _, uid, kind, sent_at, ended_at, status_code, fields, body, error, *note = message
+        return Answer(
+            uid=uid,
+            kind=Kind(kind),
+            sent_at=sent_at,
+            ended_at=ended_at,
+            status_code=status_code,
+            headers=decode_headers(fields),
+            raw_body=body,
+            error=error,
+            note=note[0] if note else None,
+        )
+    if tag == STOREFRONT:
+        _, run, addr, agent, request_at, response_at, cookie, anon, set_cookies, page, repeats, last_at = message
+        return StorefrontSeen(
+            run=run,
+            client_addr=addr,
+            user_agent=agent,
+            request_at=request_at,
+            response_at=response_at,
+            cookie=cookie,
+            anonymous_consents_header=anon,
+            set_cookies=tuple(set_cookies),
+            page_load=page,
+            repeats=repeats,
+            last_at=last_at,
+        )
+    raise ValueError(f"not an observation message: {tag!r}")

@@ -1,0 +1,219 @@
+"""The store side of clickwatch: judges and writes what the proxy hands on, in a process of its own.
+
+`StoreService` takes the proxy's wire messages (store.wire) and feeds the StoreWriter and the webhook notifier.
+`python -m store.worker --db PATH` runs one in a separate process, so that decoding, judging and SQLite never
+compete with mitmproxy's event loop for the proxy's GIL. It reads length-prefixed pickled batches of messages
+on stdin (a private pipe from its own parent) and writes JSON lines on stdout: its status several times a second
+and its log records, which the proxy logs as its own. It ignores SIGINT and SIGTERM: it stops when the proxy
+closes the pipe (or dies), after writing everything it holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pickle
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import IO, Any
+
+from core.config import build_config
+from core.pipeline import Notice
+from store.notify import WebhookNotifier
+from store.wire import CONFIG, COUNTERS, OBSERVATIONS, WEBHOOK, Message
+from store.writer import StoreWriter
+
+log = logging.getLogger("clickwatch.store")
+
+FRAME = struct.Struct(">I")
+STATUS_EVERY_SECONDS = 0.25
+
+
+class StoreService:
+    """A StoreWriter and a webhook notifier driven by wire messages."""
+
+    def __init__(self, path: str, *, queue_size: int = 10000) -> None:
+        self.proxy_counters: dict[str, int] = {}
+        self.notifier: WebhookNotifier | None = None
+        self.received = 0
+        self.writer = StoreWriter(
+            path,
+            queue_size=queue_size,
+            live_counters=lambda: self.proxy_counters,
+            on_notices=self._notify,
+        )
+
+    def start(self) -> None:
+        """Start writing."""
+        self.writer.start()
+
+    def handle(self, message: Message) -> None:
+        """Act on one message; a bad one is logged and counted, never raised."""
+        try:
+            tag = message[0]
+            if tag in OBSERVATIONS:
+                self.received += 1
+                self.writer.submit(message)
+            elif tag == COUNTERS:
+                self.proxy_counters = message[1]
+            elif tag == CONFIG:
+                self.writer.config = build_config(**message[1])
+            elif tag == WEBHOOK:
+                self._open_webhook(message[1], message[2])
+            else:
+                raise ValueError(f"unknown message {tag!r}")
+        except Exception:
+            self.writer.stats.errors += 1
+            log.exception("clickwatch store: could not handle a message from the proxy; it is skipped")
+
+    def _open_webhook(self, url: str, interval: float) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
+            self.notifier = None
+        if url:
+            self.notifier = WebhookNotifier(url, min_interval=float(interval))
+
+    def _notify(self, notices: list[Notice]) -> None:
+        notifier = self.notifier
+        if notifier is not None:
+            notifier.notify(notices)
+
+    def status(self) -> dict[str, Any]:
+        """What the proxy shows and counts: progress, losses, what still waits, and the stored counter base."""
+        stats = self.writer.stats
+        return {
+            "received": self.received,
+            "written": stats.written,
+            "dropped": stats.dropped,
+            "errors": stats.errors,
+            "waiting": self.writer.waiting,
+            "last_error": stats.last_error,
+            "base": self.writer.counter_base,
+        }
+
+    def close(self, timeout: float) -> bool:
+        """Write everything held (waiting at most `timeout` s for a busy database); True if nothing was lost."""
+        ok = self.writer.close(timeout)
+        if self.notifier is not None:
+            self.notifier.close()
+            self.notifier = None
+        return ok
+
+
+class _Channel:
+    """JSON lines to the proxy; a lost proxy is not an error here (the pipe's end tells us to stop)."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, default=str).encode() + b"\n"
+        with self._lock:
+            try:
+                self._out.write(line)
+                self._out.flush()
+            except (OSError, ValueError):
+                pass
+
+
+class _ForwardHandler(logging.Handler):
+    """Hands log records to the proxy, which logs them as its own."""
+
+    def __init__(self, channel: _Channel) -> None:
+        super().__init__(logging.INFO)
+        self._channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            self._channel.send({"log": [record.levelno, record.name, text]})
+        except Exception:
+            self.handleError(record)
+
+
+def read_batches(source: IO[bytes]) -> Any:
+    """Yield the message batches of a length-prefixed stream until it ends."""
+    while True:
+        head = source.read(FRAME.size)
+        if len(head) < FRAME.size:
+            return
+        (size,) = FRAME.unpack(head)
+        payload = source.read(size)
+        if len(payload) < size:
+            return
+        yield payload
+
+
+def _report(channel: _Channel, service: StoreService, stop: threading.Event) -> None:
+    while not stop.wait(STATUS_EVERY_SECONDS):
+        channel.send({"status": service.status()})
+
+
+def serve(
+    path: str,
+    queue_size: int,
+    shutdown_timeout: float,
+    source: IO[bytes],
+    out: IO[bytes],
+    on_start: Callable[[StoreService], None] | None = None,
+) -> bool:
+    """Run a StoreService fed from `source` until it ends; True if everything was written."""
+    channel = _Channel(out)
+    handler = _ForwardHandler(channel)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    service = StoreService(path, queue_size=queue_size)
+    service.start()
+    if on_start is not None:
+        on_start(service)
+    stop = threading.Event()
+    reporter = threading.Thread(target=_report, args=(channel, service, stop), name="clickwatch-status", daemon=True)
+    reporter.start()
+    ok = False
+    try:
+        for payload in read_batches(source):
+            try:
+                messages = pickle.loads(payload)
+            except Exception:
+                service.writer.stats.errors += 1
+                log.exception("clickwatch store: a batch from the proxy could not be read; it is skipped")
+                continue
+            for message in messages:
+                service.handle(message)
+    finally:
+        ok = service.close(shutdown_timeout)
+        stop.set()
+        reporter.join(1.0)
+        channel.send({"status": service.status(), "final": True, "ok": ok})
+        root.removeHandler(handler)
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the store process (started by the addon, not by people)."""
+    parser = argparse.ArgumentParser(prog="python -m store.worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--queue-size", type=int, default=10000)
+    parser.add_argument("--shutdown-timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group: the proxy decides when to stop, by closing the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    started = time.monotonic()
+    ok = serve(args.db, args.queue_size, args.shutdown_timeout, sys.stdin.buffer, sys.stdout.buffer)
+    log.debug("store process ran %.1f s", time.monotonic() - started)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

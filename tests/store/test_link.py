@@ -1,0 +1,160 @@
+"""The proxy's end of the store: a real store process (or thread), a real SQLite file, real faults (signals)."""
+
+import logging
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from store import link as link_module
+from store import wire
+from store.link import StoreLink
+
+HEADERS = ((b"Host", b"acme.api.us.context.cloud.sap"), (b"User-Agent", b"Mozilla/5.0 link"))
+
+
+def request(uid: str, body: bytes = b'{"productSku":"1"}') -> wire.Message:
+    return (
+        wire.REQUEST,
+        uid,
+        "default",
+        "clickstream",
+        None,
+        "POST",
+        "https://acme.api.us.context.cloud.sap/edge/clickstreamEvents",
+        "acme.api.us.context.cloud.sap",
+        "/edge/clickstreamEvents",
+        "127.0.0.1",
+        HEADERS,
+        body,
+        time.time(),
+    )
+
+
+def answer(uid: str, status: int = 201) -> wire.Message:
+    now = time.time()
+    return (wire.ANSWER, uid, "clickstream", now - 0.01, now, status, (), b"{}", None)
+
+
+def verdicts(db) -> dict[str, str]:
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT uid, verdict FROM deliveries").fetchall())
+    finally:
+        conn.close()
+
+
+def wait_for(probe, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        if time.monotonic() > deadline:
+            pytest.fail("timed out")
+        time.sleep(0.02)
+    return value
+
+
+@pytest.mark.parametrize("use_process", [True, False], ids=["process", "thread"])
+def test_everything_sent_is_written_by_close(tmp_path, use_process):
+    db = tmp_path / "cw.db"
+    link = StoreLink(str(db), use_process=use_process)
+    assert link.mode == ("process" if use_process else "thread")
+    for n in range(300):
+        link.send(request(f"u{n}"))
+        link.send(answer(f"u{n}", 201 if n % 3 else 500))
+    assert link.close(10) is True
+    stored = verdicts(db)
+    assert len(stored) == 300
+    assert sum(v == "rejected" for v in stored.values()) == 100
+    assert set(stored.values()) == {"delivered", "rejected"}
+
+
+def test_store_process_runs_apart_and_exits_with_the_link(tmp_path):
+    link = StoreLink(str(tmp_path / "cw.db"))
+    backend = link._backend
+    pid = backend.process.pid
+    assert pid != os.getpid()
+    link.send(request("one"))
+    wait_for(lambda: link._backend.status().get("written", 0) >= 1)
+    assert link.close(5)
+    assert backend.process.returncode == 0
+
+
+def test_metric_counters_join_proxy_counts_with_the_store_process(tmp_path):
+    counts = {"proxy_flows": 0, "addon_errors": 0}
+    db = tmp_path / "cw.db"
+    link = StoreLink(str(db), live_counters=lambda: dict(counts))
+    counts["proxy_flows"] = 40
+    counts["addon_errors"] = 2
+    link.send(request("a"))
+    wait_for(lambda: link._backend.status().get("base") is not None)
+    assert link.metric_counters() == {"proxy_flows": 40.0, "addon_errors": 2.0, "store_dropped": 0.0}
+    assert link.close(5)
+    # The store process wrote the proxy's counts; a later proxy adds its own to them.
+    counts2 = {"proxy_flows": 5, "addon_errors": 0}
+    again = StoreLink(str(db), live_counters=lambda: dict(counts2))
+    wait_for(lambda: again._backend.status().get("base") is not None)
+    assert again.metric_counters()["proxy_flows"] == 45.0
+    assert again.metric_counters()["addon_errors"] == 2.0
+    assert again.close(5)
+
+
+def test_a_stalled_store_process_fills_the_bound_and_drops_are_counted(tmp_path, caplog):
+    db = tmp_path / "cw.db"
+    link = StoreLink(str(db), queue_size=10, buffer_size=10)
+    process = link._backend.process
+    wait_for(lambda: link._backend.status().get("base") is not None)
+    os.kill(process.pid, signal.SIGSTOP)  # a store process that reads nothing more
+    try:
+        big = b"x" * 1_000_000  # larger than a pipe holds: the feeder blocks on it
+        link.send(request("first", big))
+        time.sleep(0.3)
+        with caplog.at_level(logging.ERROR, logger="clickwatch.store"):
+            for n in range(40):
+                link.send(request(f"later{n}"))
+        assert link.dropped == 30
+        assert link.waiting >= 10
+        assert link.metric_counters()["store_dropped"] == 30.0
+        assert "cannot keep up" in caplog.text
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    assert link.close(10) is False  # something was lost, and close says so
+    stored = verdicts(db)
+    assert "first" in stored
+    conn = sqlite3.connect(db)
+    (dropped,) = conn.execute("SELECT value FROM metric_counters WHERE name = 'store_dropped'").fetchone()
+    conn.close()
+    # The store process has a bound of its own (the same size): a burst may lose one more there, also counted.
+    assert dropped >= 30
+    assert len(stored) + dropped == 41
+
+
+@pytest.mark.parametrize(("min_lifetime", "replacement"), [(60.0, "thread"), (0.0, "process")])
+def test_a_killed_store_process_is_replaced_and_only_unconfirmed_work_counts_as_lost(
+    tmp_path, caplog, monkeypatch, min_lifetime, replacement
+):
+    # One that dies soon after starting is not started again (it would likely die again): the proxy writes itself.
+    monkeypatch.setattr(link_module, "MIN_PROCESS_LIFETIME", min_lifetime)
+    db = tmp_path / "cw.db"
+    link = StoreLink(str(db))
+    first = link._backend.process
+    first_started = link._backend.started
+    for n in range(10):
+        link.send(request(f"before{n}"))
+        link.send(answer(f"before{n}"))
+    wait_for(lambda: link._backend.status().get("written", 0) >= 20)
+    with caplog.at_level(logging.ERROR, logger="clickwatch.store"):
+        first.kill()
+        first.wait(5)
+        for n in range(10):
+            link.send(request(f"after{n}"))
+            link.send(answer(f"after{n}"))
+        wait_for(lambda: link._backend.started > first_started)
+    assert link.mode == replacement
+    assert "store process ended unexpectedly" in caplog.text
+    assert link.close(10) is True
+    stored = verdicts(db)
+    assert len(stored) == 20
+    assert set(stored.values()) == {"delivered"}
+    assert link.dropped == 0
