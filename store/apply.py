@@ -48,11 +48,25 @@ def coalesce(ops: StoreOps) -> None:
 def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
     """Write a batch; order matters: an answer, a consent decision or a finding may belong to a request in it."""
     coalesce(ops)
+    # Every delivery this batch changes gets the next change number (seq), in this order: the live page and
+    # SSE resume by it. New rows carry theirs in the INSERT; only rows changed by later answers, consent
+    # decisions or findings need an UPDATE.
+    touched = dict.fromkeys(
+        [row["uid"] for row in ops.inserts]
+        + [row["uid"] for row in ops.answers]
+        + [row["uid"] for row in ops.consent]
+        + [row["delivery_uid"] for row in ops.findings if row["delivery_uid"]]
+    )
+    start = _next_seq(conn) if touched else 0
+    seq = {uid: start + i for i, uid in enumerate(touched)}
     groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
     for row in ops.inserts:
+        row["seq"] = seq[row["uid"]]
         groups.setdefault(tuple(row), []).append(row)
+    inserted_all = True
     for names, rows in groups.items():
-        conn.executemany(_insert("deliveries", list(names)).replace("INSERT", "INSERT OR IGNORE", 1), rows)
+        cursor = conn.executemany(_insert("deliveries", list(names)).replace("INSERT", "INSERT OR IGNORE", 1), rows)
+        inserted_all = inserted_all and cursor.rowcount == len(rows)
     if ops.answers:
         columns = [c for c in ops.answers[0] if c != "uid"]
         conn.executemany(
@@ -65,17 +79,11 @@ def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
         conn.executemany(_FINDING_INSERT, ops.findings)
     if ops.signals:
         conn.executemany(_insert("consent_signals", list(ops.signals[0])), ops.signals)
-    touched = dict.fromkeys(
-        [row["uid"] for row in ops.inserts]
-        + [row["uid"] for row in ops.answers]
-        + [row["uid"] for row in ops.consent]
-        + [row["delivery_uid"] for row in ops.findings if row["delivery_uid"]]
-    )
-    if touched:
-        start = _next_seq(conn)
-        conn.executemany(
-            "UPDATE deliveries SET seq = ? WHERE uid = ?", [(start + i, uid) for i, uid in enumerate(touched)]
-        )
+    # A row that was already there (an INSERT ignored) is changed, not new: it needs the UPDATE too.
+    new_rows = {row["uid"] for row in ops.inserts} if inserted_all else set()
+    changed = [(number, uid) for uid, number in seq.items() if uid not in new_rows]
+    if changed:
+        conn.executemany("UPDATE deliveries SET seq = ? WHERE uid = ?", changed)
     if ops.counters:
         conn.executemany(
             "INSERT INTO metric_counters (name, value, updated_at) VALUES (:name, :value, :updated_at) "

@@ -1,6 +1,7 @@
 """The proxy's end of the store: takes wire messages on the event loop in well under a microsecond each.
 
-`StoreLink.send` only appends to a bounded buffer. A feeder thread hands the buffer on every FEED_SECONDS, either
+`StoreLink.send` only appends to a bounded buffer. A feeder thread hands the buffer on at most every FEED_SECONDS
+(and sleeps while there is nothing to hand on, so an idle proxy is not woken 40 times a second), either
 to a store process (`python -m store.worker`, the default: decoding, judging and SQLite then never hold the proxy's
 GIL) or to a StoreService in a thread of the proxy process. If the store process dies, what it had not
 confirmed is counted as dropped, and a new one is started (or, when it dies within seconds of starting, the
@@ -31,6 +32,8 @@ log = logging.getLogger("clickwatch.store")
 # How long messages gather in the proxy before they are handed on: a hard kill of the proxy loses at most these,
 # as the store process writes everything it received when its pipe closes.
 FEED_SECONDS = 0.025
+# With nothing to hand on, the feeder still sends the proxy's counters this often (the store writes them each second).
+IDLE_SECONDS = 1.0
 # A store process that dies sooner than this after starting is not restarted: the proxy writes itself instead.
 MIN_PROCESS_LIFETIME = 10.0
 # The proxy-side buffer holds at least this many: it only fills when the store process stalls (a burst between
@@ -190,6 +193,7 @@ class StoreLink:
         self._last_drop_log = 0.0
         self._stopping = False
         self._wake = threading.Event()
+        self._idle = False  # the feeder sleeps until send() wakes it
         self._backend: _Backend = self._new_backend(use_process)
         self._feeder = threading.Thread(target=self._feed, name="clickwatch-store-feed", daemon=True)
         self._feeder.start()
@@ -203,6 +207,9 @@ class StoreLink:
         """Hand on an observation; never blocks. When the buffer is full it is dropped and counted."""
         if len(self._buffer) < self.buffer_size:
             self._buffer.append(message)
+            if self._idle:
+                self._idle = False
+                self._wake.set()
             return
         self.dropped += 1
         now = time.monotonic()
@@ -218,6 +225,7 @@ class StoreLink:
         """Hand on a setting (CONFIG, WEBHOOK); never dropped, and given again to a restarted store."""
         self._controls[message[0]] = message
         self._buffer.append(message)
+        self._wake.set()
 
     @property
     def waiting(self) -> int:
@@ -268,7 +276,17 @@ class StoreLink:
 
     def _feed(self) -> None:
         while True:
-            self._wake.wait(FEED_SECONDS)
+            if not self._buffer:
+                self._idle = True
+                self._wake.clear()
+                # Checked again after clear(): a send() or close() just before it must not be slept through.
+                if not self._buffer and not self._stopping:
+                    self._wake.wait(IDLE_SECONDS)
+                self._idle = False
+            # Let a batch gather: one hand-over (and one wake-up of this thread) per interval under load.
+            if not self._stopping:
+                self._wake.clear()
+                self._wake.wait(FEED_SECONDS)
             stopping = self._stopping
             batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
             self._deliver(batch)

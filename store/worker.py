@@ -11,8 +11,10 @@ closes the pipe (or dies), after writing everything it holds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import pickle
 import signal
 import struct
@@ -33,6 +35,7 @@ log = logging.getLogger("clickwatch.store")
 
 FRAME = struct.Struct(">I")
 STATUS_EVERY_SECONDS = 0.25
+NICENESS = 10
 
 
 class StoreService:
@@ -209,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C reaches the whole process group: the proxy decides when to stop, by closing the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if NICENESS:
+        # Background work: on a busy machine the proxy (and the browser, and the shop) come first.
+        with contextlib.suppress(OSError):
+            os.nice(NICENESS)
     started = time.monotonic()
     ok = serve(args.db, args.queue_size, args.shutdown_timeout, sys.stdin.buffer, sys.stdout.buffer)
     log.debug("store process ran %.1f s", time.monotonic() - started)

@@ -1,0 +1,61 @@
+"""Change numbers (seq): every delivery a batch changes gets the next one, in order; the live page resumes by them."""
+
+import sqlite3
+
+from core.model import Answer, Kind, RequestSeen, Verdict
+from core.pipeline import StoreOps
+from core.record import answer_row, request_body, request_row
+from store.apply import apply_ops
+from store.schema import open_database
+
+
+def insert(uid: str) -> dict:
+    seen = RequestSeen(
+        uid=uid,
+        run="default",
+        kind=Kind.CLICKSTREAM,
+        target=None,
+        method="POST",
+        url="https://t.example/edge/clickstreamEvents",
+        host="t.example",
+        path="/edge/clickstreamEvents",
+        client_addr="127.0.0.1",
+        user_agent="UA",
+        headers=(("hybris-schema", "context/commerce/ProductView"),),
+        raw_body=b'{"productSku":"1"}',
+        sent_at=1.0,
+    )
+    return request_row(seen, request_body(seen, 1000))
+
+
+def seqs(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT uid, seq FROM deliveries").fetchall())
+
+
+def write(conn: sqlite3.Connection, ops: StoreOps) -> None:
+    with conn:
+        apply_ops(conn, ops)
+
+
+def test_new_rows_carry_their_change_numbers_and_later_changes_get_new_ones(tmp_path):
+    conn = open_database(str(tmp_path / "cw.db")).conn
+    write(conn, StoreOps(inserts=[insert("a"), insert("b")]))
+    assert seqs(conn) == {"a": 1, "b": 2}
+    answer = answer_row(
+        Answer(uid="a", kind=Kind.CLICKSTREAM, sent_at=1.0, ended_at=2.0, status_code=201), Verdict.DELIVERED, 1000
+    )
+    write(conn, StoreOps(inserts=[insert("c")], answers=[answer]))
+    # The new row first, then the row its answer changed: both after everything before.
+    assert seqs(conn) == {"a": 4, "b": 2, "c": 3}
+    write(conn, StoreOps(consent=[{"uid": "b", "consent": "given"}]))
+    assert seqs(conn)["b"] == 5
+
+
+def test_a_row_inserted_again_is_a_change_not_a_new_row(tmp_path):
+    # A batch handed on twice (after a store process died mid-batch) meets its own rows: they keep one row
+    # each, and the change still moves them to the end.
+    conn = open_database(str(tmp_path / "cw.db")).conn
+    write(conn, StoreOps(inserts=[insert("a"), insert("b")]))
+    write(conn, StoreOps(inserts=[insert("a"), insert("c")]))
+    assert seqs(conn) == {"a": 3, "b": 2, "c": 4}
+    assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 3
