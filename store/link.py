@@ -31,7 +31,7 @@ log = logging.getLogger("clickwatch.store")
 
 # How long messages gather in the proxy before they are handed on: a hard kill of the proxy loses at most these,
 # as the store process writes everything it received when its pipe closes.
-FEED_SECONDS = 0.025
+FEED_SECONDS = 0.05
 # With nothing to hand on, the feeder still sends the proxy's counters this often (the store writes them each second).
 IDLE_SECONDS = 1.0
 # A store process that dies sooner than this after starting is not restarted: the proxy writes itself instead.

@@ -67,7 +67,7 @@ def test_in_process_store_when_asked(proxy_factory: Callable[..., Proxy], upstre
 def test_hard_kill_of_the_proxy_loses_nothing_already_handed_on(proxy: Proxy, upstream: Upstream) -> None:
     (child,) = wait_until(lambda: _children(proxy.process.pid), 10.0, "the store process")
     _post(proxy, upstream, 25, "k")
-    time.sleep(0.2)  # the proxy hands observations on every 25 ms
+    time.sleep(0.2)  # the proxy hands observations on at most every 50 ms
     proxy.kill()  # SIGKILL: no hook runs, nothing is flushed by the proxy
     # The store process sees its pipe close, writes what it holds, and exits.
     wait_until(lambda: _gone(child), 15.0, "the orphaned store process to finish and exit")
