@@ -66,6 +66,8 @@ class _Backend(Protocol):
 
     def close(self, timeout: float) -> bool: ...
 
+    def abort(self) -> None: ...
+
 
 class _ThreadBackend:
     """The store in a thread of the proxy process (slower under load: it shares the proxy's GIL)."""
@@ -89,6 +91,9 @@ class _ThreadBackend:
 
     def close(self, timeout: float) -> bool:
         return self.service.close(timeout)
+
+    def abort(self) -> None:
+        pass  # handing on to a thread never blocks
 
 
 class _ProcessBackend:
@@ -153,6 +158,10 @@ class _ProcessBackend:
                 if record.get("final"):
                     self._final = {**record["status"], "ok": bool(record.get("ok"))}
 
+    def abort(self) -> None:
+        """Stop a store process that no longer reads: a hand-over blocked on its pipe then fails at once."""
+        self.process.kill()
+
     def close(self, timeout: float) -> bool:
         with contextlib.suppress(OSError):
             self._pipe.close()
@@ -192,6 +201,7 @@ class StoreLink:
         self._sent = 0  # observations handed to the current backend
         self._last_drop_log = 0.0
         self._stopping = False
+        self._closed = False
         self._wake = threading.Event()
         self._idle = False  # the feeder sleeps until send() wakes it
         self._backend: _Backend = self._new_backend(use_process)
@@ -250,7 +260,14 @@ class StoreLink:
         self._stopping = True
         self._wake.set()
         self._feeder.join(timeout + EXIT_GRACE_SECONDS)
-        ok = self._backend.close(timeout)
+        # From here on a failing hand-over is the end, not a reason to start another store.
+        self._closed = True
+        stuck = self._feeder.is_alive()
+        if stuck:
+            log.error("clickwatch store: the store process stopped taking observations; it is stopped")
+            self._backend.abort()
+            self._feeder.join(EXIT_GRACE_SECONDS)
+        ok = self._backend.close(timeout) and not stuck
         if self.dropped:
             log.error("clickwatch store: %d observation(s) were dropped in the proxy in all", self.dropped)
         return ok and self.dropped == 0 and not self._buffer
@@ -267,6 +284,10 @@ class StoreLink:
 
     def _new_backend(self, use_process: bool) -> _Backend:
         self._sent = 0
+        if use_process and getattr(sys, "frozen", False):
+            # A bundled executable (PyInstaller) is not a Python interpreter: `-m store.worker` would start it again.
+            log.warning("clickwatch: %s cannot run a store process; the proxy writes the store itself", sys.executable)
+            use_process = False
         if use_process:
             try:
                 return _ProcessBackend(self.path, self.queue_size, self.shutdown_timeout)
@@ -305,6 +326,11 @@ class StoreLink:
             batch = []
         except Exception as exc:
             reason = f"{exc.__class__.__name__}: {exc}"
+        if self._closed:
+            lost = sum(1 for message in batch if message[0] in OBSERVATIONS)
+            self.dropped += lost
+            log.error("clickwatch store: %d observation(s) could not be handed on before exit (%s)", lost, reason)
+            return
         self._replace_backend(reason, batch)
 
     def _backend_exit_code(self) -> int | None:

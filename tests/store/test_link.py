@@ -4,6 +4,7 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import time
 
 import pytest
@@ -158,3 +159,29 @@ def test_a_killed_store_process_is_replaced_and_only_unconfirmed_work_counts_as_
     assert len(stored) == 20
     assert set(stored.values()) == {"delivered"}
     assert link.dropped == 0
+
+
+def test_closing_with_a_stalled_store_process_ends_in_bounded_time(tmp_path, caplog):
+    link = StoreLink(str(tmp_path / "cw.db"), shutdown_timeout=1)
+    process = link._backend.process
+    wait_for(lambda: link._backend.status().get("base") is not None)
+    os.kill(process.pid, signal.SIGSTOP)  # never reads again: the hand-over blocks on the full pipe
+    link.send(request("big", b"x" * 1_000_000))
+    link.send(request("after"))
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="clickwatch.store"):
+        assert link.close(1) is False
+    # timeout (1 s) + grace for the feeder (5 s) + grace for the process (5 s) at most; never a hang.
+    assert time.monotonic() - started < 12
+    assert "stopped taking observations" in caplog.text
+    assert process.poll() is not None
+
+
+def test_a_bundled_interpreter_writes_in_a_thread(tmp_path, monkeypatch):
+    # PyInstaller-style executables set sys.frozen; `sys.executable -m store.worker` would start that program again.
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    link = StoreLink(str(tmp_path / "cw.db"))
+    assert link.mode == "thread"
+    link.send(request("one"))
+    assert link.close(5)
+    assert verdicts(tmp_path / "cw.db") == {"one": "pending"}  # no answer was handed on
