@@ -1,4 +1,5 @@
-# clickwatch: the capturing proxy (8080) and the dashboard, API and /metrics (8000) in one process.
+# clickwatch: the capturing proxy (8080) and the dashboard, API and /metrics (8000) in one process, with its
+# store process (python -m store.worker) as a child; SIGTERM (docker stop) lets both write everything first.
 #
 #   docker build -t clickwatch .
 #   docker run -e CLICKWATCH_TOKEN=... -p 127.0.0.1:8080:8080 -p 127.0.0.1:8000:8000 \
