@@ -111,6 +111,7 @@ class _ProcessBackend:
         self.process = subprocess.Popen(
             [
                 sys.executable,
+                "-P",  # not the working directory first on sys.path: a ./store there must not shadow ours
                 "-m",
                 "store.worker",
                 "--db",

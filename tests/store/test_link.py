@@ -185,3 +185,17 @@ def test_a_bundled_interpreter_writes_in_a_thread(tmp_path, monkeypatch):
     link.send(request("one"))
     assert link.close(5)
     assert verdicts(tmp_path / "cw.db") == {"one": "pending"}  # no answer was handed on
+
+
+def test_a_store_package_in_the_working_directory_does_not_shadow_ours(tmp_path, monkeypatch):
+    # `python -m` would put the working directory first on sys.path; a user's ./store must not be what runs.
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "__init__.py").write_text('raise SystemExit("not clickwatch")\n')
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "cw.db"
+    link = StoreLink(str(db))
+    link.send(request("one"))
+    link.send(answer("one"))
+    assert link.close(5) is True
+    assert link.mode == "process"
+    assert verdicts(db) == {"one": "delivered"}
