@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -329,7 +330,8 @@ class Clickwatch:
         match = self.patterns.classify(req.method, host, req.path)
         if match is None or self.writer is None:
             return
-        uid = flow.id.replace("-", "")
+        # A fresh id per request: a replayed flow keeps its flow.id, but it is a new delivery.
+        uid = uuid.uuid4().hex
         kind = match.kind.value
         sent_at = req.timestamp_start
         self.inflight[flow.id] = (uid, kind, sent_at)
@@ -410,17 +412,18 @@ class Clickwatch:
             elif lowered == b"x-anonymous-consents":
                 anonymous = value if anonymous is None else anonymous + b", " + value
         set_cookies: list[str] = []
-        html = False
+        content_type: bytes | None = None
         if resp is not None:
             for name, value in resp.headers.fields:
                 lowered = name.lower()
                 if lowered == b"set-cookie":
                     if any(cookie in value.split(b"=", 1)[0] for cookie in _CONSENT_COOKIE_BYTES):
                         set_cookies.append(_text(value))
-                elif lowered == b"content-type" and not html:
-                    html = value[:9].lower() == b"text/html"
+                elif lowered == b"content-type" and content_type is None:
+                    content_type = value
         page_load = (
-            html
+            content_type is not None
+            and content_type[:9].lower() == b"text/html"
             and req.method.upper() == "GET"
             and (dest.lower() in (b"document", b"iframe") if dest is not None else b"text/html" in accept.lower())
         )

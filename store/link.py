@@ -24,8 +24,9 @@ from collections.abc import Callable
 from typing import IO, Any, Protocol
 
 import store
-from store.wire import CONFIG, COUNTERS, OBSERVATIONS, WEBHOOK, Message
+from store.wire import ANSWER, CONFIG, COUNTERS, OBSERVATIONS, TAKE_OVER, WEBHOOK, Message
 from store.worker import FRAME, StoreService
+from store.writer import ANSWER_OVERFLOW_LIMIT, OVERFLOW_NOTE
 
 log = logging.getLogger("clickwatch.store")
 
@@ -74,9 +75,9 @@ class _ThreadBackend:
 
     mode = "thread"
 
-    def __init__(self, path: str, queue_size: int) -> None:
+    def __init__(self, path: str, queue_size: int, take_over: bool = False) -> None:
         self.started = time.monotonic()
-        self.service = StoreService(path, queue_size=queue_size)
+        self.service = StoreService(path, queue_size=queue_size, take_over=take_over)
         self.service.start()
 
     def deliver(self, batch: list[Message]) -> None:
@@ -101,7 +102,7 @@ class _ProcessBackend:
 
     mode = "process"
 
-    def __init__(self, path: str, queue_size: int, shutdown_timeout: float) -> None:
+    def __init__(self, path: str, queue_size: int, shutdown_timeout: float, take_over: bool = False) -> None:
         self.started = time.monotonic()
         self._status: dict[str, Any] = {}
         self._final: dict[str, Any] | None = None
@@ -120,11 +121,15 @@ class _ProcessBackend:
                 str(queue_size),
                 "--shutdown-timeout",
                 str(shutdown_timeout),
+                *(["--take-over"] if take_over else []),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
             close_fds=True,
+            # Its own process group: a terminal's Ctrl-C must not reach it (not even while it is still importing);
+            # it stops when the proxy closes its pipe.
+            process_group=0,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self._pipe: IO[bytes] = self.process.stdin
@@ -163,6 +168,18 @@ class _ProcessBackend:
         """Stop a store process that no longer reads: a hand-over blocked on its pipe then fails at once."""
         self.process.kill()
 
+    def discard(self) -> None:
+        """After it died or was stopped: reap the process and close the pipes."""
+        if self.alive():
+            self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(5)
+        self._reader.join(1.0)
+        for pipe in (self._pipe, self.process.stdout):
+            with contextlib.suppress(OSError, ValueError):
+                if pipe is not None:
+                    pipe.close()
+
     def close(self, timeout: float) -> bool:
         with contextlib.suppress(OSError):
             self._pipe.close()
@@ -193,12 +210,13 @@ class StoreLink:
         self.queue_size = queue_size
         self.buffer_size = buffer_size if buffer_size is not None else max(queue_size, FEED_BUFFER_MIN)
         self.shutdown_timeout = shutdown_timeout
-        self.dropped = 0
         self._buffer: deque[Message] = deque()
         self._controls: dict[str, Message] = {}
         self._live = live_counters or (lambda: {})
-        # Proxy counters at the time the current backend started: it adds only what came after to stored totals.
-        self._offsets: dict[str, int] = {}
+        # Dropped on the event loop (send) and in the feeder thread: one counter each, no lock needed.
+        self._dropped_sending = 0
+        self._dropped_feeding = 0
+        self._last_metrics: dict[str, float] = {}
         self._sent = 0  # observations handed to the current backend
         self._last_drop_log = 0.0
         self._stopping = False
@@ -214,27 +232,38 @@ class StoreLink:
         """Where the store runs: 'process' or 'thread'."""
         return self._backend.mode
 
+    @property
+    def dropped(self) -> int:
+        """Observations this proxy dropped, or handed to a store process that died before writing them."""
+        return self._dropped_sending + self._dropped_feeding
+
     def send(self, message: Message) -> None:
         """Hand on an observation; never blocks. When the buffer is full it is dropped and counted."""
-        if len(self._buffer) < self.buffer_size:
+        buffered = len(self._buffer)
+        if buffered < self.buffer_size:
             self._buffer.append(message)
             if self._idle:
                 self._idle = False
                 self._wake.set()
             return
-        self.dropped += 1
+        if message[0] == ANSWER and buffered < self.buffer_size + ANSWER_OVERFLOW_LIMIT:
+            # An answer completes a request already handed on: keep its verdict, shed its bulk (as the store does).
+            self._buffer.append((*message[:6], (), b"", message[8], OVERFLOW_NOTE if message[5] else None))
+            return
+        self._dropped_sending += 1
         now = time.monotonic()
         if now - self._last_drop_log >= 5.0:
             self._last_drop_log = now
             log.error(
                 "clickwatch store cannot keep up (%d observations waiting in the proxy): %d dropped so far",
-                len(self._buffer),
+                buffered,
                 self.dropped,
             )
 
     def control(self, message: Message) -> None:
         """Hand on a setting (CONFIG, WEBHOOK); never dropped, and given again to a restarted store."""
-        self._controls[message[0]] = message
+        # A new dict, not an update: the feeder thread may be reading the old one.
+        self._controls = {**self._controls, message[0]: message}
         self._buffer.append(message)
         self._wake.set()
 
@@ -253,7 +282,11 @@ class StoreLink:
             "addon_errors": own["addon_errors"] + int(status.get("errors", 0)),
             "store_dropped": own["store_dropped"] + int(status.get("dropped", 0)),
         }
-        return {name: float(base.get(name, 0.0)) + value for name, value in current.items()}
+        totals = {name: float(base.get(name, 0.0)) + value for name, value in current.items()}
+        # Counters never go down: right after a store restart its base may not be known yet.
+        totals = {name: max(value, self._last_metrics.get(name, 0.0)) for name, value in totals.items()}
+        self._last_metrics = totals
+        return totals
 
     def close(self, timeout: float | None = None) -> bool:
         """Hand on everything, let the store write it (at most `timeout` s); True if nothing was lost."""
@@ -276,14 +309,15 @@ class StoreLink:
     # --- feeder thread -------------------------------------------------------------------------------
 
     def _counters(self) -> dict[str, int]:
+        """This process's lifetime counts: every store adds them to the base it continues from."""
         live = self._live()
         return {
-            "proxy_flows": live.get("proxy_flows", 0) - self._offsets.get("proxy_flows", 0),
-            "addon_errors": live.get("addon_errors", 0) - self._offsets.get("addon_errors", 0),
-            "store_dropped": self.dropped - self._offsets.get("store_dropped", 0),
+            "proxy_flows": live.get("proxy_flows", 0),
+            "addon_errors": live.get("addon_errors", 0),
+            "store_dropped": self.dropped,
         }
 
-    def _new_backend(self, use_process: bool) -> _Backend:
+    def _new_backend(self, use_process: bool, take_over: bool = False) -> _Backend:
         self._sent = 0
         if use_process and getattr(sys, "frozen", False):
             # A bundled executable (PyInstaller) is not a Python interpreter: `-m store.worker` would start it again.
@@ -291,29 +325,34 @@ class StoreLink:
             use_process = False
         if use_process:
             try:
-                return _ProcessBackend(self.path, self.queue_size, self.shutdown_timeout)
+                return _ProcessBackend(self.path, self.queue_size, self.shutdown_timeout, take_over)
             except OSError as exc:
                 log.error("clickwatch could not start its store process (%s); the proxy writes the store itself", exc)
-        return _ThreadBackend(self.path, self.queue_size)
+        return _ThreadBackend(self.path, self.queue_size, take_over)
 
     def _feed(self) -> None:
         while True:
-            if not self._buffer:
-                self._idle = True
-                self._wake.clear()
-                # Checked again after clear(): a send() or close() just before it must not be slept through.
-                if not self._buffer and not self._stopping:
-                    self._wake.wait(IDLE_SECONDS)
-                self._idle = False
-            # Let a batch gather: one hand-over (and one wake-up of this thread) per interval under load.
-            if not self._stopping:
-                self._wake.clear()
-                self._wake.wait(FEED_SECONDS)
-            stopping = self._stopping
-            batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
-            self._deliver(batch)
-            if stopping and not self._buffer:
-                return
+            try:
+                if not self._buffer:
+                    self._idle = True
+                    self._wake.clear()
+                    # Checked again after clear(): a send() or close() just before it must not be slept through.
+                    if not self._buffer and not self._stopping:
+                        self._wake.wait(IDLE_SECONDS)
+                    self._idle = False
+                # Let a batch gather: one hand-over (and one wake-up of this thread) per interval under load.
+                if not self._stopping:
+                    self._wake.clear()
+                    self._wake.wait(FEED_SECONDS)
+                stopping = self._stopping
+                batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
+                self._deliver(batch)
+                if stopping and not self._buffer:
+                    return
+            except Exception:
+                # Never let this thread die: the proxy would buffer into nothing.
+                log.exception("clickwatch store: unexpected error handing observations on")
+                time.sleep(FEED_SECONDS)
 
     def _deliver(self, batch: list[Message]) -> None:
         counters = self._counters()
@@ -329,7 +368,7 @@ class StoreLink:
             reason = f"{exc.__class__.__name__}: {exc}"
         if self._closed:
             lost = sum(1 for message in batch if message[0] in OBSERVATIONS)
-            self.dropped += lost
+            self._dropped_feeding += lost
             log.error("clickwatch store: %d observation(s) could not be handed on before exit (%s)", lost, reason)
             return
         self._replace_backend(reason, batch)
@@ -343,31 +382,31 @@ class StoreLink:
         status = old.status()
         confirmed = int(status.get("written", 0)) + int(status.get("dropped", 0))
         lost = max(0, self._sent - confirmed)
-        self.dropped += lost
+        self._dropped_feeding += lost
         lived = time.monotonic() - old.started
         use_process = old.mode == "process" and lived >= MIN_PROCESS_LIFETIME
         log.error(
-            "clickwatch store process ended unexpectedly (%s) after %.0f s; %d observation(s) it had not written "
-            "are counted as dropped; %s",
+            "clickwatch store process ended unexpectedly (%s) after %.0f s; about %d observation(s) it had not "
+            "written are counted as dropped; %s",
             reason,
             lived,
             lost,
             "starting a new one" if use_process else "the proxy writes the store itself from now on",
         )
-        if isinstance(old, _ProcessBackend) and old.alive():
-            old.process.kill()
-        # The old store wrote the counts it had to the database, where the new one reads them as its base:
-        # from now on only what happens after this moment is added.
-        live = self._live()
-        self._offsets = {
-            "proxy_flows": live.get("proxy_flows", 0),
-            "addon_errors": live.get("addon_errors", 0),
-            "store_dropped": self.dropped,
-        }
-        self._backend = self._new_backend(use_process)
-        replay = [m for m in self._controls.values()] + [m for m in undelivered if m[0] not in (CONFIG, WEBHOOK)]
+        if isinstance(old, _ProcessBackend):
+            old.discard()
+        self._backend = self._new_backend(use_process, take_over=True)
+        # The new store continues the old one's totals: its base (or the database's, if it never read one) plus
+        # what it counted itself; the proxy's own counts come with every hand-over, as before.
+        carry = {"addon_errors": float(status.get("errors", 0)), "store_dropped": float(status.get("dropped", 0))}
+        replay = [
+            (TAKE_OVER, status.get("base"), carry),
+            *self._controls.values(),
+            *(m for m in undelivered if m[0] not in (CONFIG, WEBHOOK, COUNTERS)),
+        ]
         try:
             self._backend.deliver(replay)
             self._sent += sum(1 for message in replay if message[0] in OBSERVATIONS)
         except Exception:
+            self._dropped_feeding += sum(1 for message in replay if message[0] in OBSERVATIONS)
             log.exception("clickwatch store: could not hand on to the new store")

@@ -20,6 +20,8 @@ STOREFRONT = "s"  # (STOREFRONT, run, addr, ua, request_at, response_at, cookie,
 CONFIG = "config"  # (CONFIG, {"config_file": str, "overrides": {field: value}, "expected_status": str})
 WEBHOOK = "webhook"  # (WEBHOOK, url, min_interval_seconds)
 COUNTERS = "counters"  # (COUNTERS, {"proxy_flows": n, "addon_errors": n, "store_dropped": n})
+# To a store replacing one that died: (TAKE_OVER, its counter base or None, {counter: what it counted itself})
+TAKE_OVER = "take_over"
 
 OBSERVATIONS = frozenset((REQUEST, ANSWER, STOREFRONT))
 

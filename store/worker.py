@@ -22,13 +22,12 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from typing import IO, Any
 
 from core.config import build_config
 from core.pipeline import Notice
 from store.notify import WebhookNotifier
-from store.wire import CONFIG, COUNTERS, OBSERVATIONS, WEBHOOK, Message
+from store.wire import CONFIG, COUNTERS, OBSERVATIONS, TAKE_OVER, WEBHOOK, Message
 from store.writer import StoreWriter
 
 log = logging.getLogger("clickwatch.store")
@@ -41,7 +40,7 @@ NICENESS = 10
 class StoreService:
     """A StoreWriter and a webhook notifier driven by wire messages."""
 
-    def __init__(self, path: str, *, queue_size: int = 10000) -> None:
+    def __init__(self, path: str, *, queue_size: int = 10000, take_over: bool = False) -> None:
         self.proxy_counters: dict[str, int] = {}
         self.notifier: WebhookNotifier | None = None
         self.received = 0
@@ -50,6 +49,7 @@ class StoreService:
             queue_size=queue_size,
             live_counters=lambda: self.proxy_counters,
             on_notices=self._notify,
+            fail_stale_pending=not take_over,
         )
 
     def start(self) -> None:
@@ -69,6 +69,8 @@ class StoreService:
                 self.writer.config = build_config(**message[1])
             elif tag == WEBHOOK:
                 self._open_webhook(message[1], message[2])
+            elif tag == TAKE_OVER:
+                self.writer.take_over_counters(message[1], message[2])
             else:
                 raise ValueError(f"unknown message {tag!r}")
         except Exception:
@@ -167,7 +169,7 @@ def serve(
     shutdown_timeout: float,
     source: IO[bytes],
     out: IO[bytes],
-    on_start: Callable[[StoreService], None] | None = None,
+    take_over: bool = False,
 ) -> bool:
     """Run a StoreService fed from `source` until it ends; True if everything was written."""
     channel = _Channel(out)
@@ -175,10 +177,8 @@ def serve(
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    service = StoreService(path, queue_size=queue_size)
+    service = StoreService(path, queue_size=queue_size, take_over=take_over)
     service.start()
-    if on_start is not None:
-        on_start(service)
     stop = threading.Event()
     reporter = threading.Thread(target=_report, args=(channel, service, stop), name="clickwatch-status", daemon=True)
     reporter.start()
@@ -208,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", required=True)
     parser.add_argument("--queue-size", type=int, default=10000)
     parser.add_argument("--shutdown-timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--take-over",
+        action="store_true",
+        help="replace a store process that died while the proxy runs on: leave pending deliveries pending",
+    )
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group: the proxy decides when to stop, by closing the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -217,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.nice(NICENESS)
     started = time.monotonic()
-    ok = serve(args.db, args.queue_size, args.shutdown_timeout, sys.stdin.buffer, sys.stdout.buffer)
+    ok = serve(
+        args.db, args.queue_size, args.shutdown_timeout, sys.stdin.buffer, sys.stdout.buffer, take_over=args.take_over
+    )
     log.debug("store process ran %.1f s", time.monotonic() - started)
     return 0 if ok else 1
 

@@ -99,6 +99,7 @@ class StoreWriter:
         clock: Callable[[], float] = time.time,
         live_counters: Callable[[], dict[str, int]] | None = None,
         on_notices: Callable[[list[Notice]], None] | None = None,
+        fail_stale_pending: bool = True,
     ) -> None:
         self.path = path
         self.pipeline = Pipeline(config)
@@ -119,6 +120,11 @@ class StoreWriter:
         self._live_counters = live_counters or (lambda: {})
         self._counter_base: dict[str, float] | None = None
         self._on_notices = on_notices
+        # False for a store that takes over from one that died while its proxy runs on: answers to the
+        # requests it left pending are still on their way.
+        self._fail_stale_pending = fail_stale_pending
+        self._counter_carry: dict[str, float] = {}
+        self._counter_lock = threading.Lock()
 
     @property
     def config(self) -> Config:
@@ -143,6 +149,17 @@ class StoreWriter:
     def counter_base(self) -> dict[str, float] | None:
         """The counter totals earlier processes stored (None until the database was first opened)."""
         return dict(self._counter_base) if self._counter_base is not None else None
+
+    def take_over_counters(self, base: dict[str, float] | None, carry: dict[str, float]) -> None:
+        """Continue the counter totals of a store that died: its base (None: read the database) plus what it
+        counted itself and may not have written (`carry`)."""
+        with self._counter_lock:
+            if base is not None:
+                self._counter_base = {name: float(base.get(name, 0.0)) + carry.get(name, 0.0) for name in COUNTERS}
+            elif self._counter_base is not None:
+                self._counter_base = {name: value + carry.get(name, 0.0) for name, value in self._counter_base.items()}
+            else:
+                self._counter_carry = dict(carry)
 
     def metric_counters(self) -> dict[str, float]:
         """Cumulative counters across restarts: what earlier processes stored plus this process's counts."""
@@ -319,18 +336,22 @@ class StoreWriter:
             db = open_database(self.path)
             try:
                 # Requests still pending from an earlier process lost their connection when it ended.
-                with db.conn:
-                    db.conn.execute(
-                        "UPDATE deliveries SET verdict = 'failed', error = ?, ended_at = COALESCE(ended_at, sent_at) "
-                        "WHERE verdict = 'pending'",
-                        (STALE_PENDING_ERROR,),
-                    )
+                if self._fail_stale_pending:
+                    with db.conn:
+                        db.conn.execute(
+                            "UPDATE deliveries SET verdict = 'failed', error = ?, "
+                            "ended_at = COALESCE(ended_at, sent_at) WHERE verdict = 'pending'",
+                            (STALE_PENDING_ERROR,),
+                        )
                 stored = dict(db.conn.execute("SELECT name, value FROM metric_counters").fetchall())
             except sqlite3.Error:
                 db.conn.close()
                 raise
-            if self._counter_base is None:
-                self._counter_base = {name: float(stored.get(name, 0.0)) for name in COUNTERS}
+            with self._counter_lock:
+                if self._counter_base is None:
+                    self._counter_base = {
+                        name: float(stored.get(name, 0.0)) + self._counter_carry.get(name, 0.0) for name in COUNTERS
+                    }
             self._db = db
         return self._db
 

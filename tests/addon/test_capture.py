@@ -214,3 +214,16 @@ async def test_unchanged_page_loads_are_folded_but_all_counted(addon_ctx):
     page_loads, consent = conn.execute("SELECT page_loads, consent FROM visitors").fetchone()
     conn.close()
     assert (page_loads, consent) == (25, "given")
+
+
+async def test_a_replayed_flow_is_a_delivery_of_its_own(addon_ctx):
+    # mitmproxy's client replay sends the same flow object again (same flow.id): it must not overwrite the first.
+    addon, tctx, db = addon_ctx
+    flow = clickstream_flow(status=400)
+    await tctx.cycle(addon, flow)
+    flow.response = tutils.tresp(status_code=201, content=b"{}")
+    await tctx.cycle(addon, flow)
+    addon.done()
+    rows = stored(db)
+    assert [row["verdict"] for row in rows] == ["rejected", "delivered"]
+    assert rows[0]["uid"] != rows[1]["uid"]

@@ -115,15 +115,19 @@ def test_a_stalled_store_process_fills_the_bound_and_drops_are_counted(tmp_path,
             for n in range(40):
                 link.send(request(f"later{n}"))
         assert link.dropped == 30
-        assert link.waiting >= 10
+        link.send(answer("first"))  # finds the buffer full: kept, without its headers and body
+        assert link.dropped == 30
+        assert link.waiting >= 11
         assert link.metric_counters()["store_dropped"] == 30.0
         assert "cannot keep up" in caplog.text
     finally:
         os.kill(process.pid, signal.SIGCONT)
     assert link.close(10) is False  # something was lost, and close says so
     stored = verdicts(db)
-    assert "first" in stored
+    assert stored["first"] == "delivered"
     conn = sqlite3.connect(db)
+    (note,) = conn.execute("SELECT response_body_note FROM deliveries WHERE uid = 'first'").fetchone()
+    assert "queue was full" in note
     (dropped,) = conn.execute("SELECT value FROM metric_counters WHERE name = 'store_dropped'").fetchone()
     conn.close()
     # The store process has a bound of its own (the same size): a burst may lose one more there, also counted.
@@ -199,3 +203,55 @@ def test_a_store_package_in_the_working_directory_does_not_shadow_ours(tmp_path,
     assert link.close(5) is True
     assert link.mode == "process"
     assert verdicts(db) == {"one": "delivered"}
+
+
+def test_a_replacement_store_leaves_in_flight_deliveries_to_their_answers(tmp_path):
+    # The proxy lives on: the answer to a request the dead store wrote as pending is still coming.
+    db = tmp_path / "cw.db"
+    link = StoreLink(str(db))
+    link.send(request("inflight"))
+    wait_for(lambda: link._backend.status().get("written", 0) >= 1)
+    first = link._backend
+    first.process.kill()
+    link.send(answer("inflight"))
+    wait_for(lambda: link._backend is not first)
+    assert link.close(10) is True
+    assert verdicts(db) == {"inflight": "delivered"}
+    conn = sqlite3.connect(db)
+    counted = dict(conn.execute("SELECT verdict, n FROM metric_deliveries WHERE kind = 'clickstream'").fetchall())
+    conn.close()
+    assert counted.get("delivered") == 1
+    assert not counted.get("failed")
+
+
+def test_counters_never_go_back_across_a_store_restart(tmp_path):
+    counts = {"proxy_flows": 0, "addon_errors": 0}
+    db = tmp_path / "cw.db"
+    link = StoreLink(str(db), live_counters=lambda: dict(counts))
+    counts["proxy_flows"] = 250
+    link.send(request("a"))
+    wait_for(lambda: link._backend.status().get("base") is not None)
+    seen = [link.metric_counters()["proxy_flows"]]
+    first = link._backend
+    first.process.kill()
+    counts["proxy_flows"] = 252
+    link.send(request("b"))
+    wait_for(lambda: link._backend is not first)
+    for _ in range(20):
+        seen.append(link.metric_counters()["proxy_flows"])
+        time.sleep(0.05)
+    assert seen == sorted(seen)  # monotonic, also while the new store has not reported its base yet
+    assert seen[-1] == 252.0
+    assert link.close(10)
+    conn = sqlite3.connect(db)
+    (stored,) = conn.execute("SELECT value FROM metric_counters WHERE name = 'proxy_flows'").fetchone()
+    conn.close()
+    assert stored == 252.0  # every flow the proxy saw, none lost with the dead store
+
+
+def test_the_store_process_is_out_of_reach_of_a_terminal_ctrl_c(tmp_path):
+    link = StoreLink(str(tmp_path / "cw.db"))
+    pid = link._backend.process.pid
+    # Its own process group: the terminal's SIGINT goes to the proxy's group only.
+    assert os.getpgid(pid) == pid != os.getpgrp()
+    assert link.close(5)
