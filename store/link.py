@@ -151,18 +151,19 @@ class _ProcessBackend:
         return self._final or self._status
 
     def _read(self, source: IO[bytes]) -> None:
+        # Keep reading whatever comes: a store process whose status pipe fills up would stall its writer.
         for line in source:
             try:
                 record = json.loads(line)
-            except ValueError:
+                if "log" in record:
+                    level, name, text = record["log"]
+                    logging.getLogger(str(name)).log(int(level), "%s", text)
+                if "status" in record:
+                    self._status = record["status"]
+                    if record.get("final"):
+                        self._final = {**record["status"], "ok": bool(record.get("ok"))}
+            except Exception:  # a line that is not ours, e.g. a library printing to stdout
                 continue
-            if "log" in record:
-                level, name, text = record["log"]
-                logging.getLogger(str(name)).log(int(level), "%s", text)
-            if "status" in record:
-                self._status = record["status"]
-                if record.get("final"):
-                    self._final = {**record["status"], "ok": bool(record.get("ok"))}
 
     def abort(self) -> None:
         """Stop a store process that no longer reads: a hand-over blocked on its pipe then fails at once."""
