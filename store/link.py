@@ -333,6 +333,7 @@ class StoreLink:
 
     def _feed(self) -> None:
         while True:
+            batch: list[Message] = []
             try:
                 if not self._buffer:
                     self._idle = True
@@ -348,10 +349,12 @@ class StoreLink:
                 stopping = self._stopping
                 batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
                 self._deliver(batch)
+                batch = []
                 if stopping and not self._buffer:
                     return
             except Exception:
-                # Never let this thread die: the proxy would buffer into nothing.
+                # Never let this thread die: the proxy would buffer into nothing. What was in hand is counted.
+                self._dropped_feeding += sum(1 for message in batch if message[0] in OBSERVATIONS)
                 log.exception("clickwatch store: unexpected error handing observations on")
                 time.sleep(FEED_SECONDS)
 

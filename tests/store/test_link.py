@@ -255,3 +255,28 @@ def test_the_store_process_is_out_of_reach_of_a_terminal_ctrl_c(tmp_path):
     # Its own process group: the terminal's SIGINT goes to the proxy's group only.
     assert os.getpgid(pid) == pid != os.getpgrp()
     assert link.close(5)
+
+
+def test_a_bug_in_handing_on_does_not_stop_the_feeder(tmp_path, monkeypatch, caplog):
+    # Injected fault (a bug cannot be produced for real): the first hand-over raises; later ones must still go.
+    db = tmp_path / "cw.db"
+    link = StoreLink(str(db))
+    real = link._deliver
+    calls = []
+
+    def once_broken(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        real(batch)
+
+    monkeypatch.setattr(link, "_deliver", once_broken)
+    with caplog.at_level(logging.ERROR, logger="clickwatch.store"):
+        link.send(request("lost-with-the-bug"))
+        wait_for(lambda: len(calls) >= 1)
+        link.send(request("after"))
+        link.send(answer("after"))
+        assert link.close(5) is False  # one observation was lost, and close says so
+    assert link.dropped == 1
+    assert "unexpected error handing observations on" in caplog.text
+    assert verdicts(db) == {"after": "delivered"}
