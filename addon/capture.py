@@ -37,8 +37,6 @@ MAX_RUN_LENGTH = 100
 PAGE_FOLD_SECONDS = 1.0
 STOPPED_ERROR = "clickwatch stopped before the answer arrived"
 _CONSENT_COOKIE_BYTES = tuple(name.encode() for name in (ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE))
-# What has_consent_cookie looks for first; a Cookie header without either cannot carry a consent cookie.
-_CONSENT_COOKIE_PROBES = (ANONYMOUS_CONSENTS.encode(), CONSENT_GIVEN_SUFFIX.encode())
 _RUN_HEADERS = frozenset((b"proxy-authorization", RUN_HEADER.lower().encode()))
 _MAX_REMEMBERED_BROWSERS = 10000
 _MAX_REMEMBERED_ORIGINS = 4096
@@ -418,7 +416,7 @@ class Clickwatch:
                 lowered = name.lower()
                 if lowered == b"set-cookie":
                     if any(cookie in value.split(b"=", 1)[0] for cookie in _CONSENT_COOKIE_BYTES):
-                        set_cookies.append(_text(value))
+                        set_cookies.append(wire.header_text(value))
                 elif lowered == b"content-type" and content_type is None:
                     content_type = value
         page_load = (
@@ -427,13 +425,13 @@ class Clickwatch:
             and req.method.upper() == "GET"
             and (dest.lower() in (b"document", b"iframe") if dest is not None else b"text/html" in accept.lower())
         )
-        cookie = b"; ".join(cookies)
-        consent_cookie = any(name in cookie for name in _CONSENT_COOKIE_PROBES) and has_consent_cookie(_text(cookie))
+        cookie = wire.header_text(b"; ".join(cookies))
+        consent_cookie = has_consent_cookie(cookie)  # names only; it skips parsing when neither name occurs
         if not page_load and not set_cookies and anonymous is None and not consent_cookie:
             return  # an asset that tells nothing about consent
         run = flow.metadata.get(RUN_METADATA, DEFAULT_RUN)
-        browser = (run, _client_ip(flow), _text(agent) if agent is not None else "")
-        headers = (_text(cookie), _text(anonymous) if anonymous is not None else None)
+        browser = (run, _client_ip(flow), wire.header_text(agent) if agent is not None else "")
+        headers = (cookie, wire.header_text(anonymous) if anonymous is not None else None)
         if not set_cookies and self._last_consent_headers.get(browser) == headers:
             if page_load:
                 # Same browser, same consent headers: only the page count moves. Fold it and hand it on
@@ -551,11 +549,6 @@ def clean_run(run: str | None) -> str:
         return DEFAULT_RUN
     cleaned = "".join(c for c in run.strip() if c.isprintable())[:MAX_RUN_LENGTH]
     return cleaned or DEFAULT_RUN
-
-
-def _text(value: bytes) -> str:
-    # As mitmproxy decodes header bytes: nothing is lost, odd bytes become surrogates.
-    return value.decode("utf-8", "surrogateescape")
 
 
 def _client_ip(flow: http.HTTPFlow) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import IO, Any, Protocol
 
 import store
-from store.wire import ANSWER, CONFIG, COUNTERS, OBSERVATIONS, TAKE_OVER, WEBHOOK, Message
+from store.wire import ANSWER, CONFIG, COUNTERS, TAKE_OVER, WEBHOOK, Message, count_observations, shed_answer
 from store.worker import FRAME, StoreService
 from store.writer import ANSWER_OVERFLOW_LIMIT, OVERFLOW_NOTE
 
@@ -249,7 +249,7 @@ class StoreLink:
             return
         if message[0] == ANSWER and buffered < self.buffer_size + ANSWER_OVERFLOW_LIMIT:
             # An answer completes a request already handed on: keep its verdict, shed its bulk (as the store does).
-            self._buffer.append((*message[:6], (), b"", message[8], OVERFLOW_NOTE if message[5] else None))
+            self._buffer.append(shed_answer(message, OVERFLOW_NOTE))
             return
         self._dropped_sending += 1
         now = time.monotonic()
@@ -354,7 +354,7 @@ class StoreLink:
                     return
             except Exception:
                 # Never let this thread die: the proxy would buffer into nothing. What was in hand is counted.
-                self._dropped_feeding += sum(1 for message in batch if message[0] in OBSERVATIONS)
+                self._dropped_feeding += count_observations(batch)
                 log.exception("clickwatch store: unexpected error handing observations on")
                 time.sleep(FEED_SECONDS)
 
@@ -363,7 +363,7 @@ class StoreLink:
         batch.append((COUNTERS, {**counters, "store_waiting": len(self._buffer)}))
         try:
             self._backend.deliver(batch)
-            self._sent += sum(1 for message in batch if message[0] in OBSERVATIONS)
+            self._sent += count_observations(batch)
             if self._backend.alive():
                 return
             reason = f"exit code {self._backend_exit_code()}"
@@ -371,7 +371,7 @@ class StoreLink:
         except Exception as exc:
             reason = f"{exc.__class__.__name__}: {exc}"
         if self._closed:
-            lost = sum(1 for message in batch if message[0] in OBSERVATIONS)
+            lost = count_observations(batch)
             self._dropped_feeding += lost
             log.error("clickwatch store: %d observation(s) could not be handed on before exit (%s)", lost, reason)
             return
@@ -410,7 +410,7 @@ class StoreLink:
         ]
         try:
             self._backend.deliver(replay)
-            self._sent += sum(1 for message in replay if message[0] in OBSERVATIONS)
+            self._sent += count_observations(replay)
         except Exception:
-            self._dropped_feeding += sum(1 for message in replay if message[0] in OBSERVATIONS)
+            self._dropped_feeding += count_observations(replay)
             log.exception("clickwatch store: could not hand on to the new store")

@@ -28,14 +28,24 @@ OBSERVATIONS = frozenset((REQUEST, ANSWER, STOREFRONT))
 Message = tuple[Any, ...]
 
 
-def _text(value: bytes) -> str:
-    # How mitmproxy turns header bytes into str: nothing is lost, odd bytes become surrogates.
+def header_text(value: bytes) -> str:
+    """Header bytes as mitmproxy turns them into str: nothing is lost, odd bytes become surrogates."""
     return value.decode("utf-8", "surrogateescape")
 
 
 def decode_headers(fields: RawHeaders) -> tuple[tuple[str, str], ...]:
     """Header byte pairs as the (name, value) strings the store records."""
-    return tuple((_text(name), _text(value)) for name, value in fields)
+    return tuple((header_text(name), header_text(value)) for name, value in fields)
+
+
+def shed_answer(message: Message, note: str) -> Message:
+    """An ANSWER without its headers and body (kept when a queue is full); `note` says why, if there was a status."""
+    return (*message[:6], (), b"", message[8], note if message[5] else None)
+
+
+def count_observations(messages: list[Message]) -> int:
+    """How many of these messages are observations (not settings or counters)."""
+    return sum(1 for message in messages if message[0] in OBSERVATIONS)
 
 
 def header_value(headers: tuple[tuple[str, str], ...], name: str) -> str | None:

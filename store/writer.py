@@ -20,7 +20,7 @@ from core.pipeline import Notice, Observation, Pipeline, StoreOps
 from store.apply import apply_ops
 from store.metrics_schema import COUNTERS
 from store.schema import open_database
-from store.wire import ANSWER, Message, observation
+from store.wire import ANSWER, Message, observation, shed_answer
 
 log = logging.getLogger("clickwatch.store")
 
@@ -190,8 +190,7 @@ class StoreWriter:
                 self._answers_overflow.append(replace(item, headers=(), raw_body=b"", note=note))
                 return True
             if isinstance(item, tuple) and item[0] == ANSWER:
-                note = OVERFLOW_NOTE if item[5] else None
-                self._answers_overflow.append((*item[:6], (), b"", item[8], note))
+                self._answers_overflow.append(shed_answer(item, OVERFLOW_NOTE))
                 return True
         self.stats.dropped += 1
         now = time.monotonic()
