@@ -2,30 +2,18 @@
 
 import sqlite3
 
-from core.model import Answer, Kind, RequestSeen, Verdict
+from core.model import Verdict
 from core.pipeline import StoreOps
 from core.record import answer_row, request_body, request_row
 from store.apply import apply_ops
 from store.schema import open_database
 
+from .observations import answered, seen
+
 
 def insert(uid: str) -> dict:
-    seen = RequestSeen(
-        uid=uid,
-        run="default",
-        kind=Kind.CLICKSTREAM,
-        target=None,
-        method="POST",
-        url="https://t.example/edge/clickstreamEvents",
-        host="t.example",
-        path="/edge/clickstreamEvents",
-        client_addr="127.0.0.1",
-        user_agent="UA",
-        headers=(("hybris-schema", "context/commerce/ProductView"),),
-        raw_body=b'{"productSku":"1"}',
-        sent_at=1.0,
-    )
-    return request_row(seen, request_body(seen, 1000))
+    request = seen(uid)
+    return request_row(request, request_body(request, 1000))
 
 
 def seqs(conn: sqlite3.Connection) -> dict[str, int]:
@@ -41,9 +29,7 @@ def test_new_rows_carry_their_change_numbers_and_later_changes_get_new_ones(tmp_
     conn = open_database(str(tmp_path / "cw.db")).conn
     write(conn, StoreOps(inserts=[insert("a"), insert("b")]))
     assert seqs(conn) == {"a": 1, "b": 2}
-    answer = answer_row(
-        Answer(uid="a", kind=Kind.CLICKSTREAM, sent_at=1.0, ended_at=2.0, status_code=201), Verdict.DELIVERED, 1000
-    )
+    answer = answer_row(answered("a"), Verdict.DELIVERED, 1000)
     write(conn, StoreOps(inserts=[insert("c")], answers=[answer]))
     # The new row first, then the row its answer changed: both after everything before.
     assert seqs(conn) == {"a": 4, "b": 2, "c": 3}
