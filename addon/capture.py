@@ -20,9 +20,10 @@ from urllib.parse import unquote
 
 from mitmproxy import ctx, exceptions, http
 
+from addon.observer import OWN_METADATA, ObserverSide, is_own
 from core import matching
 from core.config import Config, ConfigError, build_config
-from core.consent import ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE, has_consent_cookie
+from core.consent import ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE, has_consent_cookie, signed_in
 from core.verdict import StatusSpecError
 from store import wire
 from store.link import StoreLink
@@ -49,6 +50,7 @@ _OPTION_FIELDS = {
     "clickwatch_tag_pattern": "tag_pattern",
     "clickwatch_tenant_host": "tenant_host",
     "clickwatch_body_limit": "body_limit",
+    "clickwatch_observer": "observer_enabled",
 }
 _CONFIG_OPTIONS = {"clickwatch_config", "clickwatch_expected_status", *_OPTION_FIELDS}
 
@@ -83,13 +85,20 @@ class Clickwatch:
         )
         self._webhook_message: wire.Message = (wire.WEBHOOK, "", 10)
         # Per browser, the consent-bearing headers last handed on: unchanged ones on assets are not re-sent.
-        self._last_consent_headers: OrderedDict[tuple[str, str, str], tuple[str, str | None]] = OrderedDict()
+        self._last_consent_headers: OrderedDict[tuple[str, str, str], tuple[str, str | None, bool, bool | None]] = (
+            OrderedDict()
+        )
         self._connection_runs: dict[str, str] = {}
         # Per browser: [first page at, last page at, count, consent headers] of page loads not handed on yet.
         self._folded_pages: dict[tuple[str, str, str], list[Any]] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
         self.flows_seen = 0
         self.addon_errors = 0
+        self.observer = ObserverSide(self._send)
+
+    def _send(self, message: wire.Message) -> None:
+        if self.writer is not None:
+            self.writer.send(message)
 
     def load(self, loader: Any) -> None:
         defaults = Config()
@@ -152,6 +161,13 @@ class Clickwatch:
             "and flagged.",
         )
         loader.add_option(
+            "clickwatch_observer",
+            bool,
+            defaults.observer_enabled,
+            'Add clickwatch\'s data-layer observer (<script src="/__clickwatch/observer.js">) to storefront pages, '
+            "so consent and intended events are read in the browser; false judges from network traffic only.",
+        )
+        loader.add_option(
             "clickwatch_webhook",
             str,
             "",
@@ -190,6 +206,7 @@ class Clickwatch:
             spec = self._config_spec()
             self.config = self._build_config(spec)
             self.patterns = self.config.patterns()
+            self.observer.enabled = self.config.observer_enabled
             self._config_message = (wire.CONFIG, spec)
             if self.writer is not None:
                 self.writer.control(self._config_message)
@@ -287,6 +304,8 @@ class Clickwatch:
     @fail_open
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.flows_seen += 1
+        if is_own(flow.request.path):
+            self.observer.requestheaders(flow)
         metadata = flow.metadata
         if "proxyauth" not in metadata:
             for name, _ in flow.request.headers.fields:
@@ -324,6 +343,9 @@ class Clickwatch:
     @fail_open
     def request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
+        if OWN_METADATA in flow.metadata:
+            self.observer.request(flow, flow.metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow))
+            return
         host, origin = self._origin(req)
         match = self.patterns.classify(req.method, host, req.path)
         if match is None or self.writer is None:
@@ -353,12 +375,16 @@ class Clickwatch:
 
     @fail_open
     def response(self, flow: http.HTTPFlow) -> None:
+        if OWN_METADATA in flow.metadata:
+            return
         started = self.inflight.pop(flow.id, None)
         resp = flow.response
         if self.writer is None or resp is None:
             return
         if started is None:
-            self._storefront(flow, resp)
+            page = self._storefront(flow, resp)
+            if page is not None:
+                self.observer.add_to_page(flow, *page)
             return
         uid, kind, sent_at = started
         self.writer.send(
@@ -377,6 +403,8 @@ class Clickwatch:
 
     @fail_open
     def error(self, flow: http.HTTPFlow) -> None:
+        if OWN_METADATA in flow.metadata:
+            return
         started = self.inflight.pop(flow.id, None)
         if self.writer is None:
             return
@@ -387,8 +415,11 @@ class Clickwatch:
         message = flow.error.msg if flow.error else "connection ended without an answer"
         self.writer.send((wire.ANSWER, uid, kind, sent_at, time.time(), None, (), b"", message))
 
-    def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> None:
-        """Hand on what storefront traffic says about consent and page loads; most of it says nothing new."""
+    def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> tuple[str, str, str] | None:
+        """Hand on what storefront traffic says about consent, sign-in and page loads; most of it says nothing new.
+
+        Returns the browser (run, address, user agent) when this was a page load, else None.
+        """
         assert self.writer is not None
         req = flow.request
         # One pass over the raw header fields: mitmproxy's case-insensitive lookups cost a scan each.
@@ -397,6 +428,8 @@ class Clickwatch:
         dest: bytes | None = None
         accept = b""
         agent: bytes | None = None
+        authorization: bytes | None = None
+        reference = False
         for name, value in req.headers.fields:
             lowered = name.lower()
             if lowered == b"cookie":
@@ -409,6 +442,10 @@ class Clickwatch:
                 dest = value if dest is None else dest + b", " + value
             elif lowered == b"x-anonymous-consents":
                 anonymous = value if anonymous is None else anonymous + b", " + value
+            elif lowered == b"authorization":
+                authorization = value
+            elif lowered == b"x-consent-reference":
+                reference = reference or bool(value.strip())
         set_cookies: list[str] = []
         content_type: bytes | None = None
         if resp is not None:
@@ -427,11 +464,21 @@ class Clickwatch:
         )
         cookie = wire.header_text(b"; ".join(cookies))
         consent_cookie = has_consent_cookie(cookie)  # names only; it skips parsing when neither name occurs
-        if not page_load and not set_cookies and anonymous is None and not consent_cookie:
-            return  # an asset that tells nothing about consent
+        logged_in = signed_in(
+            req.path, wire.header_text(authorization) if authorization is not None else None, cookie, page_load
+        )
         run = flow.metadata.get(RUN_METADATA, DEFAULT_RUN)
         browser = (run, _client_ip(flow), wire.header_text(agent) if agent is not None else "")
-        headers = (cookie, wire.header_text(anonymous) if anonymous is not None else None)
+        if (
+            not page_load
+            and not set_cookies
+            and anonymous is None
+            and not consent_cookie
+            and not reference
+            and logged_in is None
+        ):
+            return None  # an asset that tells nothing about consent
+        headers = (cookie, wire.header_text(anonymous) if anonymous is not None else None, reference, logged_in)
         if not set_cookies and self._last_consent_headers.get(browser) == headers:
             if page_load:
                 # Same browser, same consent headers: only the page count moves. Fold it and hand it on
@@ -442,7 +489,7 @@ class Clickwatch:
                 else:
                     folded[1] = req.timestamp_start
                     folded[2] += 1
-            return
+            return browser if page_load else None
         self._flush_pages(browser)  # keep the order: earlier pages before what changes now
         self._last_consent_headers[browser] = headers
         self._last_consent_headers.move_to_end(browser)
@@ -462,8 +509,11 @@ class Clickwatch:
                 page_load,
                 0,
                 None,
+                reference,
+                logged_in,
             )
         )
+        return browser if page_load else None
 
     def _flush_pages(self, browser: tuple[str, str, str] | None = None) -> None:
         """Hand on folded page loads (of one browser, or of all)."""
@@ -474,7 +524,7 @@ class Clickwatch:
             folded = self._folded_pages.pop(key, None)
             if folded is None:
                 continue
-            first_at, last_at, count, (cookie, anonymous_header) = folded
+            first_at, last_at, count, (cookie, anonymous_header, reference, logged_in) = folded
             self.writer.send(
                 (
                     wire.STOREFRONT,
@@ -489,6 +539,8 @@ class Clickwatch:
                     True,
                     count - 1,
                     last_at,
+                    reference,
+                    logged_in,
                 )
             )
 
@@ -505,6 +557,7 @@ class Clickwatch:
     def _flush_tick(self) -> None:
         try:
             self._flush_pages()
+            self.observer.flush()
         except Exception:
             self.addon_errors += 1
             log.exception("clickwatch: could not hand on page loads")
@@ -517,6 +570,7 @@ class Clickwatch:
         if self.writer is None:
             return
         self._flush_pages()
+        self.observer.flush()
         now = time.time()
         for uid, kind, sent_at in self.inflight.values():
             self.writer.send((wire.ANSWER, uid, kind, sent_at, now, None, (), b"", STOPPED_ERROR))

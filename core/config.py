@@ -33,6 +33,21 @@ BUILTIN_SCHEMAS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
+# Data-layer push name -> the hybris-schema of the clickstream POST the tag should send for it (DOMAIN.md).
+BUILTIN_DATALAYER_SCHEMAS: Mapping[str, str] = MappingProxyType(
+    {
+        "ProductDetailsPageViewed": "ProductView",
+        "CategoryPageViewed": "CategoryView",
+        "KeywordSearch": "KeywordSearch",
+        "AddedToCart": "AddedToCart",
+        "ModifiedCart": "ModifiedCart",
+        "RemovedFromCart": "RemovedFromCart",
+        "CartSnapshot": "CartSnapshot",
+        "CarouselViewed": "carouselViewed",
+        "CarouselClicked": "carouselClicked",
+    }
+)
+
 
 class ConfigError(ValueError):
     """The configuration file cannot be used; the message names the key and the problem."""
@@ -51,12 +66,16 @@ class Config:
     expected_status: Mapping[Kind, StatusSet] = DEFAULT_EXPECTED
     consent_template: str = "PROFILE"
     grace_seconds: float = 10.0
+    echo_seconds: float = 120.0
     duplicate_seconds: float = 2.0
     session_seconds: float = 1800.0
     silence_seconds: float = 30.0
     slow_delivery_seconds: float = 2.0
     schemas: Mapping[str, tuple[str, ...]] = BUILTIN_SCHEMAS
     severity: Mapping[FindingKind, Severity] = DEFAULT_SEVERITY
+    observer_enabled: bool = True
+    reconcile_seconds: float = 5.0
+    datalayer_schemas: Mapping[str, str] = BUILTIN_DATALAYER_SCHEMAS
     db: str = "clickwatch.db"
     proxy_port: int = 8080
     dashboard_port: int = 8000
@@ -90,6 +109,11 @@ _SCALARS: dict[str, dict[str, tuple[str, type]]] = {
     "consent": {
         "template": ("consent_template", str),
         "grace_seconds": ("grace_seconds", float),
+        "echo_seconds": ("echo_seconds", float),
+    },
+    "observer": {
+        "enabled": ("observer_enabled", bool),
+        "reconcile_seconds": ("reconcile_seconds", float),
     },
     "store": {
         "db": ("db", str),
@@ -109,13 +133,14 @@ _SCALARS: dict[str, dict[str, tuple[str, type]]] = {
         "slow_delivery_seconds": ("slow_delivery_seconds", float),
     },
 }
-_MAPS = ("expected_status", "schemas", "severity")
+_MAPS = ("expected_status", "schemas", "severity", "datalayer_schemas")
 
 # Every key a configuration file may hold, as "section.key" ("section.*" for open tables).
 DOCUMENTED_KEYS: tuple[str, ...] = (
     *(f"{section}.{key}" for section, keys in _SCALARS.items() for key in keys),
     *(f"expected_status.{kind.value}" for kind in Kind),
     "schemas.*",
+    "datalayer_schemas.*",
     *(f"severity.{kind.value}" for kind in FindingKind),
 )
 
@@ -182,6 +207,17 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "configuration") 
                     raise ConfigError(f"{where}: expected a list of required field names, got {value!r}")
                 schemas[key] = tuple(value)
             changes["schemas"] = MappingProxyType(schemas)
+        elif section == "datalayer_schemas":
+            mapping = dict(BUILTIN_DATALAYER_SCHEMAS)
+            for key, value in _table(section, body).items():
+                where = f"datalayer_schemas.{key}"
+                if not isinstance(value, str):
+                    raise ConfigError(f"{where}: expected a schema name or '' (not sent by the tag), got {value!r}")
+                if value:
+                    mapping[key] = value
+                else:
+                    mapping.pop(key, None)
+            changes["datalayer_schemas"] = MappingProxyType(mapping)
         elif section == "severity":
             severity = dict(DEFAULT_SEVERITY)
             for key, value in _table(section, body).items():

@@ -14,6 +14,8 @@ ANONYMOUS_CONSENTS = "anonymous-consents"
 ANONYMOUS_CONSENTS_HEADER = "x-anonymous-consents"
 CONSENT_GIVEN_SUFFIX = "-profile.consent.given"
 TRACKING_PAUSE = "profile.tracking.pause"
+# Set by the accelerator's GUID cookie strategy when a shopper signs in (HTTPS only).
+SIGNED_IN_COOKIE = "acceleratorSecureGUID"
 
 
 class ConsentState(enum.StrEnum):
@@ -76,6 +78,8 @@ def anonymous_consents_state(raw: str, template: str) -> tuple[ConsentState, str
         return None
     if not isinstance(consents, list):
         return None
+    if not consents:
+        return ConsentState.ABSENT, "no consents in the list"
     for consent in consents:
         if isinstance(consent, dict) and consent.get("templateCode") == template:
             state = str(consent.get("consentState") or "").upper()
@@ -84,7 +88,8 @@ def anonymous_consents_state(raw: str, template: str) -> tuple[ConsentState, str
             if state == "WITHDRAWN":
                 return ConsentState.WITHDRAWN, f"{template} WITHDRAWN"
             return ConsentState.ABSENT, f"{template} has no decision"
-    return ConsentState.ABSENT, f"no {template} consent in the list"
+    # SAP Commerce (DefaultConsentService) counts a non-empty list without the template's entry as given.
+    return ConsentState.GIVEN, f"no {template} entry in a non-empty list (SAP Commerce reads it as given)"
 
 
 def _from_values(
@@ -156,3 +161,18 @@ def has_consent_cookie(cookie_header: str) -> bool:
     return any(
         name == ANONYMOUS_CONSENTS or name.endswith(CONSENT_GIVEN_SUFFIX) for name in parse_cookie_header(cookie_header)
     )
+
+
+def signed_in(method_path: str, authorization: str | None, cookie_header: str, page_load: bool) -> bool | None:
+    """Whether storefront traffic shows a signed-in shopper (True), an anonymous one (False), or says nothing.
+
+    Spartacus: Commerce API calls to /users/current/... with a bearer token, /users/anonymous/... without one.
+    Accelerator: page loads carry the acceleratorSecureGUID cookie only while a shopper is signed in.
+    """
+    if "/users/current/" in method_path or method_path.endswith("/users/current"):
+        return authorization is not None and authorization.lstrip()[:7].lower() == "bearer "
+    if "/users/anonymous/" in method_path:
+        return False
+    if page_load:
+        return SIGNED_IN_COOKIE in parse_cookie_header(cookie_header) if cookie_header else False
+    return None

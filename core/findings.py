@@ -30,13 +30,18 @@ class FindingKind(enum.StrEnum):
     REPEATED_CONSENT_REFERENCE = "repeated_consent_reference"
     NO_EVENTS_AFTER_CONSENT = "no_events_after_consent"
     SLOW_DELIVERY = "slow_delivery"
+    STALE_CONSENT_REFERENCE = "stale_consent_reference"
+    EVENT_NOT_SENT = "event_not_sent"
+    EVENT_WITHOUT_PUSH = "event_without_push"
+    OBSERVER_BLOCKED = "observer_blocked"
 
 
 DEFAULT_SEVERITY: Mapping[FindingKind, Severity] = MappingProxyType(
     {
         FindingKind.CONSENT_VIOLATION: Severity.ERROR,
         FindingKind.CONSENT_UNKNOWN: Severity.WARNING,
-        FindingKind.MISSING_CONSENT_REFERENCE: Severity.ERROR,
+        # No public source confirms today's tag sends consent-reference on clickstream POSTs (DOMAIN.md).
+        FindingKind.MISSING_CONSENT_REFERENCE: Severity.WARNING,
         FindingKind.UNKNOWN_SCHEMA: Severity.ERROR,
         FindingKind.INVALID_PAYLOAD: Severity.ERROR,
         FindingKind.DUPLICATE_EVENT: Severity.WARNING,
@@ -45,6 +50,10 @@ DEFAULT_SEVERITY: Mapping[FindingKind, Severity] = MappingProxyType(
         FindingKind.REPEATED_CONSENT_REFERENCE: Severity.WARNING,
         FindingKind.NO_EVENTS_AFTER_CONSENT: Severity.ERROR,
         FindingKind.SLOW_DELIVERY: Severity.WARNING,
+        FindingKind.STALE_CONSENT_REFERENCE: Severity.WARNING,
+        FindingKind.EVENT_NOT_SENT: Severity.ERROR,
+        FindingKind.EVENT_WITHOUT_PUSH: Severity.INFO,
+        FindingKind.OBSERVER_BLOCKED: Severity.INFO,
     }
 )
 

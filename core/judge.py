@@ -23,15 +23,34 @@ from core.consent import (
     read_response,
 )
 from core.findings import Finding, FindingKind
-from core.model import Answer, Body, Headers, Kind, RequestSeen, StorefrontSeen, Verdict
+from core.model import (
+    Answer,
+    Body,
+    BrowserEventType,
+    BrowserSeen,
+    Headers,
+    Kind,
+    ObserverBlocked,
+    RequestSeen,
+    StorefrontSeen,
+    Verdict,
+)
 from core.record import header, schema_name
 from core.visitor import normalise_ip, visitor_key
 
 CONSENT_PENDING = "pending"
 CONSENT_UNKNOWN = "unknown"
 NO_COOKIE_SOURCE = "page load without consent cookie"
+DATALAYER_SOURCE = "data layer"
+CONSENT_CHANGED = "ConsentChanged"
+# The observer's times are estimated (received time minus the browser's own delay): a data-layer change this
+# close after a call may have happened before it, and the benefit of that doubt goes to the shopper.
+DATALAYER_TOLERANCE_SECONDS = 1.0
+# Identifying fields compared between a push and the clickstream body that carries it, where both have them.
+IDENTIFYING_FIELDS = ("productSku", "sku", "searchTerm", "productCategory", "carouselId", "cartId", "cartCode")
 _MAX_READINGS = 500
 _MAX_VISITORS = 50000
+_MAX_OPEN = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +82,33 @@ class VisitorSnapshot:
     pending_decision: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class PushRecord:
+    """One thing the data-layer observer saw, as stored for the timeline and the funnel."""
+
+    uid: str
+    run: str
+    visitor: str
+    page: str
+    at: float
+    type: str
+    name: str
+    schema: str | None  # the clickstream schema the tag should send for it (mapped pushes only)
+    consent: str  # the visitor's consent at the moment of the push
+    data: object
+    early: bool = False
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PushLink:
+    """A data-layer push and the clickstream delivery that carried it."""
+
+    push_uid: str
+    delivery_uid: str
+    pushed_at: float
+
+
 @dataclass
 class Judgement:
     """Everything one observation (or one evaluation) decided."""
@@ -71,6 +117,8 @@ class Judgement:
     signals: list[ConsentSignal] = field(default_factory=list)
     consent: list[tuple[str, str]] = field(default_factory=list)  # (delivery uid, consent at that moment)
     visitors: dict[tuple[str, str], VisitorSnapshot] = field(default_factory=dict)
+    pushes: list[PushRecord] = field(default_factory=list)
+    links: list[PushLink] = field(default_factory=list)
 
     def extend(self, other: Judgement) -> None:
         """Merge another judgement into this one."""
@@ -78,16 +126,62 @@ class Judgement:
         self.signals.extend(other.signals)
         self.consent.extend(other.consent)
         self.visitors.update(other.visitors)
+        self.pushes.extend(other.pushes)
+        self.links.extend(other.links)
 
     def __bool__(self) -> bool:
-        return bool(self.findings or self.signals or self.consent or self.visitors)
+        return bool(self.findings or self.signals or self.consent or self.visitors or self.pushes or self.links)
 
 
 @dataclass(slots=True)
 class _Candidate:
-    uid: str
-    kind: Kind
+    uid: str | None  # None: a Commerce API call (storefront traffic), not a delivery
+    kind: Kind | None
     at: float
+    reference: bool = False  # the call carries a consent reference
+
+
+@dataclass(slots=True)
+class _Open:
+    """A mapped push waiting for its clickstream POST, or a clickstream POST waiting for its push."""
+
+    uid: str
+    at: float
+    schema: str
+    ident: dict[str, str]
+    name: str = ""
+    consent_given: bool = False
+
+
+Reading = tuple[float, ConsentState, str, str]
+
+
+def _state_at(readings: list[Reading], at: float) -> Reading | None:
+    index = bisect.bisect_right(readings, at, key=lambda r: r[0])
+    return readings[index - 1] if index else None
+
+
+def _identifying(data: object) -> dict[str, str]:
+    if not isinstance(data, dict):
+        return {}
+    return {
+        name: str(value)
+        for name in IDENTIFYING_FIELDS
+        if isinstance(value := data.get(name), str | int | float) and not isinstance(value, bool)
+    }
+
+
+def _agree(a: dict[str, str], b: dict[str, str]) -> bool:
+    return all(b.get(name, value) == value for name, value in a.items())
+
+
+def _describe(ident: dict[str, str]) -> str:
+    return " (" + ", ".join(f"{k}={v[:40]}" for k, v in ident.items()) + ")" if ident else ""
+
+
+def _explicit_no_decision(reading: Reading) -> bool:
+    # Only an explicit "no decision" in the shopper's own consent list says the browser had not consented.
+    return reading[1] is ConsentState.ABSENT and reading[3].endswith("has no decision")
 
 
 @dataclass(slots=True)
@@ -106,7 +200,14 @@ class _Visitor:
     user_agent: str
     first_seen: float
     last_seen: float
-    readings: list[tuple[float, ConsentState, str, str]] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)  # from cookies and headers (later echoes)
+    datalayer: list[Reading] = field(default_factory=list)  # ConsentChanged pushes: the browser's own truth
+    logins: list[tuple[float, bool]] = field(default_factory=list)  # signed in (True) or anonymous, from when
+    page_marks: list[tuple[float, bool]] = field(default_factory=list)  # pages with (True) or without observer
+    open_pushes: list[_Open] = field(default_factory=list)
+    open_sent: list[_Open] = field(default_factory=list)
+    blocked_reported: bool = False
+    stale_reported_for: float | None = None
     header_based: bool = False  # Spartacus: consent travels in a header, pages carry no consent cookie
     page_loads: int = 0
     last_page_at: float | None = None
@@ -119,12 +220,26 @@ class _Visitor:
     references: deque[float] = field(default_factory=deque)
     recent_bodies: dict[tuple[str, str], float] = field(default_factory=dict)
 
-    def state_at(self, at: float) -> tuple[float, ConsentState, str, str] | None:
-        index = bisect.bisect_right(self.readings, at, key=lambda r: r[0])
-        return self.readings[index - 1] if index else None
+    def state_at(self, at: float) -> Reading | None:
+        return _state_at(self.readings, at)
 
-    def current(self) -> tuple[float, ConsentState, str, str] | None:
+    def current(self) -> Reading | None:
+        if self.datalayer:
+            return self.datalayer[-1]
+        if self.signed_in_at(self.last_seen):
+            return None
         return self.readings[-1] if self.readings else None
+
+    def signed_in_at(self, at: float) -> bool:
+        index = bisect.bisect_right(self.logins, at, key=lambda r: r[0])
+        return index > 0 and self.logins[index - 1][1]
+
+    def observed_at(self, at: float) -> bool:
+        index = bisect.bisect_right(self.page_marks, at, key=lambda r: r[0])
+        return index > 0 and self.page_marks[index - 1][1]
+
+    def withdrawn_between(self, start: float, end: float) -> bool:
+        return any(start < r[0] <= end and r[1] is ConsentState.WITHDRAWN for r in (*self.datalayer, *self.readings))
 
 
 class Judge:
@@ -142,11 +257,14 @@ class Judge:
         out = Judgement()
         v = self._visitor(seen.run, seen.client_addr, seen.user_agent, seen.sent_at)
         self._inflight[seen.uid] = _InFlight(seen.run, v.key, seen.kind, seen.headers)
-        if seen.kind in (Kind.CLICKSTREAM, Kind.CONSENT_REFERENCE):
-            self._consent_check(v, seen, out)
+        if seen.kind in (Kind.CLICKSTREAM, Kind.CONSENT_REFERENCE, Kind.STRATEGY):
+            reference = seen.kind is Kind.STRATEGY and bool(header(seen.headers, "consent-reference"))
+            self._consent_check(v, _Candidate(seen.uid, seen.kind, seen.sent_at, reference), out)
         if seen.kind is Kind.CLICKSTREAM:
             v.clickstream_times.append(seen.sent_at)
-            self._event_checks(v, seen, body, out)
+            name = self._event_checks(v, seen, body, out)
+            if name and self.config.observer_enabled:
+                self._link(v, _Open(seen.uid, seen.sent_at, name, _identifying(body.parsed)), False, out)
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out
 
@@ -206,11 +324,64 @@ class Judge:
             set_reading = read_response(list(seen.set_cookies), template, paused_before)
             if set_reading is not None:
                 self._record(v, seen.response_at, set_reading, out)
+        if seen.logged_in is not None and not (seen.page_load and v.header_based):
+            # A Spartacus shell load carries no sign-in cookie even for a signed-in shopper: only its API calls tell.
+            self._signed_in(v, seen.request_at, seen.logged_in)
         if seen.page_load:
             v.page_loads += 1 + seen.repeats
             last = seen.last_at or seen.request_at
             v.last_page_at = max(last, v.last_page_at or last)
             self._arm_silence(v, seen.request_at)
+        if seen.consent_reference and not any(c.uid is None for c in v.candidates):
+            self._consent_check(v, _Candidate(None, None, seen.request_at, reference=True), out)
+        out.visitors[(v.run, v.key)] = self._snapshot(v)
+        return out
+
+    def browser(self, seen: BrowserSeen) -> Judgement:
+        """Follow what the data-layer observer saw in the page: consent as it changed, and what was pushed."""
+        out = Judgement()
+        v = self._visitor(seen.run, seen.client_addr, seen.user_agent, seen.received_at)
+        mapping = self.config.datalayer_schemas
+        for index, event in enumerate(seen.events):
+            if event.type is BrowserEventType.PAGE:
+                bisect.insort(v.page_marks, (event.at, True), key=lambda m: m[0])
+                del v.page_marks[:-_MAX_READINGS]
+            if event.type is BrowserEventType.PUSH and event.name == CONSENT_CHANGED:
+                granted = event.data.get("granted") if isinstance(event.data, dict) else None
+                if isinstance(granted, bool):
+                    state = ConsentState.GIVEN if granted else ConsentState.WITHDRAWN
+                    reading = ConsentReading(state, DATALAYER_SOURCE, f"ConsentChanged granted={str(granted).lower()}")
+                    self._record_datalayer(v, event.at, reading, out)
+            schema = mapping.get(event.name) if event.type is BrowserEventType.PUSH else None
+            consent = self._consent_now(v, event.at)
+            uid = hashlib.sha256(f"{seen.run}\n{v.key}\n{seen.page}\n{event.at!r}\n{index}".encode()).hexdigest()[:24]
+            record = PushRecord(
+                uid, v.run, v.key, seen.page, event.at, event.type.value, event.name, schema, consent,
+                event.data, event.early, event.truncated,
+            )  # fmt: skip
+            out.pushes.append(record)
+            if schema is not None:
+                push = _Open(uid, event.at, schema, _identifying(event.data), event.name, consent == "given")
+                self._link(v, push, True, out)
+        out.visitors[(v.run, v.key)] = self._snapshot(v)
+        return out
+
+    def observer_blocked(self, seen: ObserverBlocked) -> Judgement:
+        """The page's policy kept the observer out: judge this visitor from the network, and say so once."""
+        out = Judgement()
+        v = self._visitor(seen.run, seen.client_addr, seen.user_agent, seen.at)
+        bisect.insort(v.page_marks, (seen.at, False), key=lambda m: m[0])
+        if not v.blocked_reported:
+            v.blocked_reported = True
+            self._find(
+                out,
+                FindingKind.OBSERVER_BLOCKED,
+                v,
+                seen.at,
+                None,
+                f"the page's Content-Security-Policy would block clickwatch's data-layer observer ({seen.reason}); "
+                "it was not added, and this visitor is judged from network signals only",
+            )
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out
 
@@ -224,9 +395,12 @@ class Judge:
             if due:
                 # A plain split, not a membership test: thousands of calls can wait at once under load.
                 v.candidates = [] if final else [c for c in v.candidates if c.at + grace > now]
-                for candidate in due:
-                    self._decide_consent(v, candidate, out)
+                undecided = [c for c in due if not self._decide_consent(v, c, now, final, out)]
+                if undecided:
+                    v.candidates[:0] = undecided
                 changed = True
+            if v.open_pushes or v.open_sent:
+                changed = self._reconcile(v, now, final, out) or changed
             if v.silence_deadline is not None and (final or v.silence_deadline <= now):
                 self._decide_silence(v, out)
                 changed = True
@@ -256,56 +430,256 @@ class Judge:
         if before is not None and before[1] is reading.state:
             return
         out.signals.append(ConsentSignal(v.run, v.key, at, reading.state, reading.source, reading.detail))
-        if reading.state is ConsentState.GIVEN:
+        if v.datalayer:
+            return  # shown in the timeline, but the data layer decides when consent was given
+        self._given_changed(v, at, reading.state)
+
+    def _record_datalayer(self, v: _Visitor, at: float, reading: ConsentReading, out: Judgement) -> None:
+        before = _state_at(v.datalayer, at)
+        bisect.insort(v.datalayer, (at, reading.state, reading.source, reading.detail), key=lambda r: r[0])
+        if len(v.datalayer) > _MAX_READINGS:
+            del v.datalayer[0]
+        if before is not None and before[1] is reading.state:
+            return
+        out.signals.append(ConsentSignal(v.run, v.key, at, reading.state, reading.source, reading.detail))
+        self._given_changed(v, at, reading.state)
+
+    @staticmethod
+    def _given_changed(v: _Visitor, at: float, state: ConsentState) -> None:
+        if state is ConsentState.GIVEN:
             v.given_at = at
         elif v.given_at is not None and at >= v.given_at:
             v.given_at = None
             v.silence_deadline = None
 
-    def _consent_check(self, v: _Visitor, seen: RequestSeen, out: Judgement) -> None:
-        reading = v.state_at(seen.sent_at)
-        if reading is not None and reading[1] is ConsentState.GIVEN:
-            out.consent.append((seen.uid, ConsentState.GIVEN.value))
+    @staticmethod
+    def _signed_in(v: _Visitor, at: float, signed_in: bool) -> None:
+        index = bisect.bisect_right(v.logins, at, key=lambda r: r[0])
+        if (v.logins[index - 1][1] if index else False) is signed_in:
             return
-        # The proxy may see the new consent cookie only on the next storefront request: wait before judging.
-        v.candidates.append(_Candidate(seen.uid, seen.kind, seen.sent_at))
-        out.consent.append((seen.uid, CONSENT_PENDING))
+        v.logins.insert(index, (at, signed_in))
+        del v.logins[:-_MAX_READINGS]
 
-    def _decide_consent(self, v: _Visitor, candidate: _Candidate, out: Judgement) -> None:
+    def _datalayer_says(self, v: _Visitor, at: float) -> tuple[bool, Reading] | None:
+        """(given?, the reading that says so) from the data layer, or None when it said nothing by then."""
+        if not v.datalayer:
+            return None
+        at_call = _state_at(v.datalayer, at)
+        end = bisect.bisect_right(v.datalayer, at + DATALAYER_TOLERANCE_SECONDS, key=lambda r: r[0])
+        start = bisect.bisect_right(v.datalayer, at, key=lambda r: r[0])
+        soon = next((r for r in v.datalayer[start:end] if r[1] is ConsentState.GIVEN), None)
+        if at_call is not None and at_call[1] is ConsentState.GIVEN:
+            return True, at_call
+        if soon is not None:
+            return True, soon
+        return (False, at_call) if at_call is not None else None
+
+    def _consent_now(self, v: _Visitor, at: float) -> str:
+        """The visitor's consent at a moment, as far as it is known now (for pushes)."""
+        said = self._datalayer_says(v, at)
+        if said is not None:
+            return said[1][1].value
+        if v.signed_in_at(at):
+            return CONSENT_UNKNOWN
+        reading = v.state_at(at)
+        return reading[1].value if reading is not None else CONSENT_UNKNOWN
+
+    def _consent_check(self, v: _Visitor, candidate: _Candidate, out: Judgement) -> None:
+        said = self._datalayer_says(v, candidate.at)
+        if said is not None:
+            given = said[0]
+        elif v.page_marks or v.signed_in_at(candidate.at):
+            given = False  # the observer's report may still be on its way, or only the data layer can tell
+        else:
+            reading = v.state_at(candidate.at)
+            given = reading is not None and reading[1] is ConsentState.GIVEN
+        if given:
+            if candidate.uid is not None:
+                out.consent.append((candidate.uid, ConsentState.GIVEN.value))
+            return
+        # The proxy may see the new consent only later (the next storefront request, the observer's report).
+        v.candidates.append(candidate)
+        if candidate.uid is not None:
+            out.consent.append((candidate.uid, CONSENT_PENDING))
+
+    def _decide_consent(self, v: _Visitor, candidate: _Candidate, now: float, final: bool, out: Judgement) -> bool:
+        """Decide a call's consent once its grace window has passed; False: it waits for more evidence."""
+        said = self._datalayer_says(v, candidate.at)
+        if said is not None:
+            given, reading = said
+            if given:
+                self._consent_is(out, candidate, ConsentState.GIVEN.value)
+            else:
+                self._not_given(v, candidate, reading, f"as the page's data layer said ({reading[3]})", out)
+            return True
+        if v.signed_in_at(candidate.at):
+            self._unknown(
+                v,
+                candidate,
+                "the shopper is signed in: their consent lives in their account, which the proxy cannot read, and "
+                "the data layer did not say",
+                out,
+            )
+            return True
         grace = self.config.grace_seconds
         at_call = v.state_at(candidate.at)
         start = bisect.bisect_right(v.readings, candidate.at, key=lambda r: r[0])
         end = bisect.bisect_right(v.readings, candidate.at + grace, key=lambda r: r[0])
         later = v.readings[start:end]
         if (at_call is not None and at_call[1] is ConsentState.GIVEN) or any(r[1] is ConsentState.GIVEN for r in later):
-            out.consent.append((candidate.uid, ConsentState.GIVEN.value))
-            return
+            self._consent_is(out, candidate, ConsentState.GIVEN.value)
+            return True
+        if v.header_based and candidate.kind is not None:
+            # (A Commerce API call carries its own X-Anonymous-Consents: its reading at the call is the echo.)
+            return self._decide_by_echo(v, candidate, start, now, final, out)
         if at_call is None and not later:
-            out.consent.append((candidate.uid, CONSENT_UNKNOWN))
-            if not v.unknown_reported:
-                v.unknown_reported = True
-                self._find(
-                    out,
-                    FindingKind.CONSENT_UNKNOWN,
+            self._unknown(
+                v,
+                candidate,
+                "no consent signal was ever seen for this visitor (proxy started mid-session, or consent "
+                "lives where the proxy cannot see it): consent cannot be judged",
+                out,
+            )
+            return True
+        reading = at_call if at_call is not None else later[0]
+        self._not_given(v, candidate, reading, f"and no consent was given within {grace:g} s after", out)
+        return True
+
+    def _decide_by_echo(
+        self,
+        v: _Visitor,
+        candidate: _Candidate,
+        start: int,
+        now: float,
+        final: bool,
+        out: Judgement,
+    ) -> bool:
+        # Spartacus gives and withdraws consent in browser storage, with no request: the proxy sees the state only
+        # when the next Commerce API call echoes it, which may come minutes later. The first decisive echo after
+        # the call decides: GIVEN clears it; an explicit "no decision" convicts it (the browser had not
+        # consented, and cannot return to "no decision"); WITHDRAWN cannot decide (given and withdrawn in
+        # between, with no request, is lawful).
+        for reading in v.readings[start:]:
+            if reading[1] is ConsentState.GIVEN:
+                self._consent_is(out, candidate, ConsentState.GIVEN.value)
+                return True
+            if reading[1] is ConsentState.WITHDRAWN:
+                self._unknown(
                     v,
-                    candidate.at,
-                    candidate.uid,
-                    "no consent signal was ever seen for this visitor (proxy started mid-session, or consent "
-                    "lives where the proxy cannot see it): consent cannot be judged",
+                    candidate,
+                    f"the next consent echo said withdrawn ({reading[2]}): consent may have been given and withdrawn "
+                    "in between without any request, as Spartacus does; only the data layer could tell",
+                    out,
                 )
+                return True
+            if _explicit_no_decision(reading):
+                self._not_given(v, candidate, reading, "and the next consent echo still said so", out)
+                return True
+        if not final and now < candidate.at + self.config.echo_seconds:
+            return False
+        self._unknown(
+            v,
+            candidate,
+            f"no consent echo (X-Anonymous-Consents) came within {self.config.echo_seconds:g} s after the call: "
+            "consent given in browser storage reaches the proxy only with the next Commerce API call",
+            out,
+        )
+        return True
+
+    @staticmethod
+    def _consent_is(out: Judgement, candidate: _Candidate, consent: str) -> None:
+        if candidate.uid is not None:
+            out.consent.append((candidate.uid, consent))
+
+    def _unknown(self, v: _Visitor, candidate: _Candidate, why: str, out: Judgement) -> None:
+        self._consent_is(out, candidate, CONSENT_UNKNOWN)
+        if candidate.kind not in (Kind.CLICKSTREAM, Kind.CONSENT_REFERENCE) or v.unknown_reported:
+            return  # a strategy or Commerce API call needs no consent: only a reference would need it
+        v.unknown_reported = True
+        self._find(out, FindingKind.CONSENT_UNKNOWN, v, candidate.at, candidate.uid, f"consent cannot be judged: {why}")
+
+    def _not_given(self, v: _Visitor, candidate: _Candidate, reading: Reading, how: str, out: Judgement) -> None:
+        _, state, source, detail = reading
+        self._consent_is(out, candidate, state.value)
+        if candidate.kind in (Kind.CLICKSTREAM, Kind.CONSENT_REFERENCE):
+            what = "clickstream event" if candidate.kind is Kind.CLICKSTREAM else "consent-reference call"
+            self._find(
+                out,
+                FindingKind.CONSENT_VIOLATION,
+                v,
+                candidate.at,
+                candidate.uid,
+                f"{what} sent while consent was {state.value} ({source}: {detail}), {how}",
+            )
             return
-        _, state, source, detail = at_call if at_call is not None else later[0]
-        out.consent.append((candidate.uid, state.value))
-        what = "clickstream event" if candidate.kind is Kind.CLICKSTREAM else "consent-reference call"
+        if not candidate.reference:
+            return  # a strategy call without a reference is what a shopper without consent should send
+        if candidate.uid is None:
+            if v.stale_reported_for == reading[0]:
+                return  # one finding per withdrawal for the Commerce API, not one per call
+            v.stale_reported_for = reading[0]
+        what = "merchandising strategy call" if candidate.kind is Kind.STRATEGY else "Commerce API call"
+        header_name = "consent-reference" if candidate.kind is Kind.STRATEGY else "X-Consent-Reference"
         self._find(
             out,
-            FindingKind.CONSENT_VIOLATION,
+            FindingKind.STALE_CONSENT_REFERENCE,
             v,
             candidate.at,
             candidate.uid,
-            f"{what} sent while consent was {state.value} ({source}: {detail}), and no consent was given "
-            f"within {grace:g} s after",
+            f"{what} carried {header_name} while consent was {state.value} ({source}: {detail}), {how}",
         )
+
+    # --- intended versus delivered ---------------------------------------------------------------------------
+
+    def _link(self, v: _Visitor, item: _Open, is_push: bool, out: Judgement) -> None:
+        """Pair a push with the clickstream POST that carries it (whichever came first), or keep it open."""
+        window = self.config.reconcile_seconds
+        others, own = (v.open_sent, v.open_pushes) if is_push else (v.open_pushes, v.open_sent)
+        for index, other in enumerate(others):
+            push, sent = (item, other) if is_push else (other, item)
+            if (
+                push.schema == sent.schema
+                and push.at - DATALAYER_TOLERANCE_SECONDS <= sent.at <= push.at + window
+                and _agree(push.ident, sent.ident)
+            ):
+                del others[index]
+                out.links.append(PushLink(push.uid, sent.uid, push.at))
+                return
+        own.append(item)
+        del own[:-_MAX_OPEN]
+
+    def _reconcile(self, v: _Visitor, now: float, final: bool, out: Judgement) -> bool:
+        """Pushes never sent, and posts never pushed, once the reconcile window has passed."""
+        window = self.config.reconcile_seconds
+        due_pushes = [p for p in v.open_pushes if p.at + window <= now]
+        due_sent = [s for s in v.open_sent if s.at + window <= now]
+        # At the end nothing more will come: what is still inside its window cannot be decided, and is let go.
+        v.open_pushes = [] if final else [p for p in v.open_pushes if p.at + window > now]
+        v.open_sent = [] if final else [s for s in v.open_sent if s.at + window > now]
+        for push in due_pushes:
+            if push.consent_given:
+                self._find(
+                    out,
+                    FindingKind.EVENT_NOT_SENT,
+                    v,
+                    push.at,
+                    None,
+                    f"the storefront pushed {push.name}{_describe(push.ident)} while consent was given, and no "
+                    f"{push.schema} clickstream POST followed within {window:g} s",
+                )
+        for sent in due_sent:
+            if v.observed_at(sent.at):
+                self._find(
+                    out,
+                    FindingKind.EVENT_WITHOUT_PUSH,
+                    v,
+                    sent.at,
+                    sent.uid,
+                    f"{sent.schema} was sent from a page whose data layer had no matching push within {window:g} s "
+                    "before it (the tag made it up, sent it twice, or the push was not observed)",
+                )
+        # Only what a reader sees as waiting changed: pushes, and posts of a visitor the observer reports on.
+        return bool(due_pushes or (due_sent and v.page_marks))
 
     def _arm_silence(self, v: _Visitor, page_at: float) -> None:
         if v.given_at is None or page_at < v.given_at or v.silence_checked_for == v.given_at:
@@ -336,7 +710,7 @@ class Judge:
 
     # --- events --------------------------------------------------------------------------------------
 
-    def _event_checks(self, v: _Visitor, seen: RequestSeen, body: Body, out: Judgement) -> None:
+    def _event_checks(self, v: _Visitor, seen: RequestSeen, body: Body, out: Judgement) -> str | None:
         if not header(seen.headers, "consent-reference"):
             self._find(
                 out,
@@ -371,6 +745,7 @@ class Judge:
         if len(v.recent_bodies) > 256:
             horizon = seen.sent_at - window
             v.recent_bodies = {k: t for k, t in v.recent_bodies.items() if t >= horizon}
+        return name
 
     def _consent_reference_checks(self, v: _Visitor, answer: Answer, verdict: Verdict, out: Judgement) -> None:
         if verdict in (Verdict.REJECTED, Verdict.FAILED):
@@ -389,7 +764,11 @@ class Judge:
         window = self.config.session_seconds
         while v.references and v.references[0] < answer.sent_at - window:
             v.references.popleft()
+        if v.references and v.withdrawn_between(v.references[-1], answer.sent_at):
+            v.references.clear()  # withdrawn, then given again: a new reference is what the tag must obtain
         v.references.append(answer.sent_at)
+        if v.header_based and not v.datalayer:
+            return  # Spartacus withdraws without a request: without the data layer a withdrawal may be unseen
         if len(v.references) > 1:
             self._find(
                 out,
@@ -397,7 +776,8 @@ class Judge:
                 v,
                 answer.ended_at,
                 answer.uid,
-                f"visitor obtained {len(v.references)} consent references within {window / 60:g} min",
+                f"visitor obtained {len(v.references)} consent references within {window / 60:g} min, with no "
+                "withdrawal in between",
             )
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -421,6 +801,10 @@ class Judge:
             pending.append(f"consent of {len(v.candidates)} call(s) awaits the grace window")
         if v.silence_deadline is not None:
             pending.append("waiting for events after consent")
+        if v.open_pushes:
+            pending.append(f"{len(v.open_pushes)} data-layer event(s) await their clickstream POST")
+        if v.open_sent and v.page_marks:
+            pending.append(f"{len(v.open_sent)} clickstream POST(s) await their data-layer push")
         return VisitorSnapshot(
             run=v.run,
             visitor=v.key,
@@ -436,19 +820,27 @@ class Judge:
         )
 
     def _idle(self, v: _Visitor, now: float) -> bool:
-        return not v.candidates and v.silence_deadline is None and now - v.last_seen > self.config.session_seconds
+        busy = v.candidates or v.open_pushes or v.open_sent or v.silence_deadline is not None
+        return not busy and now - v.last_seen > self.config.session_seconds
 
     @staticmethod
     def _compact(v: _Visitor) -> None:
         # An idle browser keeps its consent and what was said about it; the per-event memory goes.
         del v.readings[:-1]
+        del v.datalayer[:-1]
+        del v.logins[:-1]
+        del v.page_marks[:-1]
         v.recent_bodies.clear()
         v.clickstream_times.clear()
 
     def _forget_oldest(self) -> None:
         # Bounded memory on a long-running shared proxy: forget the least recently seen quiet browsers.
         quiet = sorted(
-            (v for v in self._visitors.values() if not v.candidates and v.silence_deadline is None),
+            (
+                v
+                for v in self._visitors.values()
+                if not (v.candidates or v.open_pushes or v.open_sent) and v.silence_deadline is None
+            ),
             key=lambda v: v.last_seen,
         )
         for v in quiet[: len(self._visitors) - _MAX_VISITORS]:

@@ -99,3 +99,69 @@ class StorefrontSeen:
     page_load: bool
     repeats: int = 0  # further page loads with the same consent headers, folded into this one
     last_at: float | None = None  # when the last folded page load happened
+    consent_reference: bool = False  # a Commerce API call carrying X-Consent-Reference (its value is not kept)
+    logged_in: bool | None = None  # a signed-in shopper (True), an anonymous one (False), or no sign (None)
+
+
+class BrowserEventType(enum.StrEnum):
+    """What the data-layer observer saw in the page."""
+
+    PAGE = "page"  # the observer started on a new document
+    PUSH = "push"  # a push to window.Y_TRACKING.eventLayer
+    REFERENCE = "reference"  # the window event profiletag_consentReferenceLoaded
+    NAVIGATION = "navigation"  # a single-page navigation (pushState, replaceState, popstate)
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserEvent:
+    """One thing the observer recorded, placed on the proxy's clock."""
+
+    at: float
+    type: BrowserEventType
+    name: str = ""  # a push's name, or a navigation's `how`
+    data: Any = None  # a push's data (JSON), or a navigation's URL
+    early: bool = False  # pushed before the observer loaded: `at` is when the observer found it
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserSeen:
+    """A batch of events the data-layer observer sent from one page, already checked against its format."""
+
+    run: str
+    client_addr: str
+    user_agent: str
+    page: str
+    url: str
+    received_at: float
+    events: tuple[BrowserEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ObserverBlocked:
+    """The page's Content-Security-Policy would block the observer: it was not injected."""
+
+    run: str
+    client_addr: str
+    user_agent: str
+    at: float
+    url: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserReport:
+    """An observe request as the proxy accepted it: its body is checked and read on the store side."""
+
+    run: str
+    client_addr: str
+    user_agent: str
+    received_at: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ObserverRejected:
+    """Observe requests the proxy answered and dropped (too large, flooding), counted by reason."""
+
+    counts: tuple[tuple[str, int], ...]

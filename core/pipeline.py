@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from core.config import Config
 from core.findings import Severity
 from core.judge import Judge, Judgement
-from core.model import Answer, RequestSeen, StorefrontSeen, Verdict
+from core.model import (
+    Answer,
+    BrowserReport,
+    ObserverBlocked,
+    ObserverRejected,
+    RequestSeen,
+    StorefrontSeen,
+    Verdict,
+)
+from core.observer import ObserveFormatError, parse_batch
 from core.record import answer_row, clean_text, request_body, request_row
 from core.verdict import verdict_for
 
-Observation = RequestSeen | Answer | StorefrontSeen
+Observation = RequestSeen | Answer | StorefrontSeen | BrowserReport | ObserverBlocked | ObserverRejected
+# Why an observe request was answered and dropped: a small fixed set (a metric label).
+REJECT_REASONS = ("too_large", "flood", "bad_format")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +48,10 @@ class StoreOps:
     signals: list[dict[str, Any]] = field(default_factory=list)
     visitors: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     counters: list[dict[str, Any]] = field(default_factory=list)
+    pushes: list[dict[str, Any]] = field(default_factory=list)
+    links: list[dict[str, Any]] = field(default_factory=list)
+    # Observe requests dropped: (reason, how many, what was wrong); counted by the store, logged by the writer.
+    rejected: list[tuple[str, int, str]] = field(default_factory=list)
     # What someone should hear about (failed deliveries, error findings): not stored, handed to notifiers.
     notices: list[Notice] = field(default_factory=list)
 
@@ -48,6 +64,9 @@ class StoreOps:
         self.signals.extend(other.signals)
         self.visitors.update(other.visitors)
         self.counters = other.counters or self.counters
+        self.pushes.extend(other.pushes)
+        self.links.extend(other.links)
+        self.rejected.extend(other.rejected)
         self.notices.extend(other.notices)
 
     def __len__(self) -> int:
@@ -59,6 +78,9 @@ class StoreOps:
             + len(self.signals)
             + len(self.visitors)
             + len(self.counters)
+            + len(self.pushes)
+            + len(self.links)
+            + len(self.rejected)
         )
 
 
@@ -91,6 +113,27 @@ def _judged(ops: StoreOps, judgement: Judgement) -> StoreOps:
             "detail": clean_text(s.detail),
         }
         for s in judgement.signals
+    )
+    ops.pushes.extend(
+        {
+            "uid": p.uid,
+            "run": p.run,
+            "visitor": p.visitor,
+            "page": p.page,
+            "at": p.at,
+            "type": p.type,
+            "name": clean_text(p.name),
+            "schema_name": p.schema,
+            "consent": p.consent,
+            "data": clean_text(json.dumps(p.data, ensure_ascii=False)) if p.data is not None else None,
+            "early": int(p.early),
+            "truncated": int(p.truncated),
+        }
+        for p in judgement.pushes
+    )
+    ops.links.extend(
+        {"push_uid": link.push_uid, "delivery_uid": link.delivery_uid, "pushed_at": link.pushed_at}
+        for link in judgement.links
     )
     for key, v in judgement.visitors.items():
         ops.visitors[key] = {
@@ -145,6 +188,24 @@ class Pipeline:
                     )
                 )
             return _judged(ops, self.judge.answer(observation, verdict))
+        if isinstance(observation, BrowserReport):
+            try:
+                seen = parse_batch(
+                    observation.body,
+                    observation.received_at,
+                    observation.run,
+                    observation.client_addr,
+                    observation.user_agent,
+                )
+            except ObserveFormatError as exc:
+                ops.rejected.append(("bad_format", 1, str(exc)))
+                return ops
+            return _judged(ops, self.judge.browser(seen))
+        if isinstance(observation, ObserverBlocked):
+            return _judged(ops, self.judge.observer_blocked(observation))
+        if isinstance(observation, ObserverRejected):
+            ops.rejected.extend((reason, n, "answered by the proxy") for reason, n in observation.counts)
+            return ops
         return _judged(ops, self.judge.storefront(observation))
 
     def evaluate(self, now: float, final: bool = False) -> StoreOps:

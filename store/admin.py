@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-_TABLES = ("findings", "consent_signals", "visitors", "deliveries")
+_TABLES = ("findings", "consent_signals", "datalayer", "visitors", "deliveries")
 
 
 def reset(path: str, run: str | None = None) -> int:

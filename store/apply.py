@@ -43,6 +43,15 @@ def coalesce(ops: StoreOps) -> None:
         else:
             row["consent"] = decision["consent"]
     ops.consent = consent
+    links = []
+    for link in ops.links:
+        row = new.get(link["delivery_uid"])
+        if row is None:
+            links.append(link)
+        else:
+            row["pushed_at"] = link["pushed_at"]
+            links.append({**link, "folded": True})
+    ops.links = links
 
 
 def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
@@ -56,6 +65,7 @@ def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
         + [row["uid"] for row in ops.answers]
         + [row["uid"] for row in ops.consent]
         + [row["delivery_uid"] for row in ops.findings if row["delivery_uid"]]
+        + [row["delivery_uid"] for row in ops.links if not row.get("folded")]
     )
     start = _next_seq(conn) if touched else 0
     seq = {uid: start + i for i, uid in enumerate(touched)}
@@ -79,6 +89,24 @@ def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
         conn.executemany(_FINDING_INSERT, ops.findings)
     if ops.signals:
         conn.executemany(_insert("consent_signals", list(ops.signals[0])), ops.signals)
+    if ops.pushes:
+        conn.executemany(_insert("datalayer", list(ops.pushes[0])).replace("INSERT", "INSERT OR IGNORE", 1), ops.pushes)
+    if ops.links:
+        conn.executemany(
+            "UPDATE datalayer SET delivery_uid = :delivery_uid WHERE uid = :push_uid",
+            [{"delivery_uid": r["delivery_uid"], "push_uid": r["push_uid"]} for r in ops.links],
+        )
+        unfolded = [r for r in ops.links if not r.get("folded")]
+        conn.executemany(
+            "UPDATE deliveries SET pushed_at = :pushed_at WHERE uid = :delivery_uid",
+            [{"pushed_at": r["pushed_at"], "delivery_uid": r["delivery_uid"]} for r in unfolded],
+        )
+    if ops.rejected:
+        conn.executemany(
+            "INSERT INTO metric_observer_rejected (reason, n) VALUES (?, ?) "
+            "ON CONFLICT (reason) DO UPDATE SET n = n + excluded.n",
+            [(reason, n) for reason, n, _ in ops.rejected],
+        )
     # A row that was already there (an INSERT ignored) is changed, not new: it needs the UPDATE too.
     new_rows = {row["uid"] for row in ops.inserts} if inserted_all else set()
     changed = [(number, uid) for uid, number in seq.items() if uid not in new_rows]

@@ -7,6 +7,7 @@ import sqlite3
 import sqlite_utils
 from sqlite_utils import Migrations
 
+from core.pipeline import REJECT_REASONS
 from store import metrics_schema
 
 migrations = Migrations("clickwatch")
@@ -206,6 +207,44 @@ def _findings_sent_at(db: sqlite_utils.Database) -> None:
     )
     # Needs 0008's (delivery_id, kind): without it the planner answers the EXISTS probe from this index instead.
     db["findings"].create_index(["kind", "sent_at", "delivery_id"])  # type: ignore[union-attr]
+
+
+@migrations(name="0010_datalayer")
+def _datalayer(db: sqlite_utils.Database) -> None:
+    # What the data-layer observer saw in the page, each push linked to the clickstream delivery that carried it.
+    reasons = ", ".join(f"('{reason}', 0)" for reason in REJECT_REASONS)
+    db.executescript(
+        f"""
+        CREATE TABLE datalayer (
+            id INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, run TEXT NOT NULL, visitor TEXT NOT NULL, page TEXT,
+            at REAL NOT NULL, type TEXT NOT NULL, name TEXT, schema_name TEXT, consent TEXT, data TEXT,
+            early INTEGER NOT NULL DEFAULT 0, truncated INTEGER NOT NULL DEFAULT 0, delivery_uid TEXT
+        );
+        CREATE INDEX datalayer_run_visitor_at ON datalayer(run, visitor, at);
+        CREATE INDEX datalayer_run_at ON datalayer(run, at);
+        CREATE INDEX datalayer_delivery_uid ON datalayer(delivery_uid) WHERE delivery_uid IS NOT NULL;
+        ALTER TABLE deliveries ADD COLUMN pushed_at REAL;
+        -- The funnel's first steps, per run and schema, kept exact by triggers (a reset empties them).
+        CREATE TABLE datalayer_counts (
+            run TEXT NOT NULL, schema_name TEXT NOT NULL, with_consent INTEGER NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (run, schema_name, with_consent)
+        );
+        CREATE TRIGGER datalayer_counted_on_insert AFTER INSERT ON datalayer WHEN new.schema_name IS NOT NULL BEGIN
+            INSERT INTO datalayer_counts VALUES (new.run, new.schema_name, new.consent = 'given', 1)
+            ON CONFLICT (run, schema_name, with_consent) DO UPDATE SET n = n + 1;
+            INSERT INTO metric_datalayer VALUES (new.schema_name, 1)
+            ON CONFLICT (schema_name) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER datalayer_counted_on_delete AFTER DELETE ON datalayer WHEN old.schema_name IS NOT NULL BEGIN
+            UPDATE datalayer_counts SET n = n - 1
+            WHERE run = old.run AND schema_name = old.schema_name AND with_consent = (old.consent = 'given');
+        END;
+        -- Monotonic totals for Prometheus (a reset does not lower them).
+        CREATE TABLE metric_datalayer (schema_name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+        CREATE TABLE metric_observer_rejected (reason TEXT PRIMARY KEY, n INTEGER NOT NULL);
+        INSERT INTO metric_observer_rejected VALUES {reasons};
+        """
+    )
 
 
 def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:

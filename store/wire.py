@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.model import Answer, Kind, RequestSeen, StorefrontSeen
+from core.model import (
+    Answer,
+    BrowserReport,
+    Kind,
+    ObserverBlocked,
+    ObserverRejected,
+    RequestSeen,
+    StorefrontSeen,
+)
 from core.pipeline import Observation
 
 # Header fields as mitmproxy holds them: (name, value) byte pairs.
@@ -16,14 +24,19 @@ RawHeaders = tuple[tuple[bytes, bytes], ...]
 
 REQUEST = "q"  # (REQUEST, uid, run, kind, target, method, url, host, path, client_addr, fields, body, sent_at)
 ANSWER = "a"  # (ANSWER, uid, kind, sent_at, ended_at, status_code, fields, body, error[, note])
-STOREFRONT = "s"  # (STOREFRONT, run, addr, ua, request_at, response_at, cookie, anon, set_cookies, page, repeats, last)
+# (STOREFRONT, run, addr, ua, request_at, response_at, cookie, anon, set_cookies, page, repeats, last
+#  [, consent_reference, logged_in])
+STOREFRONT = "s"
+BROWSER = "b"  # (BROWSER, run, addr, ua, received_at, body): an observe request from the data-layer observer
+BLOCKED = "x"  # (BLOCKED, run, addr, ua, at, url, reason): the page's CSP would block the observer
+REJECTED = "r"  # (REJECTED, {reason: count}): observe requests the proxy answered and dropped
 CONFIG = "config"  # (CONFIG, {"config_file": str, "overrides": {field: value}, "expected_status": str})
 WEBHOOK = "webhook"  # (WEBHOOK, url, min_interval_seconds)
 COUNTERS = "counters"  # (COUNTERS, {"proxy_flows": n, "addon_errors": n, "store_dropped": n})
 # To a store replacing one that died: (TAKE_OVER, its counter base or None, {counter: what it counted itself})
 TAKE_OVER = "take_over"
 
-OBSERVATIONS = frozenset((REQUEST, ANSWER, STOREFRONT))
+OBSERVATIONS = frozenset((REQUEST, ANSWER, STOREFRONT, BROWSER, BLOCKED, REJECTED))
 
 Message = tuple[Any, ...]
 
@@ -89,7 +102,8 @@ def observation(message: Message) -> Observation:
             note=note[0] if note else None,
         )
     if tag == STOREFRONT:
-        _, run, addr, agent, request_at, response_at, cookie, anon, set_cookies, page, repeats, last_at = message
+        _, run, addr, agent, request_at, response_at, cookie, anon, set_cookies, page, repeats, last_at, *more = message
+        reference, logged_in = more if more else (False, None)
         return StorefrontSeen(
             run=run,
             client_addr=addr,
@@ -102,5 +116,15 @@ def observation(message: Message) -> Observation:
             page_load=page,
             repeats=repeats,
             last_at=last_at,
+            consent_reference=reference,
+            logged_in=logged_in,
         )
+    if tag == BROWSER:
+        _, run, addr, agent, received_at, body = message
+        return BrowserReport(run, addr, agent, received_at, body)
+    if tag == BLOCKED:
+        _, run, addr, agent, at, url, reason = message
+        return ObserverBlocked(run, addr, agent, at, url, reason)
+    if tag == REJECTED:
+        return ObserverRejected(tuple((str(reason), int(n)) for reason, n in message[1].items()))
     raise ValueError(f"not an observation message: {tag!r}")

@@ -73,7 +73,7 @@ def _typed(item: Observation | Message) -> Observation:
 
 
 def _singles(ops: StoreOps) -> Iterator[StoreOps]:
-    for name in ("inserts", "answers", "consent", "findings", "signals"):
+    for name in ("inserts", "answers", "consent", "findings", "signals", "pushes", "links", "rejected"):
         for row in getattr(ops, name):
             single = StoreOps()
             getattr(single, name).append(row)
@@ -114,6 +114,8 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._run, name="clickwatch-store-writer", daemon=True)
         self._db: sqlite_utils.Database | None = None
         self._last_drop_log = 0.0
+        self._last_reject_log = 0.0
+        self._rejected_since_log = 0
         self._next_evaluation = 0.0
         self._answers_overflow: deque[Answer | Message] = deque()
         # Process-lifetime counts from the proxy (flows, addon errors), added to what earlier runs stored.
@@ -299,11 +301,27 @@ class StoreWriter:
             count = len(batch)
             for item in batch:
                 ops.extend(self._guarded(lambda i=item: self.pipeline.process(_typed(i))))  # type: ignore[misc]
+            if ops.rejected:
+                self._log_rejected(ops.rejected)
         if time.monotonic() >= self._next_evaluation:
             self._next_evaluation = time.monotonic() + EVALUATE_EVERY_SECONDS
             ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock())))
             ops.counters = self._counter_rows()
         return ops, count
+
+    def _log_rejected(self, rejected: list[tuple[str, int, str]]) -> None:
+        self._rejected_since_log += sum(n for _, n, _ in rejected)
+        now = time.monotonic()
+        if now - self._last_reject_log >= 5.0:
+            self._last_reject_log = now
+            reason, _, detail = rejected[-1]
+            log.warning(
+                "clickwatch: %d observe request(s) from data-layer observers dropped (latest: %s, %s)",
+                self._rejected_since_log,
+                reason,
+                detail,
+            )
+            self._rejected_since_log = 0
 
     def _counter_rows(self) -> list[dict[str, Any]]:
         if self._counter_base is None:

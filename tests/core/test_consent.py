@@ -46,12 +46,14 @@ def test_helper_matches_the_accelerator_encoding():
         (consents(("PROFILE", "")), "PROFILE", (ConsentState.ABSENT, "PROFILE has no decision")),
         (consents(("PROFILE", "given")), "PROFILE", (ConsentState.GIVEN, "PROFILE GIVEN")),
         (consents(("PROFILE", "MAYBE")), "PROFILE", (ConsentState.ABSENT, "PROFILE has no decision")),
-        ("%5B%5D", "PROFILE", (ConsentState.ABSENT, "no PROFILE consent in the list")),
-        ("[]", "PROFILE", (ConsentState.ABSENT, "no PROFILE consent in the list")),
+        # No consents at all: nothing was decided.
+        ("%5B%5D", "PROFILE", (ConsentState.ABSENT, "no consents in the list")),
+        ("[]", "PROFILE", (ConsentState.ABSENT, "no consents in the list")),
+        # A non-empty list without the template's entry: SAP Commerce's DefaultConsentService counts it as given.
         (
             consents(("MARKETING_NEWSLETTER", "GIVEN"), ("STORE_USER_INFORMATION", "GIVEN")),
             "PROFILE",
-            (ConsentState.ABSENT, "no PROFILE consent in the list"),
+            (ConsentState.GIVEN, "no PROFILE entry in a non-empty list (SAP Commerce reads it as given)"),
         ),
         (
             consents(("MARKETING_NEWSLETTER", "WITHDRAWN"), ("PROFILE", "GIVEN")),
@@ -59,14 +61,22 @@ def test_helper_matches_the_accelerator_encoding():
             (ConsentState.GIVEN, "PROFILE GIVEN"),
         ),
         # A custom template: PROFILE no longer counts, the configured code does.
-        (consents(("PROFILE", "GIVEN")), "TRACKING", (ConsentState.ABSENT, "no TRACKING consent in the list")),
+        (
+            consents(("PROFILE", "WITHDRAWN")),
+            "TRACKING",
+            (ConsentState.GIVEN, "no TRACKING entry in a non-empty list (SAP Commerce reads it as given)"),
+        ),
         (
             consents(("PROFILE", "GIVEN"), ("TRACKING", "WITHDRAWN")),
             "TRACKING",
             (ConsentState.WITHDRAWN, "TRACKING WITHDRAWN"),
         ),
         # Template codes are compared exactly.
-        (consents(("profile", "GIVEN")), "PROFILE", (ConsentState.ABSENT, "no PROFILE consent in the list")),
+        (
+            consents(("profile", "WITHDRAWN")),
+            "PROFILE",
+            (ConsentState.GIVEN, "no PROFILE entry in a non-empty list (SAP Commerce reads it as given)"),
+        ),
         # Not URL-encoded at all: still a readable JSON array.
         ('[{"templateCode":"PROFILE","consentState":"GIVEN"}]', "PROFILE", (ConsentState.GIVEN, "PROFILE GIVEN")),
         # Entries that are not objects are skipped.
@@ -178,7 +188,7 @@ def _state(reading: ConsentReading | None) -> tuple[ConsentState, str] | None:
         (
             f"anonymous-consents={consents(('MARKETING_NEWSLETTER', 'GIVEN'))}",
             None,
-            (ConsentState.ABSENT, "cookie anonymous-consents"),
+            (ConsentState.GIVEN, "cookie anonymous-consents"),
         ),
         # Garbage in the consent list says nothing by itself ...
         ("anonymous-consents=garbage", None, None),
@@ -255,7 +265,8 @@ def test_read_request_uses_the_configured_template():
     cookie = f"anonymous-consents={consents(('PROFILE', 'GIVEN'), ('CDS', 'WITHDRAWN'))}"
     assert _state(read_request(cookie, None, "PROFILE")) == (ConsentState.GIVEN, "cookie anonymous-consents")
     assert _state(read_request(cookie, None, "CDS")) == (ConsentState.WITHDRAWN, "cookie anonymous-consents")
-    assert _state(read_request(cookie, None, "OTHER")) == (ConsentState.ABSENT, "cookie anonymous-consents")
+    # Not in a non-empty list: given, as SAP Commerce reads it.
+    assert _state(read_request(cookie, None, "OTHER")) == (ConsentState.GIVEN, "cookie anonymous-consents")
 
 
 # --- read_response ---------------------------------------------------------------------------------------
@@ -320,8 +331,8 @@ def test_read_response(set_cookies, expected):
 
 
 def test_read_response_custom_template():
-    header = f"anonymous-consents={consents(('PROFILE', 'GIVEN'))}; Path=/"
-    assert _state(read_response([header], "TRACKING")) == (ConsentState.ABSENT, "set-cookie anonymous-consents")
+    header = f"anonymous-consents={consents(('PROFILE', 'GIVEN'), ('TRACKING', 'WITHDRAWN'))}; Path=/"
+    assert _state(read_response([header], "TRACKING")) == (ConsentState.WITHDRAWN, "set-cookie anonymous-consents")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,153 @@
+"""The proxy's side of the data-layer observer: it answers /__clickwatch/... itself and adds the script to pages.
+
+Nothing under /__clickwatch/ is ever forwarded upstream or stored as storefront traffic. Observe requests are
+bounded here (size, rate per browser) and handed on unread: their format is checked on the store side.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from importlib import resources
+
+from mitmproxy import http
+
+from core import csp
+from core.inject import inject
+from core.observer import MAX_BODY_BYTES, OBSERVE_PATH, OBSERVER_PATH_PREFIX, OBSERVER_SCRIPT_PATH
+from store import wire
+
+log = logging.getLogger("clickwatch.addon")
+
+OWN_METADATA = "clickwatch_own"
+MAX_REQUESTS_PER_SECOND = 20
+_ALLOWED = csp.CspDecision(True)
+_MAX_REMEMBERED_BROWSERS = 10000
+_SCRIPT_HEADERS = {
+    "Content-Type": "text/javascript; charset=utf-8",
+    # Served by the proxy on every page load: cached briefly, so repeated pages cost no round trip.
+    "Cache-Control": "private, max-age=300",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def is_own(path: str) -> bool:
+    """Whether a request path is clickwatch's own (answered by the proxy, never forwarded)."""
+    return path.startswith(OBSERVER_PATH_PREFIX)
+
+
+def _script() -> bytes:
+    return resources.files("addon").joinpath("observer.js").read_bytes()
+
+
+class ObserverSide:
+    """Serves the observer, takes its reports, and adds it to storefront pages where their policy allows."""
+
+    def __init__(self, send: Callable[[wire.Message], None]) -> None:
+        self.send = send
+        self.enabled = True
+        self.script = _script()
+        self._rates: dict[tuple[str, str], list[int]] = {}
+        self.rejected: Counter[str] = Counter()
+        self._last_log = 0.0
+        self.injected = 0
+
+    # --- requests ----------------------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refuse a declared oversized report before mitmproxy reads its body into memory."""
+        flow.metadata[OWN_METADATA] = True
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            self._reject("too_large", f"a body of {length} bytes declared")
+            flow.kill()
+
+    def request(self, flow: http.HTTPFlow, run: str, client_addr: str) -> None:
+        """Answer a /__clickwatch/ request here."""
+        req = flow.request
+        path = req.path.split("?", 1)[0]
+        if path == OBSERVER_SCRIPT_PATH and req.method in ("GET", "HEAD"):
+            if not self.enabled:
+                flow.response = _plain(404, "the clickwatch observer is switched off")
+                return
+            flow.response = http.Response.make(200, self.script, _SCRIPT_HEADERS)
+            return
+        if path != OBSERVE_PATH:
+            flow.response = _plain(404, "not a clickwatch endpoint")
+            return
+        if req.method != "POST":
+            flow.response = _plain(405, "POST observer reports here")
+            flow.response.headers["Allow"] = "POST"
+            return
+        body = req.raw_content or b""
+        if len(body) > MAX_BODY_BYTES:
+            self._reject("too_large", f"a body of {len(body)} bytes")
+            flow.response = _plain(413, f"at most {MAX_BODY_BYTES} bytes")
+            return
+        agent = req.headers.get("user-agent", "")
+        if not self._within_rate(client_addr, agent):
+            self._reject("flood", f"more than {MAX_REQUESTS_PER_SECOND} reports a second from one browser")
+            flow.response = _plain(429, "too many observer reports")
+            return
+        if self.enabled:
+            self.send((wire.BROWSER, run, client_addr, agent, req.timestamp_start, body))
+        flow.response = http.Response.make(204, b"", {"Cache-Control": "no-store"})
+
+    def _within_rate(self, client_addr: str, agent: str) -> bool:
+        second = int(time.monotonic())
+        key = (client_addr, agent)
+        window = self._rates.get(key)
+        if window is None or window[0] != second:
+            if len(self._rates) >= _MAX_REMEMBERED_BROWSERS:
+                self._rates.clear()
+            self._rates[key] = [second, 1]
+            return True
+        window[1] += 1
+        return window[1] <= MAX_REQUESTS_PER_SECOND
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        now = time.monotonic()
+        if now - self._last_log >= 5.0:
+            self._last_log = now
+            log.warning("clickwatch: observer report dropped (%s: %s)", reason, detail)
+
+    def flush(self) -> None:
+        """Hand on how many reports were dropped here, by reason."""
+        if self.rejected:
+            counts, self.rejected = dict(self.rejected), Counter()
+            self.send((wire.REJECTED, counts))
+
+    # --- pages -----------------------------------------------------------------------------------------------
+
+    def add_to_page(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str) -> None:
+        """Add the observer to a storefront page load, or record that the page's policy keeps it out."""
+        resp = flow.response
+        if not self.enabled or resp is None or resp.status_code in (204, 304) or resp.raw_content is None:
+            return
+        req = flow.request
+        try:
+            content = resp.get_content(strict=True) or b""
+        except ValueError:
+            return  # an encoding mitmproxy cannot undo: the page goes through as it came
+        origin = csp.Origin(req.scheme, req.pretty_host, req.port)
+        policies = resp.headers.get_all("content-security-policy") + csp.meta_policies(content)
+        decision = csp.decide(policies, origin, OBSERVER_SCRIPT_PATH, OBSERVE_PATH) if policies else _ALLOWED
+        if not decision.allowed:
+            at = resp.timestamp_end or time.time()
+            self.send((wire.BLOCKED, run, client_addr, agent, at, req.pretty_url, decision.reason))
+            return
+        changed = inject(content, resp.headers.get("content-type", ""), decision.nonce)
+        if changed is None:
+            return
+        # Sent uncompressed: re-compressing every page would cost the shopper more than the bytes saved.
+        resp.headers.pop("content-encoding", None)
+        resp.content = changed
+        self.injected += 1
+
+
+def _plain(status: int, text: str) -> http.Response:
+    headers = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
+    return http.Response.make(status, text.encode(), headers)
