@@ -29,6 +29,7 @@ SETTINGS = {
     "upstream_insecure": ("upstream_insecure", "CLICKWATCH_UPSTREAM_INSECURE"),
     "token": ("token", "CLICKWATCH_TOKEN"),
     "quiet": ("quiet", "CLICKWATCH_QUIET"),
+    "observer": ("observer_enabled", "CLICKWATCH_OBSERVER"),
 }
 
 
@@ -294,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--token", default=None, help="access token for the dashboard and API (required off loopback)")
     up.add_argument("--quiet", action="store_true", default=None, help="no live progress in the terminal")
+    up.add_argument(
+        "--no-observer",
+        dest="observer",
+        action="store_false",
+        default=None,
+        help="do not add the data-layer observer to storefront pages: judge consent and events from network "
+        "traffic only (env CLICKWATCH_OBSERVER=false; config observer.enabled)",
+    )
     up.add_argument(
         "--set",
         action="append",

@@ -77,6 +77,7 @@ async def _run(config: Config, config_path: str | None, sets: list[str]) -> int:
         opts.update(
             clickwatch_db=config.db,
             clickwatch_config=config_path or "",
+            clickwatch_observer=config.observer_enabled,
             ssl_insecure=config.upstream_insecure,
         )
         if sets:
@@ -107,6 +108,12 @@ async def _run(config: Config, config_path: str | None, sets: list[str]) -> int:
     print(f"dashboard:          http://{host}:{config.dashboard_port}/", flush=True)
     print(f"store:              {os.path.abspath(config.db)}", flush=True)
     print(f"CA certificate:     {os.path.join(confdir, 'mitmproxy-ca-cert.pem')}", flush=True)
+    observer = (
+        "on: /__clickwatch/observer.js is added to storefront pages (--no-observer to switch it off)"
+        if addon.config.observer_enabled
+        else "off: consent and events are judged from network traffic only"
+    )
+    print(f"data-layer observer: {observer}", flush=True)
     progress = None if config.quiet else asyncio.create_task(_progress(config.db, sys.stdout))
     try:
         await master.run()

@@ -1,0 +1,153 @@
+"""The observer's side of the core: its report format, where its script goes, and what a page's CSP allows."""
+
+import json
+
+import pytest
+
+from core import csp
+from core.inject import inject, script_element
+from core.model import BrowserEventType
+from core.observer import MAX_BODY_BYTES, MAX_EVENTS, ObserveFormatError, parse_batch
+
+SHOP = csp.Origin("https", "shop.example.com", 443)
+SCRIPT, REPORT = "/__clickwatch/observer.js", "/__clickwatch/observe"
+
+
+def body(**overrides: object) -> bytes:
+    message: dict[str, object] = {
+        "v": 1,
+        "page": "abcdefgh12345678",
+        "url": "https://shop.example.com/p/1",
+        "sent": 10_000.0,
+        "events": [
+            {"t": 9_000.0, "type": "page"},
+            {"t": 9_500.0, "type": "push", "name": "ConsentChanged", "data": {"granted": True}, "early": True},
+            {"t": 9_900.0, "type": "navigation", "how": "pushState", "url": "/c/1"},
+            {"t": 9_950.0, "type": "reference"},
+        ],
+    }
+    message.update(overrides)
+    return json.dumps(message).encode()
+
+
+# --- the report format ---------------------------------------------------------------------------------------
+
+
+def test_a_report_is_placed_on_the_proxys_clock():
+    seen = parse_batch(body(), received_at=500.0, run="r", client_addr="1.2.3.4", user_agent="UA")
+    assert (seen.page, seen.url, seen.run) == ("abcdefgh12345678", "https://shop.example.com/p/1", "r")
+    assert [(e.type, round(e.at, 3)) for e in seen.events] == [
+        (BrowserEventType.PAGE, 499.0),
+        (BrowserEventType.PUSH, 499.5),
+        (BrowserEventType.NAVIGATION, 499.9),
+        (BrowserEventType.REFERENCE, 499.95),
+    ]
+    push = seen.events[1]
+    assert (push.name, push.data, push.early) == ("ConsentChanged", {"granted": True}, True)
+    assert (seen.events[2].name, seen.events[2].data) == ("pushState", "/c/1")
+
+
+def test_an_event_stamped_after_sending_is_placed_at_arrival_not_in_the_future():
+    seen = parse_batch(body(events=[{"t": 20_000.0, "type": "page"}]), 500.0, "r", "a", "u")
+    assert seen.events[0].at == 500.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe", "not UTF-8"),
+        (b"{", "not JSON"),
+        (b"[" * 50 + b"]" * 50, "nested deeper"),
+        (json.dumps([1]).encode(), "not a version 1"),
+        (body(v=2), "not a version 1"),
+        (body(page="short"), "page id"),
+        (body(page="../../etc"), "page id"),
+        (body(sent="now"), "sending time"),
+        (body(sent=-1), "sending time"),
+        (body(events=[]), "1 to 100"),
+        (body(events=[{"t": 1, "type": "page"}] * (MAX_EVENTS + 1)), "1 to 100"),
+        (body(events=["page"]), "not an object"),
+        (body(events=[{"t": 1, "type": "click"}]), "unknown type"),
+        (body(events=[{"t": True, "type": "page"}]), "event time"),
+        (body(events=[{"t": 1, "type": "push", "name": 7}]), "name"),
+        (body(events=[{"t": 1, "type": "push", "name": "x" * 101}]), "name"),
+        (body(events=[{"t": 1, "type": "push", "name": "X", "data": {"a": "x" * 5000}}]), "4096"),
+        (body(events=[{"t": 1, "type": "navigation", "how": "reload", "url": "/"}]), "how"),
+        (body(url="x" * 2001), "page url"),
+        (body(events=[{"t": 1e15, "type": "page"}]), "more than a day"),
+        (b" " * (MAX_BODY_BYTES + 1), "larger than"),
+    ],
+)
+def test_anything_else_is_refused_with_a_reason(raw, reason):
+    with pytest.raises(ObserveFormatError, match=reason):
+        parse_batch(raw, 500.0, "r", "a", "u")
+
+
+# --- where the script goes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        (b"<!doctype html><html><head><title>x</title></head></html>", b"<!doctype html><html><head>{S}<title>"),
+        (b"<HTML><HEAD lang=en>\n<meta charset=utf-8>", b"<HTML><HEAD lang=en>{S}\n<meta"),
+        (b"<html><header>no head</header>", b"<html>{S}<header>"),
+        (b"<!DOCTYPE html>\n<p>bare</p>", b"<!DOCTYPE html>{S}\n<p>"),
+        (b"<p>fragment</p>", b"{S}<p>fragment</p>"),
+    ],
+)
+def test_the_script_goes_as_early_as_it_can(document, expected):
+    changed = inject(document, "text/html; charset=utf-8")
+    assert changed is not None
+    assert changed.startswith(expected.replace(b"{S}", script_element()))
+    assert changed.replace(script_element(), b"") == document
+
+
+def test_a_wide_encoding_is_left_alone_and_a_nonce_is_carried_only_when_safe():
+    assert inject("<html><head>".encode("utf-16"), "text/html") is None
+    assert inject(b"<head>", "text/html; charset=UTF-16LE") is None
+    assert b'nonce="abc+/="' in script_element("abc+/=")
+    assert b"nonce" not in script_element('"><script>alert(1)</script>')
+
+
+# --- what a Content-Security-Policy allows ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policies", "allowed", "nonce"),
+    [
+        ([], True, None),
+        (["default-src 'self'"], True, None),
+        (["script-src 'self' https://tag.static.us.context.cloud.sap; connect-src *"], True, None),
+        (["script-src https://shop.example.com"], True, None),
+        (["script-src *.example.com"], True, None),
+        (["script-src https:"], True, None),
+        (["script-src *"], True, None),
+        (["script-src 'nonce-abc' 'strict-dynamic'"], True, "abc"),
+        (["script-src 'self' 'nonce-abc'", "script-src 'self'"], True, "abc"),
+        (["img-src 'none'"], True, None),
+        (["script-src 'none'"], False, None),
+        (["script-src 'sha256-AAAA'"], False, None),
+        (["script-src 'self' 'strict-dynamic'"], False, None),
+        (["script-src https://shop.example.com/static/"], False, None),
+        (["script-src https://shop.example.com/__clickwatch/observer.js"], True, None),
+        (["script-src https://shop.example.com:8443"], False, None),
+        (["script-src http://other.example.com"], False, None),
+        (["default-src 'none'; script-src 'self'"], False, None),  # reports: connect-src falls back to 'none'
+        (["script-src 'self'; connect-src https://tenant.example"], False, None),
+        (["script-src 'self'", "script-src 'none'"], False, None),  # every policy must allow it
+        (["script-src 'self', script-src 'none'"], False, None),  # two policies in one header
+        (["sandbox allow-forms"], False, None),
+        (["script-src-elem 'self'; script-src 'none'"], True, None),
+    ],
+)
+def test_every_enforced_policy_must_allow_the_script_and_its_reports(policies, allowed, nonce):
+    decision = csp.decide(policies, SHOP, SCRIPT, REPORT)
+    assert (decision.allowed, decision.nonce) == (allowed, nonce)
+    assert bool(decision.reason) is not allowed
+
+
+def test_policies_in_meta_elements_are_read():
+    document = b"""<html><head><meta http-equiv="Content-Security-Policy" content="script-src &#39;none&#39;">"""
+    assert csp.meta_policies(document) == ["script-src 'none'"]
+    assert csp.meta_policies(b"<meta name='description' content='x'>") == []
