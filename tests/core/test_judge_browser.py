@@ -30,9 +30,7 @@ PRODUCT_SKU = "300938"
 
 def occ(trace: Trace, at: float, state: str | None, *, reference: bool = False, signed_in: bool | None = None):
     """A Spartacus Commerce API call: consent only in X-Anonymous-Consents."""
-    seen = replace(
-        page(at, header=consents(state), page_load=False), consent_reference=reference, logged_in=signed_in
-    )
+    seen = replace(page(at, header=consents(state), page_load=False), consent_reference=reference, logged_in=signed_in)
     return trace._keep(trace.judge.storefront(seen))
 
 
