@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from cli.sources import ApiSource
 from standin.faults import FaultError, Faults
 from standin.server import TAG_PATTERN, StandIn
 
@@ -178,14 +179,33 @@ def take_journey(standin: StandIn, options: DemoOptions, ca_cert: Path, home: Pa
 def judge(dashboard: str, run: str, out: TextIO) -> bool:
     """Wait for the run's pending decisions, then print the `clickwatch check` report; True when healthy."""
     from cli.check import DEFAULT_FAIL_ON, Expectation, parse_fail_on, print_report, run_check
-    from cli.sources import ApiSource
 
     source = ApiSource(dashboard)
     fail_on = parse_fail_on(DEFAULT_FAIL_ON)
     run_check(source, {"run": run}, fail_on, [], CHECK_WAIT_SECONDS)  # decisions first, so no time is spent on
     report = run_check(source, {"run": run}, fail_on, [Expectation(e) for e in EXPECTED], 0.0)  # unmet ones
     print_report(report, out)
+    print_funnel(source, run, out)
     return report.healthy
+
+
+def print_funnel(source: ApiSource, run: str, out: TextIO) -> None:
+    """What the storefront pushed, what the tag sent, what the tenant took: per schema, from the observer."""
+    from cli.sources import SourceError
+
+    try:
+        schemas = source.funnel(run)
+    except (SourceError, KeyError) as exc:
+        out.write(f"funnel: not available ({exc})\n")
+        return
+    out.write("funnel (data layer -> tenant):\n")
+    out.write(f"  {'schema':<18} {'pushed':>7} {'w/ consent':>10} {'sent':>6} {'delivered':>9}\n")
+    for row in schemas:
+        out.write(
+            f"  {row['schema']:<18} {row['pushed']:>7} {row['pushed_with_consent']:>10} {row['sent']:>6} "
+            f"{row['delivered']:>9}\n"
+        )
+    out.flush()
 
 
 def _check_journey_tools(options: DemoOptions) -> None:

@@ -104,3 +104,8 @@ class ApiSource:
     def findings(self, **filters: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self._get("/api/findings", {**filters, "limit": reader.MAX_LIMIT})["items"]
         return items
+
+    def funnel(self, run: str | None = None) -> list[dict[str, Any]]:
+        """Per schema: pushed, pushed with consent, sent, delivered (GET /api/funnel)."""
+        schemas: list[dict[str, Any]] = self._get("/api/funnel", {"run": run})["schemas"]
+        return schemas
