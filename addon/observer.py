@@ -125,26 +125,48 @@ class ObserverSide:
     def add_to_page(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str) -> None:
         """Add the observer to a storefront page load, or record that the page's policy keeps it out."""
         resp = flow.response
-        if not self.enabled or resp is None or resp.status_code in (204, 304) or resp.raw_content is None:
+        if not self.enabled or resp is None or resp.status_code in (204, 304) or not resp.raw_content:
             return
-        req = flow.request
-        try:
-            content = resp.get_content(strict=True) or b""
-        except ValueError:
-            return  # an encoding mitmproxy cannot undo: the page goes through as it came
-        origin = csp.Origin(req.scheme, req.pretty_host, req.port)
-        policies = resp.headers.get_all("content-security-policy") + csp.meta_policies(content)
-        decision = csp.decide(policies, origin, OBSERVER_SCRIPT_PATH, OBSERVE_PATH) if policies else _ALLOWED
+        # One pass over the raw fields: every case-insensitive lookup by name would cost a scan of its own.
+        encoding = content_type = b""
+        policies: list[str] = []
+        for name, value in resp.headers.fields:
+            lowered = name.lower()
+            if lowered == b"content-encoding":
+                encoding = value.strip().lower()
+            elif lowered == b"content-type" and not content_type:
+                content_type = value
+            elif lowered == b"content-security-policy":
+                policies.append(value.decode("latin-1"))
+        if encoding in (b"", b"identity"):
+            content = resp.raw_content
+        else:
+            try:
+                content = resp.get_content(strict=True) or b""
+            except ValueError:
+                return  # an encoding mitmproxy cannot undo: the page goes through as it came
+        if b"http-equiv" in content[:65536] or b"HTTP-EQUIV" in content[:65536]:
+            policies += csp.meta_policies(content)
+        decision = _ALLOWED
+        if policies:
+            req = flow.request
+            origin = csp.Origin(req.scheme, req.pretty_host, req.port)
+            decision = csp.decide(policies, origin, OBSERVER_SCRIPT_PATH, OBSERVE_PATH)
         if not decision.allowed:
             at = resp.timestamp_end or time.time()
-            self.send((wire.BLOCKED, run, client_addr, agent, at, req.pretty_url, decision.reason))
+            self.send((wire.BLOCKED, run, client_addr, agent, at, flow.request.pretty_url, decision.reason))
             return
-        changed = inject(content, resp.headers.get("content-type", ""), decision.nonce)
+        changed = inject(content, content_type.decode("latin-1"), decision.nonce)
         if changed is None:
             return
-        # Sent uncompressed: re-compressing every page would cost the shopper more than the bytes saved.
-        resp.headers.pop("content-encoding", None)
-        resp.content = changed
+        # Sent uncompressed (re-compressing every page would cost the shopper more than the bytes saved), with
+        # its new length; set on the raw fields, since the content setter's header lookups cost more than this.
+        resp.headers.fields = tuple(
+            (name, str(len(changed)).encode() if name.lower() == b"content-length" else value)
+            for name, value in resp.headers.fields
+            if name.lower() != b"content-encoding"
+        )
+        resp.raw_content = changed
         self.injected += 1
 
 

@@ -18,6 +18,8 @@ _WIDE = re.compile(r"utf-?16|utf-?32|ucs-?2", re.IGNORECASE)
 
 def script_element(nonce: str | None = None) -> bytes:
     """The element the proxy adds: synchronous, so it runs before the storefront's and the tag's scripts."""
+    if nonce is None:
+        return _PLAIN_ELEMENT
     attribute = f' nonce="{nonce}"' if nonce and _NONCE_SAFE.fullmatch(nonce) else ""
     return f'<script src="{OBSERVER_SCRIPT_PATH}"{attribute}></script>'.encode()
 
@@ -33,3 +35,6 @@ def inject(document: bytes, content_type: str, nonce: str | None = None) -> byte
         if match is not None:
             return document[: match.end()] + element + document[match.end() :]
     return element + document
+
+
+_PLAIN_ELEMENT = f'<script src="{OBSERVER_SCRIPT_PATH}"></script>'.encode()

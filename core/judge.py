@@ -346,6 +346,10 @@ class Judge:
             if event.type is BrowserEventType.PAGE:
                 bisect.insort(v.page_marks, (event.at, True), key=lambda m: m[0])
                 del v.page_marks[:-_MAX_READINGS]
+            elif event.type is BrowserEventType.NAVIGATION:
+                # A single-page storefront shows its pages without page loads: its navigations arm the silence
+                # check as page loads do.
+                self._arm_silence(v, event.at)
             if event.type is BrowserEventType.PUSH and event.name == CONSENT_CHANGED:
                 granted = event.data.get("granted") if isinstance(event.data, dict) else None
                 if isinstance(granted, bool):

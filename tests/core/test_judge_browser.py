@@ -374,3 +374,20 @@ def test_observer_blocked_is_reported_once_per_visitor(times):
         trace._keep(trace.judge.observer_blocked(ObserverBlocked(RUN, IP, UA, T + index, "https://shop/", "x")))
     (finding,) = trace.findings()
     assert (finding.kind, finding.severity) == (FindingKind.OBSERVER_BLOCKED, Severity.INFO)
+
+
+def test_a_single_page_navigation_after_consent_arms_the_silence_check():
+    trace = Trace(Config(silence_seconds=3))
+    seen = BrowserSeen(
+        RUN, IP, UA, "page0001", "https://shop/", T + 0.3,
+        (
+            BrowserEvent(T, BrowserEventType.PAGE),
+            BrowserEvent(T + 0.1, BrowserEventType.PUSH, "ConsentChanged", {"granted": True}),
+            BrowserEvent(T + 0.2, BrowserEventType.NAVIGATION, "pushState", "/c/576"),
+        ),
+    )  # fmt: skip
+    trace._keep(trace.judge.browser(seen))
+    trace.evaluate(T + 2)
+    assert FindingKind.NO_EVENTS_AFTER_CONSENT not in trace.kinds()
+    trace.evaluate(T + 4)
+    assert FindingKind.NO_EVENTS_AFTER_CONSENT in trace.kinds()
