@@ -635,31 +635,63 @@ class Judge:
 
     # --- intended versus delivered ---------------------------------------------------------------------------
 
+    def _pairs(self, push: _Open, sent: _Open) -> bool:
+        return (
+            push.schema == sent.schema
+            and push.at - DATALAYER_TOLERANCE_SECONDS <= sent.at <= push.at + self.config.reconcile_seconds
+            and _agree(push.ident, sent.ident)
+        )
+
     def _link(self, v: _Visitor, item: _Open, is_push: bool, out: Judgement) -> None:
-        """Pair a push with the clickstream POST that carries it (whichever came first), or keep it open."""
-        window = self.config.reconcile_seconds
-        others, own = (v.open_sent, v.open_pushes) if is_push else (v.open_pushes, v.open_sent)
-        for index, other in enumerate(others):
-            push, sent = (item, other) if is_push else (other, item)
-            if (
-                push.schema == sent.schema
-                and push.at - DATALAYER_TOLERANCE_SECONDS <= sent.at <= push.at + window
-                and _agree(push.ident, sent.ident)
-            ):
-                del others[index]
-                out.links.append(PushLink(push.uid, sent.uid, push.at))
+        """Pair a push made with consent and the clickstream POST that carries it, whichever came first.
+
+        A push made without consent pairs only at the end of the window, with a POST that no push made with
+        consent explains: the same product viewed before and after accepting is two pushes, and the POST after
+        consent carries the second one.
+        """
+        if is_push and item.consent_given:
+            sent = next((s for s in v.open_sent if self._pairs(item, s)), None)
+            if sent is not None:
+                v.open_sent.remove(sent)
+                out.links.append(PushLink(item.uid, sent.uid, item.at))
                 return
+        elif not is_push:
+            push = next((p for p in v.open_pushes if p.consent_given and self._pairs(p, item)), None)
+            if push is not None:
+                v.open_pushes.remove(push)
+                out.links.append(PushLink(push.uid, item.uid, push.at))
+                return
+        own = v.open_pushes if is_push else v.open_sent
         own.append(item)
         del own[:-_MAX_OPEN]
 
     def _reconcile(self, v: _Visitor, now: float, final: bool, out: Judgement) -> bool:
         """Pushes never sent, and posts never pushed, once the reconcile window has passed."""
         window = self.config.reconcile_seconds
-        due_pushes = [p for p in v.open_pushes if p.at + window <= now]
         due_sent = [s for s in v.open_sent if s.at + window <= now]
-        # At the end nothing more will come: what is still inside its window cannot be decided, and is let go.
-        v.open_pushes = [] if final else [p for p in v.open_pushes if p.at + window > now]
         v.open_sent = [] if final else [s for s in v.open_sent if s.at + window > now]
+        for sent in due_sent:
+            # Nothing made with consent explains it: a push made without consent may (a tag that ignores consent).
+            push = next((p for p in v.open_pushes if self._pairs(p, sent)), None)
+            if push is not None:
+                v.open_pushes.remove(push)
+                out.links.append(PushLink(push.uid, sent.uid, push.at))
+            elif v.observed_at(sent.at):
+                self._find(
+                    out,
+                    FindingKind.EVENT_WITHOUT_PUSH,
+                    v,
+                    sent.at,
+                    sent.uid,
+                    f"{sent.schema} was sent from a page whose data layer had no matching push within {window:g} s "
+                    "before it (the tag made it up, sent it twice, or the push was not observed)",
+                )
+        # A push made without consent is kept a window longer: only a POST's own decision may still pair it.
+        due_pushes = [p for p in v.open_pushes if p.at + window * (1 if p.consent_given else 2) <= now]
+        # At the end nothing more will come: what is still inside its window cannot be decided, and is let go.
+        v.open_pushes = (
+            [] if final else [p for p in v.open_pushes if p.at + window * (1 if p.consent_given else 2) > now]
+        )
         for push in due_pushes:
             if push.consent_given:
                 self._find(
@@ -670,17 +702,6 @@ class Judge:
                     None,
                     f"the storefront pushed {push.name}{_describe(push.ident)} while consent was given, and no "
                     f"{push.schema} clickstream POST followed within {window:g} s",
-                )
-        for sent in due_sent:
-            if v.observed_at(sent.at):
-                self._find(
-                    out,
-                    FindingKind.EVENT_WITHOUT_PUSH,
-                    v,
-                    sent.at,
-                    sent.uid,
-                    f"{sent.schema} was sent from a page whose data layer had no matching push within {window:g} s "
-                    "before it (the tag made it up, sent it twice, or the push was not observed)",
                 )
         # Only what a reader sees as waiting changed: pushes, and posts of a visitor the observer reports on.
         return bool(due_pushes or (due_sent and v.page_marks))

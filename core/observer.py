@@ -72,7 +72,9 @@ def _event(raw: Any, sent_ms: float, received_at: float) -> BrowserEvent:
     if kind is BrowserEventType.PUSH:
         name = _text(raw.get("name", ""), "a push's name", MAX_NAME)
         data = raw.get("data")
-        if data is not None and len(json.dumps(data, ensure_ascii=False)) > MAX_DATA_JSON:
+        # Measured as the observer measures it: compact JSON, UTF-8 (a lone surrogate counts as its 3 bytes).
+        compact = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+        if data is not None and len(compact) > MAX_DATA_JSON:
             raise ObserveFormatError(f"a push's data is larger than {MAX_DATA_JSON} bytes of JSON")
         early, truncated = raw.get("early") is True, raw.get("truncated") is True
         return BrowserEvent(at, kind, name, data, early=early, truncated=truncated)

@@ -45,6 +45,8 @@ PRODUCTS = (
     Product("1382080", "EOS 450D + 18-55 IS Kit", 574.88, SLR),
     Product("2053367", "HDR-CX105E Camcorder", 411.93, CAMCORDERS),
 )
+# What the merchandising strategy recommends, in its order (not the home page's featured products).
+RECOMMENDED = (PRODUCTS[4], PRODUCTS[3], PRODUCTS[1])
 
 
 def category(code: str) -> Category | None:

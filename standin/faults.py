@@ -1,14 +1,16 @@
 """The failure modes the stand-in can play, switchable at run time.
 
 Tenant faults change how the tenant answers clickstream POSTs (or its CORS preflights); tag faults change
-how the Profile Tag behaves, and reach the tag through its configuration (`/config/<id>`), so they take
-effect from the next page load. One stand-in instance has one set of faults: runs that need different
-faults at the same time use separate instances (they are cheap: threads and ephemeral ports).
+how the Profile Tag behaves, and reach the tag through its configuration (`/config/<id>`); storefront faults
+change the storefront's own script and reach it through the page's settings. Tag and storefront faults take
+effect from the next page load. One stand-in instance has one set of faults: runs that need different faults
+at the same time use separate instances (they are cheap: threads and ephemeral ports).
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,15 +26,36 @@ class FaultName(enum.StrEnum):
     TRACK_BEFORE_CONSENT = "track-before-consent"  # the tag ignores consent and tracks from the first page
     DUPLICATE_EVENTS = "duplicate-events"  # the tag sends every event twice
     NO_CONSENT_REFERENCE = "no-consent-reference"  # the tag omits the consent-reference header
+    DROP_EVENT = "drop-event"  # drop-event:<Name>[,<Name>...] - the tag silently never sends those pushes
+    # The storefront keeps sending the old consent reference (X-Consent-Reference on OCC calls, consent-reference on
+    # strategy calls) after a withdrawal, until the next full page load or a new reference: Spartacus bug 14105.
+    STALE_REFERENCE = "stale-reference"
 
 
-TAG_FAULTS = frozenset({FaultName.TRACK_BEFORE_CONSENT, FaultName.DUPLICATE_EVENTS, FaultName.NO_CONSENT_REFERENCE})
+TAG_FAULTS = frozenset(
+    {FaultName.TRACK_BEFORE_CONSENT, FaultName.DUPLICATE_EVENTS, FaultName.NO_CONSENT_REFERENCE, FaultName.DROP_EVENT}
+)
+STOREFRONT_FAULTS = frozenset({FaultName.STALE_REFERENCE})
+# Data-layer names the tag sends (its schema map in static/profile-tag.js; a test keeps the two in step).
+TRACKED_EVENTS = (
+    "ProductDetailsPageViewed",
+    "CategoryPageViewed",
+    "KeywordSearch",
+    "AddedToCart",
+    "ModifiedCart",
+    "RemovedFromCart",
+    "CartSnapshot",
+    "OrderConfirmationPageViewed",
+    "CarouselViewed",
+    "CarouselClicked",
+)
 HANG_SECONDS = 120.0
 MAX_SLOW_SECONDS = 60.0
 FAULT_HELP = (
     "status:<code>, hang, reset, slow:<seconds>, cors-no-consent-reference, track-before-consent, "
-    "duplicate-events, no-consent-reference"
+    "duplicate-events, no-consent-reference, drop-event:<Name>[,<Name>...], stale-reference"
 )
+_EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 class FaultError(ValueError):
@@ -41,14 +64,15 @@ class FaultError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """One fault and its argument (the status code, or the delay in seconds)."""
+    """One fault and its argument: a number (the status code, the delay in seconds) or text (event names)."""
 
     name: FaultName
     value: float | None = None
+    text: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Fault:
-        """'status:503', 'slow:2.5', 'hang', ... -> Fault; FaultError names the problem."""
+        """'status:503', 'slow:2.5', 'drop-event:AddedToCart', 'hang', ... -> Fault; FaultError names the problem."""
         word, sep, argument = text.strip().partition(":")
         try:
             name = FaultName(word.strip().lower())
@@ -66,14 +90,38 @@ class Fault:
             if not 0 < seconds <= MAX_SLOW_SECONDS:
                 raise FaultError(f"fault {text!r}: the delay must be more than 0 and at most {MAX_SLOW_SECONDS:g} s")
             return cls(name, seconds)
+        if name is FaultName.DROP_EVENT:
+            return cls(name, text=_event_names(text, argument))
         if sep:
             raise FaultError(f"fault {text!r}: {name.value} takes no argument")
         return cls(name)
 
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The data-layer names a drop-event fault names (none for other faults)."""
+        return tuple(self.text.split(",")) if self.name is FaultName.DROP_EVENT and self.text else ()
+
     def __str__(self) -> str:
+        if self.text is not None:
+            return f"{self.name.value}:{self.text}"
         if self.value is None:
             return self.name.value
         return f"{self.name.value}:{self.value:g}"
+
+
+def _event_names(text: str, argument: str) -> str:
+    """drop-event's argument, checked and normalised: data-layer names the tag sends, comma-separated, once each."""
+    names = list(dict.fromkeys(n.strip() for n in argument.split(",") if n.strip()))
+    if not names or not all(_EVENT_NAME.fullmatch(n) for n in names):
+        raise FaultError(
+            f"fault {text!r}: give data-layer event names, e.g. drop-event:AddedToCart "
+            "(several: drop-event:AddedToCart,CartSnapshot)"
+        )
+    unknown = [n for n in names if n not in TRACKED_EVENTS]
+    if unknown:
+        known = ", ".join(TRACKED_EVENTS)
+        raise FaultError(f"fault {text!r}: the tag never sends {', '.join(unknown)} (it sends {known})")
+    return ",".join(names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,21 +132,36 @@ class Faults:
 
     @classmethod
     def parse(cls, texts: Iterable[str]) -> Faults:
-        """Several fault names -> Faults (a later fault of the same name replaces an earlier one)."""
-        by_name = {f.name: f for f in (Fault.parse(t) for t in texts if t.strip())}
-        return cls(tuple(by_name.values()))
+        """Several fault names -> Faults.
+
+        A later fault of the same name replaces an earlier one, except drop-event: each one names events of
+        its own, and together they drop all of them.
+        """
+        by_key: dict[tuple[FaultName, str | None], Fault] = {}
+        for fault in (Fault.parse(t) for t in texts if t.strip()):
+            by_key[(fault.name, fault.text if fault.name is FaultName.DROP_EVENT else None)] = fault
+        return cls(tuple(by_key.values()))
 
     def get(self, name: FaultName) -> Fault | None:
-        """The fault of that name, if it is on."""
+        """The (first) fault of that name, if it is on."""
         return next((f for f in self.active if f.name is name), None)
 
-    def tag_behaviour(self) -> dict[str, bool]:
+    def dropped_events(self) -> list[str]:
+        """The data-layer names the tag must not send (from every drop-event fault), in the order given."""
+        return list(dict.fromkeys(name for f in self.active for name in f.events))
+
+    def tag_behaviour(self) -> dict[str, bool | list[str]]:
         """What the tag reads from its configuration."""
         return {
             "trackBeforeConsent": self.get(FaultName.TRACK_BEFORE_CONSENT) is not None,
             "duplicateEvents": self.get(FaultName.DUPLICATE_EVENTS) is not None,
             "omitConsentReference": self.get(FaultName.NO_CONSENT_REFERENCE) is not None,
+            "dropEvents": self.dropped_events(),
         }
+
+    def storefront_behaviour(self) -> dict[str, bool]:
+        """What the storefront's script reads from the page's settings."""
+        return {"staleReference": self.get(FaultName.STALE_REFERENCE) is not None}
 
     def names(self) -> list[str]:
         """The faults as they are spelled on the command line."""

@@ -8,14 +8,18 @@ a real browser sends real CORS preflights before the tag's POSTs.
 The storefront behaves like the SAP Commerce accelerator (a page per request; consent in the
 `anonymous-consents` cookie, mirrored by the server in `<site>-profile.consent.given`) or, with
 `spartacus=True`, like Spartacus (a single-page app; consent in browser storage, sent to the Commerce API
-as `X-Anonymous-Consents`).
+as `X-Anonymous-Consents`, the tag's consent reference as `X-Consent-Reference`; a shopper can sign in, and
+then the account's consent decides). With `carousel=True` its home page shows a merchandising carousel fed by
+the tenant's strategy service; with `csp="nonce"` or `csp="paths"` its pages send a Content-Security-Policy.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
+import secrets
 import shutil
 import socket
 import ssl
@@ -48,6 +52,18 @@ TAG_PATH = "/js/profile-tag.js"
 CLICKSTREAM_PATH = "/edge/clickstreamEvents"
 CONSENT_PATH = f"/consent/{TENANT}/consentReferences"
 OCC_PREFIX = f"/occ/v2/{SITE}"
+TOKEN_PATH = "/authorizationserver/oauth/token"
+STRATEGY_ID = "00000000-0000-0000-0000-000000000000"
+STRATEGY_PATH = re.compile(rf"/strategy/{TENANT}/strategies/([^/]+)/products")
+CAROUSEL = {
+    "carouselId": "HomepageStandinMerchandisingCarousel",
+    "carouselName": "Homepage Stand-in Merchandising Carousel",
+    "strategyId": STRATEGY_ID,
+}
+MIX_CARD_ID = "standin-mixcard"
+ACCOUNT = "shopper@standin.example"
+TOKEN_SECONDS = 43199
+CSP_MODES = ("nonce", "paths")
 # What clickwatch must be told to capture the stand-in's tag loads (the default expects SAP's tag host).
 TAG_PATTERN = r"^127\.0\.0\.1/(?:js/profile-tag\.js|config/[^/]+)$"
 ALLOWED_HEADERS = ("content-type", "hybris-schema", "consent-reference")
@@ -62,13 +78,14 @@ MAX_RECEIVED = 2000
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A tracking call as the tenant got it."""
+    """A call as the tenant (tracking, strategy) or the storefront (Commerce API, OAuth) got it."""
 
     at: float
     method: str
     path: str
     headers: dict[str, str]
     body: bytes
+    query: str = ""
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -194,13 +211,63 @@ def _occ_page(path: str, query: dict[str, list[str]], cart: dict[str, Any]) -> d
         return page_data("/search", {"text": [term]}, cart)
     if match := re.fullmatch(r"/products/([^/]+)", rest):
         return page_data(f"/p/{match[1]}", {}, cart)
-    if re.fullmatch(r"/users/anonymous/carts/[^/]+", rest):
+    if re.fullmatch(r"/users/(?:anonymous|current)/carts/[^/]+", rest):
         return page_data("/cart", {}, cart)
     return None
 
 
+def consent_templates(state: str | None) -> list[dict[str, Any]]:
+    """The consent templates as OCC lists them for a signed-in shopper: PROFILE, with the account's consent."""
+    template: dict[str, Any] = {
+        "id": CONSENT_TEMPLATE,
+        "name": "Personalised shopping",
+        "description": "Profile tracking for personalisation (Intelligent Selling Services).",
+        "version": 1,
+    }
+    if state is not None:
+        current = {"code": f"{CONSENT_TEMPLATE}-standin", "consentGivenDate": "2024-01-01T00:00:00+0000"}
+        if state == "WITHDRAWN":
+            current["consentWithdrawnDate"] = "2024-01-02T00:00:00+0000"
+        template["currentConsent"] = current
+    return [template]
+
+
+def content_security_policy(mode: str | None, storefront: str, tenant: str, nonce: str) -> str | None:
+    """The storefront's Content-Security-Policy for one page (None: no policy)."""
+    if mode == "nonce":
+        return f"script-src 'nonce-{nonce}' 'strict-dynamic'; object-src 'none'; base-uri 'none'"
+    if mode == "paths":
+        # A path-restricted source list: the storefront's own /static/ scripts and the tenant, nothing else.
+        return f"script-src {storefront}/static/ {tenant}; connect-src 'self' {tenant}"
+    return None
+
+
 class StorefrontHandler(_Handler):
-    """The shop: pages, static files, adding to the cart, and (Spartacus style) the Commerce API."""
+    """The shop: pages, static files, adding to the cart, and (Spartacus style) the Commerce API and sign-in."""
+
+    def _api(self, body: bytes = b"") -> bool:
+        """Whether this is a Spartacus-style API call (OCC or OAuth); those are recorded."""
+        url = urlsplit(self.path)
+        if not self.standin.spartacus or not (url.path.startswith(OCC_PREFIX + "/") or url.path == TOKEN_PATH):
+            return False
+        headers = dict(self.headers.items())
+        self.standin.record_storefront(Received(time.time(), self.command, url.path, headers, body, url.query))
+        return True
+
+    def _bearer(self) -> tuple[str | None, bool]:
+        """The call's bearer token, and whether the call may go on (if not, a 401 has been sent).
+
+        A token the stand-in did not issue is refused on any call, as OCC does; `/users/current/...` needs one.
+        """
+        authorization = self.headers.get("Authorization", "")
+        token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+        if authorization and (token is None or self.standin.account_consent(token) is None):
+            self._json(401, {"errors": [{"type": "InvalidTokenError", "message": "Invalid access token"}]})
+            return None, False
+        if token is None and "/users/current/" in urlsplit(self.path).path:
+            self._json(401, {"errors": [{"type": "UnauthorizedError", "message": "Full authentication required"}]})
+            return None, False
+        return token, True
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -208,7 +275,13 @@ class StorefrontHandler(_Handler):
         if url.path.startswith("/static/"):
             self._static(url.path.removeprefix("/static/"))
             return
-        if self.standin.spartacus and url.path.startswith(OCC_PREFIX + "/"):
+        if self._api():
+            token, allowed = self._bearer()
+            if not allowed:
+                return
+            if token is not None and url.path == f"{OCC_PREFIX}/users/current/consenttemplates":
+                self._json(200, {"consentTemplates": consent_templates(self.standin.account_consent(token))})
+                return
             cart_id = url.path.rsplit("/", 1)[1] if "/carts/" in url.path else None
             data = _occ_page(url.path, query, self.standin.carts.get(cart_id))
             if data is None:
@@ -230,8 +303,17 @@ class StorefrontHandler(_Handler):
                 self._cookies().get(CART_COOKIE), (form.get("productCodePost") or [""])[0], form.get("qty")
             )
             return
-        match = re.fullmatch(re.escape(OCC_PREFIX) + r"/users/anonymous/carts/([^/]+)/entries", url.path)
-        if self.standin.spartacus and match:
+        if not self._api(body):
+            self._json(404, {"errors": [{"type": "NotFound", "message": url.path}]})
+            return
+        if url.path == TOKEN_PATH:
+            self._token(body)
+            return
+        token, allowed = self._bearer()
+        if not allowed:
+            return
+        match = re.fullmatch(re.escape(OCC_PREFIX) + r"/users/(?:anonymous|current)/carts/([^/]+)/entries", url.path)
+        if match:
             try:
                 entry = json.loads(body)
                 sku, qty = str(entry["product"]["code"]), [str(entry.get("quantity", 1))]
@@ -240,7 +322,39 @@ class StorefrontHandler(_Handler):
                 return
             self._add_to_cart(match[1], sku, qty)
             return
+        if token is not None and url.path == f"{OCC_PREFIX}/users/current/consents":
+            # A signed-in shopper's consent lives in the account: giving it is a request (unlike anonymous ones).
+            params = {**parse_qs(url.query), **parse_qs(body.decode("utf-8", "replace"))}
+            if (params.get("consentTemplateId") or [""])[0] != CONSENT_TEMPLATE:
+                self._json(400, {"errors": [{"type": "ValidationError", "message": "consentTemplateId: PROFILE"}]})
+                return
+            self.standin.set_account_consent(token, "GIVEN")
+            self._json(201, consent_templates("GIVEN")[0])
+            return
         self._json(404, {"errors": [{"type": "NotFound", "message": url.path}]})
+
+    def do_DELETE(self) -> None:
+        url = urlsplit(self.path)
+        if not self._api():
+            self._json(404, {"errors": [{"type": "NotFound", "message": url.path}]})
+            return
+        token, allowed = self._bearer()
+        if not allowed:
+            return
+        if token is not None and re.fullmatch(re.escape(OCC_PREFIX) + r"/users/current/consents/[^/]+", url.path):
+            self.standin.set_account_consent(token, "WITHDRAWN")
+            self._send(200)
+            return
+        self._json(404, {"errors": [{"type": "NotFound", "message": url.path}]})
+
+    def _token(self, body: bytes) -> None:
+        """The OAuth password grant Spartacus signs a shopper in with; any user name and password will do."""
+        form = parse_qs(body.decode("utf-8", "replace"))
+        if (form.get("grant_type") or [""])[0] != "password" or not (form.get("username") or [""])[0]:
+            self._json(400, {"error": "invalid_request", "error_description": "grant_type=password and a username"})
+            return
+        answer = {"access_token": self.standin.sign_in(), "token_type": "bearer", "expires_in": TOKEN_SECONDS}
+        self._json(200, {**answer, "scope": "basic openid"})
 
     def _add_to_cart(self, cart_id: str | None, sku: str, qty: list[str] | None) -> None:
         product = catalog.product(sku)
@@ -253,20 +367,42 @@ class StorefrontHandler(_Handler):
         self._json(200, {"cart": cart, "entry": {**product.as_json(), "quantity": quantity}}, headers)
 
     def _page(self, status: int, data: dict[str, Any] | None) -> None:
+        tenant = self.standin.tenant_origin(self.server.scheme)
+        carousel = None
+        if self.standin.carousel:
+            strategy = f"{tenant}/strategy/{TENANT}/strategies/{STRATEGY_ID}/products?site={SITE}"
+            carousel = {**CAROUSEL, "strategyUrl": strategy}
         settings = {
             "mode": "spartacus" if self.standin.spartacus else "accelerator",
             "siteId": SITE,
             "tenant": TENANT,
             "consentTemplate": CONSENT_TEMPLATE,
-            "tagUrl": self.standin.tenant_origin(self.server.scheme) + TAG_PATH,
-            "configUrl": f"{self.standin.tenant_origin(self.server.scheme)}/config/{CONFIG_ID}",
+            "tagUrl": tenant + TAG_PATH,
+            "configUrl": f"{tenant}/config/{CONFIG_ID}",
             "occBase": OCC_PREFIX,
+            "tokenUrl": TOKEN_PATH,
+            "account": ACCOUNT,
+            "carousel": carousel,
+            **self.standin.faults.storefront_behaviour(),
             # The accelerator renders each page on the server; Spartacus asks the Commerce API from the browser.
             "page": None if self.standin.spartacus else (data or {"type": "notfound"}),
         }
         embedded = json.dumps(settings).replace("<", "\\u003c")
-        html = SHELL.replace("{{settings}}", embedded).encode()
-        self._send(status, html, "text/html; charset=utf-8", self._consent_cookies())
+        nonce = base64.b64encode(secrets.token_bytes(18)).decode()  # a fresh one for every answer
+        policy = content_security_policy(self.standin.csp, self._origin(), tenant, nonce)
+        carried = f' nonce="{nonce}"' if self.standin.csp == "nonce" else ""
+        html = SHELL.replace("{{settings}}", embedded).replace("{{nonce}}", carried)
+        headers = self._consent_cookies()
+        if policy:
+            headers.append(("Content-Security-Policy", policy))
+        self._send(status, html.encode(), "text/html; charset=utf-8", headers)
+
+    def _origin(self) -> str:
+        """The storefront origin the browser asked (under either loopback name)."""
+        origin = f"{self.server.scheme}://{self.headers.get('Host', '')}"
+        if origin in self.standin.storefront_origins():
+            return origin
+        return self.standin.storefront_url(self.server.scheme).rstrip("/")
 
     def _consent_cookies(self) -> list[tuple[str, str]]:
         """Set-Cookie headers as the accelerator's consent filters write them (none in Spartacus style)."""
@@ -344,8 +480,11 @@ class TenantHandler(_Handler):
         self._send(204 if headers else 403, b"", headers=headers)
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        if path == TAG_PATH:
+        url = urlsplit(self.path)
+        path = url.path
+        if STRATEGY_PATH.fullmatch(path):
+            self._strategy(path, url.query)
+        elif path == TAG_PATH:
             self._send(200, self.standin.static["profile-tag.js"], "text/javascript; charset=utf-8", self._cors())
         elif path.startswith("/config/"):
             origin = self.standin.tenant_origin(self.server.scheme)
@@ -364,6 +503,29 @@ class TenantHandler(_Handler):
             self._send(404, b"not found", "text/plain")
 
     do_HEAD = do_GET
+
+    def _strategy(self, path: str, query: str) -> None:
+        """A merchandising strategy's products (the catalog's recommended ones), with CORS for the storefront."""
+        self.standin.record(Received(time.time(), self.command, path, dict(self.headers.items()), b"", query))
+        products = [
+            {
+                "id": p.sku,
+                "name": p.name,
+                "price": p.price,
+                "pageUrl": f"/p/{p.sku}",
+                "thumbNailImage": f"/medias/{p.sku}-thumbnail.jpg",
+                "mainImage": f"/medias/{p.sku}.jpg",
+                "metadata": {"category": p.category.code},
+            }
+            for p in catalog.RECOMMENDED
+        ]
+        answer = {
+            "resultCount": len(products),
+            "products": products,
+            "paged": {"from": 0, "size": len(products)},
+            "metadata": {"mixcardId": MIX_CARD_ID, "site": (parse_qs(query).get("site") or [SITE])[0]},
+        }
+        self._json(200, answer, self._cors())
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
@@ -426,15 +588,23 @@ class StandIn:
     spartacus: bool = False
     faults: Faults = field(default_factory=Faults)
     directory: Path | None = None
+    carousel: bool = False  # the home page's merchandising carousel (read at every page load)
+    csp: str | None = None  # None, "nonce" or "paths": see content_security_policy
     carts: catalog.Carts = field(default_factory=catalog.Carts, init=False)
     stopping: threading.Event = field(default_factory=threading.Event, init=False)
     static: dict[str, bytes] = field(default_factory=dict, init=False)
     certificates: certs.CertificateFiles | None = field(default=None, init=False)
     _received: deque[Received] = field(default_factory=lambda: deque(maxlen=MAX_RECEIVED), init=False)
+    _storefront: deque[Received] = field(default_factory=lambda: deque(maxlen=MAX_RECEIVED), init=False)
+    _accounts: dict[str, str] = field(default_factory=dict, init=False)  # bearer token -> its PROFILE consent
     _servers: dict[tuple[str, str], _Server] = field(default_factory=dict, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _own_directory: bool = field(default=False, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        if self.csp not in (None, *CSP_MODES):
+            raise ValueError(f"csp: None, 'nonce' or 'paths', not {self.csp!r}")
 
     def start(self) -> StandIn:
         """Make certificates, open the four listeners and serve in background threads."""
@@ -503,9 +673,38 @@ class StandIn:
             self._received.append(received)
 
     def received(self, path: str | None = None) -> list[Received]:
-        """Tracking calls the tenant got, oldest first (all, or those to one path)."""
+        """Calls the tenant got (tracking POSTs, strategy GETs), oldest first (all, or those to one path)."""
         with self._lock:
             return [r for r in self._received if path is None or r.path == path]
+
+    def record_storefront(self, received: Received) -> None:
+        """Keep a Commerce API (OCC) or OAuth call the storefront got."""
+        with self._lock:
+            self._storefront.append(received)
+
+    def storefront_received(self, prefix: str = "") -> list[Received]:
+        """Commerce API (OCC) and OAuth calls the Spartacus-style storefront got, oldest first (paths starting
+        with `prefix`)."""
+        with self._lock:
+            return [r for r in self._storefront if r.path.startswith(prefix)]
+
+    def sign_in(self) -> str:
+        """A new bearer token for the stand-in's one account, whose PROFILE consent starts GIVEN."""
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self._accounts[token] = "GIVEN"
+        return token
+
+    def account_consent(self, token: str) -> str | None:
+        """The account's PROFILE consent ("GIVEN", "WITHDRAWN") as signed in with `token`; None: no such token."""
+        with self._lock:
+            return self._accounts.get(token)
+
+    def set_account_consent(self, token: str, state: str) -> None:
+        """Give ("GIVEN") or withdraw ("WITHDRAWN") the account's PROFILE consent."""
+        with self._lock:
+            if token in self._accounts:
+                self._accounts[token] = state
 
 
 SHELL = """<!doctype html>
@@ -515,8 +714,8 @@ SHELL = """<!doctype html>
 <title>Stand-in Electronics</title>
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="/static/storefront.css">
-<script type="application/json" id="standin-settings">{{settings}}</script>
-<script src="/static/storefront.js" defer></script>
+<script type="application/json" id="standin-settings"{{nonce}}>{{settings}}</script>
+<script src="/static/storefront.js" defer{{nonce}}></script>
 </head>
 <body>
 <header>
@@ -527,6 +726,8 @@ SHELL = """<!doctype html>
     <button type="submit">Search</button>
   </form>
   <a href="/cart" id="cart-link">Cart (<span id="cart-count">0</span>)</a>
+  <button type="button" id="sign-in" hidden>Sign in</button>
+  <span id="signed-in" hidden>signed in</span>
 </header>
 <main id="main"><p class="muted">Loading…</p></main>
 <footer>

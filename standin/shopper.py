@@ -131,15 +131,19 @@ class Shopper:
     unsettled: list[str] = field(default_factory=list)
 
     def walk(self, steps: Iterable[str] = JOURNEY) -> Shopper:
-        """Take the named steps in order (home, accept, decline, withdraw, category, product, add-to-cart,
-        search, cart)."""
+        """Take the named steps in order (home, home-link, accept, decline, withdraw, grant, sign-in, category,
+        product, carousel-click, add-to-cart, search, cart)."""
         actions = {
             "home": self.home,
+            "home-link": self.home_link,
             "accept": self.accept,
             "decline": self.decline,
             "withdraw": self.withdraw,
+            "grant": self.grant,
+            "sign-in": self.sign_in,
             "category": self.category,
             "product": self.product,
+            "carousel-click": self.carousel_click,
             "add-to-cart": self.add_to_cart,
             "search": self.search,
             "cart": self.cart,
@@ -151,6 +155,10 @@ class Shopper:
     def home(self) -> None:
         """Open the storefront's home page."""
         self._navigate("home", lambda: self.page.goto(self.storefront))
+
+    def home_link(self) -> None:
+        """Back to the home page with the header's logo link (in Spartacus style a route, not a page load)."""
+        self._navigate("home-link", lambda: self.page.click("a.logo"))
 
     def accept(self) -> None:
         """Accept the tracking consent in the banner."""
@@ -164,6 +172,14 @@ class Shopper:
         """Withdraw consent given earlier (footer)."""
         self._act("withdraw", lambda: self.page.click("#consent-withdraw"))
 
+    def grant(self) -> None:
+        """Give consent again after a withdrawal or a decline (footer)."""
+        self._act("grant", lambda: self.page.click("#consent-grant"))
+
+    def sign_in(self) -> None:
+        """Sign in (Spartacus style): from then on the account's consent, given, decides."""
+        self._act("sign-in", lambda: self.page.click("#sign-in"), view_changes=True)
+
     def category(self, index: int = 0) -> None:
         """Open a category from the navigation."""
         self._navigate("category", lambda: self.page.locator("a.category-link").nth(index).click())
@@ -171,6 +187,10 @@ class Shopper:
     def product(self, index: int = 0) -> None:
         """Open a product listed on the current page."""
         self._navigate("product", lambda: self.page.locator("a.product-link").nth(index).click())
+
+    def carousel_click(self, index: int = 0) -> None:
+        """Open a product from the home page's merchandising carousel (the stand-in needs carousel=True)."""
+        self._navigate("carousel-click", lambda: self.page.locator("#carousel a.carousel-item").nth(index).click())
 
     def add_to_cart(self) -> None:
         """Add the product on the current page to the cart."""

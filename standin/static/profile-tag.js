@@ -1,12 +1,16 @@
 /* Stand-in Profile Tag. Reads the storefront's data layer (window.Y_TRACKING.eventLayer) and sends its events
    to the tenant the way SAP's Profile Tag does:
    - nothing until ConsentChanged {granted: true}: earlier events are dropped, not queued;
-   - then one consent reference (POST consentReferences, 201 with the reference), kept for later pages in the
-     <siteId>-consentReference cookie;
+   - then one consent reference (POST consentReferences, 201 with the reference), kept for later pages in
+     localStorage "profiletag" ({"cr": {"<siteId>-consentReference": {"consentReference": ...}}}, where
+     Spartacus reads it) and the <siteId>-consentReference cookie, and announced with the window event
+     profiletag_consentReferenceLoaded (detail.consentReference);
    - then each event as a POST to /edge/clickstreamEvents with hybris-schema and consent-reference;
-   - ConsentChanged {granted: false} clears the reference and stops tracking.
+   - ConsentChanged {granted: false} clears the reference (storage and cookie) and stops tracking; granting
+     again obtains a new one.
    The tenant's configuration (/config/<id>) can switch on faulty behaviour: trackBeforeConsent (consent is
-   ignored), duplicateEvents (every event sent twice), omitConsentReference (no consent-reference header).
+   ignored), duplicateEvents (every event sent twice), omitConsentReference (no consent-reference header),
+   dropEvents (data-layer names the tag silently never sends).
    Y_TRACKING.standin tells a scripted shopper when everything the page pushed has been handled. */
 (function () {
   "use strict";
@@ -22,13 +26,17 @@
     ModifiedCart: "ModifiedCart",
     RemovedFromCart: "RemovedFromCart",
     CartSnapshot: "CartSnapshot",
-    OrderConfirmationPageViewed: "OrderCreated"
+    OrderConfirmationPageViewed: "OrderCreated",
+    CarouselViewed: "carouselViewed",
+    CarouselClicked: "carouselClicked"
   };
+  var STORAGE_KEY = "profiletag";
   var cookieName = (init.siteId || "site") + "-consentReference";
   var config = null;
   var behaviour = {};
+  var dropped = {};
   var granted = false;
-  var reference = readCookie(cookieName);
+  var reference = storedReference() || readCookie(cookieName);
   var obtaining = false;
   var waiting = []; // events consent allowed, waiting for the consent reference
   var handled = 0;
@@ -39,7 +47,7 @@
     reference: function () { return reference; },
     settled: function () {
       // Without a configuration nothing will ever be sent: that is settled too.
-      return status.ready && (!config || handled >= layer.length) && status.inflight === 0;
+      return status.ready && (!config || handled >= layer.length) && status.inflight === 0 && !obtaining;
     }
   });
 
@@ -52,11 +60,34 @@
     return null;
   }
 
+  function readStorage() {
+    try {
+      var meta = JSON.parse(window.localStorage.getItem(STORAGE_KEY) || "null");
+      return meta && typeof meta === "object" && meta.cr && typeof meta.cr === "object" ? meta : { cr: {} };
+    } catch (e) {
+      return { cr: {} };
+    }
+  }
+
+  function storedReference() {
+    var entry = readStorage().cr[cookieName];
+    return (entry && entry.consentReference) || null;
+  }
+
   function keepReference(value) {
     reference = value;
     var secure = window.location.protocol === "https:" ? "; Secure" : "";
     document.cookie = cookieName + "=" + (value ? encodeURIComponent(value) : "") + "; path=/; SameSite=Lax" + secure +
       (value ? "" : "; Max-Age=0");
+    var meta = readStorage();
+    if (value) meta.cr[cookieName] = { consentReference: value };
+    else delete meta.cr[cookieName];
+    try {
+      if (Object.keys(meta.cr).length) window.localStorage.setItem(STORAGE_KEY, JSON.stringify(meta));
+      else window.localStorage.removeItem(STORAGE_KEY);
+    } catch (e) {
+      /* no storage: the cookie still holds it */
+    }
   }
 
   function post(url, headers, body) {
@@ -72,7 +103,11 @@
     post(config.consentReferenceUrl, { "content-type": "application/json" }, body)
       .then(function (response) { return response.status === 201 ? response.json() : null; })
       .then(function (answer) {
-        if (answer && answer.id && granted) keepReference(answer.id);
+        if (!answer || !answer.id || !granted) return;
+        keepReference(answer.id);
+        window.dispatchEvent(new CustomEvent("profiletag_consentReferenceLoaded", {
+          detail: { consentReference: answer.id }
+        }));
       })
       .catch(function () { /* no reference: events keep waiting until a later page tries again */ })
       .then(function () {
@@ -113,7 +148,7 @@
       return;
     }
     var schema = SCHEMAS[event.name];
-    if (!schema || !granted) return; // not tracked, or no consent: dropped
+    if (!schema || !granted || dropped[event.name]) return; // not tracked, no consent, or a faulty tag: dropped
     if (reference) send(schema, event.data || {});
     else {
       waiting.push([schema, event.data || {}]);
@@ -138,6 +173,7 @@
     .then(function (answer) {
       config = answer;
       behaviour = answer.behaviour || {};
+      (behaviour.dropEvents || []).forEach(function (name) { dropped[name] = true; });
       if (behaviour.trackBeforeConsent) {
         granted = true;
         obtainReference();

@@ -2,11 +2,20 @@
    layer (window.Y_TRACKING.eventLayer).
 
    Accelerator style: one page per request, its data rendered in by the server; consent in the
-   anonymous-consents cookie, which every later storefront request carries.
+   anonymous-consents cookie, which every later storefront request carries. Every event is pushed; the tag
+   drops what consent does not allow.
    Spartacus style: a single-page app; pages come from the Commerce API (OCC); consent lives in browser
-   storage and travels to the API as the X-Anonymous-Consents header.
+   storage and travels to the API as the X-Anonymous-Consents header; the tag's consent reference (from its
+   profiletag_consentReferenceLoaded event, or localStorage "profiletag" at start) travels as
+   X-Consent-Reference. Like Spartacus' own tracking service, it pushes nothing but consent and carousel events
+   until consent is given. A shopper can sign in (OAuth password grant): then every OCC call carries the bearer
+   token, user calls go to /users/current/..., and the account's consent decides, whatever the anonymous one
+   says.
+   Both styles: the home page may show a merchandising carousel (settings.carousel) from the tenant's strategy
+   service, asked with consent-reference while a reference is known.
 
-   window.standinStorefront tells a scripted shopper when a view is ready (a new document or a new route). */
+   window.standinStorefront tells a scripted shopper when a view is ready (a new document or a new route,
+   carousel included) and when a consent change or sign-in has finished (busy false). */
 (function () {
   "use strict";
 
@@ -15,7 +24,13 @@
   var TEMPLATE = settings.consentTemplate;
   var STORAGE_KEY = "spartacus-anonymous-consents";
   var CART_KEY = "spartacus-cart";
-  var view = (window.standinStorefront = { id: Math.random().toString(36).slice(2), views: 0, type: "", busy: true });
+  var AUTH_KEY = "spartacus-auth";
+  var TAG_KEY = "profiletag"; // the tag's own storage: {"cr": {"<site>-consentReference": {consentReference}}}
+  var REFERENCE_KEY = settings.siteId + "-consentReference";
+  var ALWAYS_PUSHED = { ConsentChanged: true, CarouselViewed: true, CarouselClicked: true };
+  var view = (window.standinStorefront = {
+    id: Math.random().toString(36).slice(2), views: 0, type: "", busy: true, signedIn: false, consentReference: null
+  });
 
   /* --- the Profile Tag and its data layer --------------------------------------------------------------- */
   var Y = (window.Y_TRACKING = window.Y_TRACKING || {});
@@ -28,10 +43,14 @@
   document.head.appendChild(tag);
 
   function push(name, data) {
+    // Spartacus' tracking service passes page and cart events to the tag only while consent is given.
+    if (spa && !ALWAYS_PUSHED[name] && !granted()) return;
     Y.eventLayer.push({ name: name, data: data || {} });
   }
 
   /* --- consent ------------------------------------------------------------------------------------------- */
+  var account = null; // signed in (Spartacus style): {token, state: "GIVEN" | "WITHDRAWN" | null}
+
   function readCookie(name) {
     var parts = document.cookie ? document.cookie.split("; ") : [];
     for (var i = 0; i < parts.length; i++) {
@@ -58,21 +77,60 @@
     return null;
   }
 
+  // The consent in force: a signed-in shopper's account consent, else the anonymous one.
+  function effectiveState() {
+    return account ? account.state : consentState();
+  }
+
+  function granted() {
+    return effectiveState() === "GIVEN";
+  }
+
+  function consentChanged(isGranted) {
+    // Spartacus forgets the reference at once on a withdrawal; its bug 14105 kept sending the old one.
+    if (!isGranted && !settings.staleReference) setReference(null);
+    push("ConsentChanged", { granted: isGranted });
+  }
+
   function setConsent(state) {
+    if (account) {
+      setAccountConsent(state);
+      return;
+    }
     var list = [{ templateCode: TEMPLATE, templateVersion: 1, consentState: state }];
     if (spa) {
+      // Local state only, as Spartacus keeps anonymous consents: no request.
       window.localStorage.setItem(STORAGE_KEY, JSON.stringify(list));
     } else {
       var secure = window.location.protocol === "https:" ? "; Secure" : "";
       document.cookie = "anonymous-consents=" + encodeURIComponent(JSON.stringify(list)) + "; path=/; SameSite=Lax" + secure;
     }
-    push("ConsentChanged", { granted: state === "GIVEN" });
+    consentChanged(state === "GIVEN");
     showConsent();
   }
 
+  function setAccountConsent(state) {
+    // A registered shopper's consent lives in the account: changing it is a Commerce API call.
+    view.busy = true;
+    var request = state === "GIVEN"
+      ? occResponse("/users/current/consents", {
+          method: "POST", form: { consentTemplateId: TEMPLATE, consentTemplateVersion: "1" }
+        })
+      : occResponse("/users/current/consents/" + encodeURIComponent(TEMPLATE + "-standin"), { method: "DELETE" });
+    request.then(function (response) {
+      if (!response.ok) throw new Error("consent change refused: " + response.status);
+      account.state = state;
+      consentChanged(state === "GIVEN");
+    }).catch(function () { /* the account keeps its consent */ }).then(function () {
+      showConsent();
+      view.busy = false;
+    });
+  }
+
   function showConsent() {
-    var state = consentState();
-    document.getElementById("consent-banner").hidden = state !== null && state !== undefined;
+    var state = effectiveState();
+    // A signed-in shopper decided in the account (or will be asked there): no banner.
+    document.getElementById("consent-banner").hidden = Boolean(account) || (state !== null && state !== undefined);
     document.getElementById("consent-state").textContent =
       state === "GIVEN" ? "given" : state === "WITHDRAWN" ? "withdrawn" : "not decided";
     document.getElementById("consent-withdraw").hidden = state !== "GIVEN";
@@ -84,13 +142,50 @@
   document.getElementById("consent-decline").addEventListener("click", function () { setConsent("WITHDRAWN"); });
   document.getElementById("consent-withdraw").addEventListener("click", function () { setConsent("WITHDRAWN"); });
 
+  /* --- the consent reference (as Spartacus' profile tag event service keeps it) ----------------------------- */
+  function storedReference() {
+    try {
+      var meta = JSON.parse(window.localStorage.getItem(TAG_KEY) || '{"cr":{}}');
+      var entry = meta && meta.cr && meta.cr[REFERENCE_KEY];
+      return (entry && entry.consentReference) || null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  var reference = null;
+
+  function setReference(value) {
+    reference = value || null;
+    view.consentReference = reference;
+  }
+
+  setReference(storedReference());
+  window.addEventListener("profiletag_consentReferenceLoaded", function (event) {
+    setReference(event.detail && event.detail.consentReference);
+  });
+
   /* --- the Commerce API (Spartacus style) --------------------------------------------------------------- */
-  function occ(path, options) {
+  function occResponse(path, options) {
     options = options || {};
-    var headers = { "X-Anonymous-Consents": encodeURIComponent(JSON.stringify(consents())) };
-    if (options.body) headers["Content-Type"] = "application/json";
-    return fetch(settings.occBase + path, { method: options.method || "GET", headers: headers, body: options.body })
-      .then(function (response) { return response.json(); });
+    var headers = {
+      "X-Anonymous-Consents": encodeURIComponent(JSON.stringify(consents())),
+      "X-Profile-Tag-Debug": "false"
+    };
+    if (reference) headers["X-Consent-Reference"] = reference;
+    if (account) headers.Authorization = "Bearer " + account.token;
+    var body = options.body;
+    if (options.form) body = new URLSearchParams(options.form);
+    else if (body) headers["Content-Type"] = "application/json";
+    return fetch(settings.occBase + path, { method: options.method || "GET", headers: headers, body: body });
+  }
+
+  function occ(path, options) {
+    return occResponse(path, options).then(function (response) { return response.json(); });
+  }
+
+  function user() {
+    return account ? "current" : "anonymous";
   }
 
   function cartGuid() {
@@ -109,9 +204,71 @@
     if ((match = /^\/c\/([^/]+)$/.exec(path))) return "/products/search?query=" + encodeURIComponent(":relevance:allCategories:" + match[1]);
     if ((match = /^\/p\/([^/]+)$/.exec(path))) return "/products/" + encodeURIComponent(match[1]);
     if (path === "/search") return "/products/search?query=" + encodeURIComponent(url.searchParams.get("text") || "");
-    if (path === "/cart") return "/users/anonymous/carts/" + cartGuid();
+    if (path === "/cart") return "/users/" + user() + "/carts/" + cartGuid();
     return null;
   }
+
+  /* --- signing in (Spartacus style) ------------------------------------------------------------------------ */
+  function storedToken() {
+    try {
+      var auth = JSON.parse(window.localStorage.getItem(AUTH_KEY) || "null");
+      return (auth && auth.access_token) || null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  // The account's consents; a token the API refuses signs the shopper out.
+  function loadAccount(token) {
+    account = { token: token, state: null };
+    return occResponse("/users/current/consenttemplates").then(function (response) {
+      if (response.status === 401) throw new Error("signed out");
+      return response.json();
+    }).then(function (answer) {
+      (answer.consentTemplates || []).forEach(function (template) {
+        var current = template.id === TEMPLATE && template.currentConsent;
+        if (current) account.state = current.consentGivenDate && !current.consentWithdrawnDate ? "GIVEN" : "WITHDRAWN";
+      });
+    }).catch(function () {
+      account = null;
+      window.localStorage.removeItem(AUTH_KEY);
+    }).then(showUser);
+  }
+
+  function showUser() {
+    view.signedIn = Boolean(account);
+    document.getElementById("sign-in").hidden = !spa || Boolean(account);
+    var signedIn = document.getElementById("signed-in");
+    signedIn.hidden = !account;
+    signedIn.title = account ? settings.account : "";
+  }
+
+  function signIn() {
+    view.busy = true;
+    var wasGranted = granted();
+    var form = new URLSearchParams({
+      client_id: "mobile_android", client_secret: "secret", grant_type: "password",
+      username: settings.account, password: "standin"
+    });
+    fetch(settings.tokenUrl, { method: "POST", body: form, credentials: "same-origin" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("sign-in refused: " + response.status);
+        return response.json();
+      })
+      .then(function (token) {
+        window.localStorage.setItem(AUTH_KEY, JSON.stringify(token));
+        return loadAccount(token.access_token);
+      })
+      .then(function () {
+        // The account's consent now decides: the tag hears of a change at once (no reload needed).
+        if (granted() !== wasGranted) consentChanged(granted());
+        showConsent();
+      })
+      .catch(function () { /* still anonymous */ })
+      .then(function () { view.busy = false; });
+  }
+
+  document.getElementById("sign-in").addEventListener("click", signIn);
 
   /* --- rendering ------------------------------------------------------------------------------------------ */
   function el(tag, attrs, text) {
@@ -140,7 +297,68 @@
     document.getElementById("cart-count").textContent = String(cart.totalItems || 0);
   }
 
+  // Once the tag has handed the click to the network (or a second has passed), go on: a scripted shopper's next
+  // view then starts after the CarouselClicked event was sent, as it does in Spartacus style.
+  function afterTracking(then) {
+    var deadline = Date.now() + 1000;
+    (function wait() {
+      var status = Y.standin;
+      if (!status || (status.settled && status.settled()) || Date.now() > deadline) then();
+      else window.setTimeout(wait, 10);
+    })();
+  }
+
+  // The merchandising carousel: the strategy's products, CarouselViewed once rendered; done() in every case.
+  function carousel(main, renderId, done) {
+    var c = settings.carousel;
+    if (!c) {
+      done();
+      return;
+    }
+    var box = el("section", { id: "carousel", "aria-label": c.carouselName });
+    box.hidden = true;
+    main.appendChild(box);
+    var headers = {};
+    if (reference) headers["consent-reference"] = reference;
+    fetch(c.strategyUrl, { headers: headers, credentials: "omit" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("strategy answered " + response.status);
+        return response.json();
+      })
+      .then(function (answer) {
+        if (renderId !== renders) return; // the shopper has moved on
+        var products = answer.products || [];
+        var mixCardId = (answer.metadata && answer.metadata.mixcardId) || "";
+        var base = { carouselId: c.carouselId, carouselName: c.carouselName, strategyId: c.strategyId, mixCardId: mixCardId };
+        box.appendChild(el("h2", {}, c.carouselName));
+        var list = el("ul", { class: "carousel" });
+        products.forEach(function (p) {
+          var item = el("li");
+          var link = el("a", { href: "/p/" + p.id, class: "carousel-item", "data-sku": p.id }, p.name);
+          link.addEventListener("click", function (event) {
+            if (event.ctrlKey || event.metaKey) return;
+            push("CarouselClicked", Object.assign({}, base, { sku: p.id, imageUrl: p.mainImage || p.thumbNailImage || "" }));
+            if (spa) return; // the single-page app's own link handling opens the product
+            event.preventDefault();
+            view.busy = true;
+            afterTracking(function () { window.location.href = link.href; });
+          });
+          item.appendChild(link);
+          item.appendChild(el("span", { class: "price" }, " " + price(p.price)));
+          list.appendChild(item);
+        });
+        box.appendChild(list);
+        box.hidden = false;
+        push("CarouselViewed", Object.assign({}, base, { productSkus: products.map(function (p) { return p.id; }) }));
+      })
+      .catch(function () { box.hidden = true; })
+      .then(function () { if (renderId === renders) done(); });
+  }
+
+  var renders = 0;
+
   function render(page) {
+    var renderId = ++renders;
     var main = document.getElementById("main");
     main.textContent = "";
     var nav = document.getElementById("categories");
@@ -149,11 +367,18 @@
       nav.appendChild(el("a", { href: "/c/" + c.code, class: "category-link" }, c.name));
     });
     if (page.cart) setCart(page.cart);
+    function done() {
+      view.type = page.type;
+      view.views += 1;
+      view.busy = false;
+    }
     if (page.type === "home") {
       main.appendChild(el("h1", {}, "Welcome to Stand-in Electronics"));
       main.appendChild(el("h2", {}, "Featured products"));
       main.appendChild(productList(page.products));
       push("HomePageViewed", {});
+      carousel(main, renderId, done); // the view is ready once the carousel is (or is not) there
+      return;
     } else if (page.type === "category") {
       main.appendChild(el("h1", {}, page.category.name));
       main.appendChild(productList(page.products));
@@ -189,15 +414,13 @@
     } else {
       main.appendChild(el("h1", {}, "Page not found"));
     }
-    view.type = page.type;
-    view.views += 1;
-    view.busy = false;
+    done();
   }
 
   function addToCart(p) {
     view.busy = true;
     var request = spa
-      ? occ("/users/anonymous/carts/" + cartGuid() + "/entries", {
+      ? occ("/users/" + user() + "/carts/" + cartGuid() + "/entries", {
           method: "POST", body: JSON.stringify({ product: { code: p.sku }, quantity: 1 })
         })
       : fetch("/cart/add", {
@@ -246,10 +469,17 @@
     window.addEventListener("popstate", function () { load(new URL(window.location.href)); });
   }
 
+  function start() {
+    showUser();
+    showConsent();
+    // The storefront tells the tag about consent the shopper gave on an earlier page before anything else.
+    if (granted()) push("ConsentChanged", { granted: true });
+    if (spa) load(new URL(window.location.href));
+    else render(settings.page);
+  }
+
   document.getElementById("mode").textContent = spa ? "Spartacus-style storefront" : "Accelerator-style storefront";
-  showConsent();
-  // The storefront tells the tag about consent the shopper gave on an earlier page before anything else.
-  if (consentState() === "GIVEN") push("ConsentChanged", { granted: true });
-  if (spa) load(new URL(window.location.href));
-  else render(settings.page);
+  var token = spa ? storedToken() : null;
+  if (token) loadAccount(token).then(start); // a shopper signed in on an earlier visit: the account decides
+  else start();
 })();

@@ -391,3 +391,24 @@ def test_a_single_page_navigation_after_consent_arms_the_silence_check():
     assert FindingKind.NO_EVENTS_AFTER_CONSENT not in trace.kinds()
     trace.evaluate(T + 4)
     assert FindingKind.NO_EVENTS_AFTER_CONSENT in trace.kinds()
+
+
+def test_the_same_product_viewed_before_and_after_consent_is_carried_by_the_second_push():
+    trace = Trace()
+    view_push = push("ProductDetailsPageViewed", {"productSku": PRODUCT_SKU})
+    browser(trace, T, view_push, first=True)  # before the banner is answered: dropped by the tag
+    trace.deliver(view("c1", T + 2.1))  # the POST after consent arrives before the report of its push
+    browser(trace, T + 2, granted(True), view_push)
+    trace.evaluate(T + 30)
+    (link,) = trace.all.links
+    assert (link.delivery_uid, round(link.pushed_at - T, 2)) == ("c1", 2.02)
+    assert consent_kinds(trace) == [] and trace.kinds() == []
+
+
+def test_a_tag_that_ignores_consent_still_has_its_posts_paired_with_their_pushes():
+    trace = Trace()
+    browser(trace, T, push("ProductDetailsPageViewed", {"productSku": PRODUCT_SKU}), first=True)
+    trace.deliver(view("c1", T + 0.1))
+    trace.evaluate(T + 30)
+    assert [link.delivery_uid for link in trace.all.links] == ["c1"]
+    assert FindingKind.EVENT_WITHOUT_PUSH not in trace.kinds()
