@@ -95,9 +95,12 @@ def gather(source: Source, filters: dict[str, Any], fail_on: frozenset[str], exp
             if reasons:
                 entry = failing.setdefault(item["id"], (item, []))
                 entry[1].extend(r for r in reasons if r not in entry[1])
+    # Findings about a visitor rather than a delivery (event_not_sent, no_events_after_consent, ...): asked for
+    # as such, so that a run's many delivery findings cannot push them out of the page (a dashboard that does
+    # not know `visitor_level` answers with every finding: those about a delivery are left out here).
     loose = [
         f
-        for f in source.findings(run=filters.get("run"), since=filters.get("since"))
+        for f in source.findings(run=filters.get("run"), since=filters.get("since"), visitor_level=True)
         if f["delivery_id"] is None and _counted(f, fail_on)
     ]
     report = Report(summary, met, sorted(failing.values(), key=lambda p: p[0]["sent_at"]), loose, waited_out=False)

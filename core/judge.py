@@ -206,6 +206,7 @@ class _Visitor:
     page_marks: list[tuple[float, bool]] = field(default_factory=list)  # pages with (True) or without observer
     open_pushes: list[_Open] = field(default_factory=list)
     open_sent: list[_Open] = field(default_factory=list)
+    heard_until: float = 0.0  # when the observer last reported: a push made before then has been reported
     blocked_reported: bool = False
     stale_reported_for: float | None = None
     header_based: bool = False  # Spartacus: consent travels in a header, pages carry no consent cookie
@@ -341,6 +342,7 @@ class Judge:
         """Follow what the data-layer observer saw in the page: consent as it changed, and what was pushed."""
         out = Judgement()
         v = self._visitor(seen.run, seen.client_addr, seen.user_agent, seen.received_at)
+        v.heard_until = max(v.heard_until, seen.received_at)
         mapping = self.config.datalayer_schemas
         for index, event in enumerate(seen.events):
             if event.type is BrowserEventType.PAGE:
@@ -676,7 +678,8 @@ class Judge:
             if push is not None:
                 v.open_pushes.remove(push)
                 out.links.append(PushLink(push.uid, sent.uid, push.at))
-            elif v.observed_at(sent.at):
+            elif v.observed_at(sent.at) and v.heard_until > sent.at:
+                # (Only when the observer reported after the POST: a browser closed at once loses its last report.)
                 self._find(
                     out,
                     FindingKind.EVENT_WITHOUT_PUSH,

@@ -13,6 +13,7 @@ from core import __version__
 from core.config import BUILTIN_SCHEMAS
 from core.findings import FindingKind, Severity
 from core.model import Kind
+from core.pipeline import REJECT_REASONS
 from store import reader
 from store.link import LiveStore
 from store.metrics_schema import COUNTERS, DURATION_BUCKETS, FINAL_VERDICTS
@@ -104,6 +105,27 @@ class StoreCollector(Collector):
             family.add_metric([schema, verdict], value)
         yield family
 
+        pushed = dict.fromkeys([*self.schemas, OTHER_SCHEMA], 0.0)
+        for row in self._rows(conn, "SELECT schema_name, n FROM metric_datalayer"):
+            pushed[row["schema_name"] if row["schema_name"] in self.schemas else OTHER_SCHEMA] += float(row["n"])
+        yield _by_label(
+            "clickwatch_datalayer_events",
+            "Data-layer pushes the observer saw that the tag should send as clickstream events, by hybris-schema",
+            "schema",
+            pushed,
+        )
+
+        rejected = dict.fromkeys(REJECT_REASONS, 0.0)
+        for row in self._rows(conn, "SELECT reason, n FROM metric_observer_rejected"):
+            if row["reason"] in rejected:
+                rejected[row["reason"]] = float(row["n"])
+        yield _by_label(
+            "clickwatch_observer_rejected",
+            "Reports from the data-layer observer answered and dropped, by reason (too_large, flood, bad_format)",
+            "reason",
+            rejected,
+        )
+
         found = {(k.value, s.value): 0.0 for k in FindingKind for s in Severity}
         for row in self._rows(conn, "SELECT * FROM metric_findings"):
             if (row["kind"], row["severity"]) in found:
@@ -145,6 +167,13 @@ class StoreCollector(Collector):
         queue = GaugeMetricFamily("clickwatch_store_queue_depth", "Observations waiting to be written to the store")
         queue.add_metric([], depth)
         yield queue
+
+
+def _by_label(name: str, documentation: str, label: str, values: dict[str, float]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value_label, value in values.items():
+        family.add_metric([value_label], value)
+    return family
 
 
 def registry_for(collector: StoreCollector) -> CollectorRegistry:

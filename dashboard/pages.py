@@ -97,6 +97,16 @@ def pretty_body(body: Mapping[str, Any] | None) -> str:
     return text
 
 
+def compact_json(value: Any) -> str:
+    """A parsed JSON value as one line of JSON text (escaped by the template like any other text)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def bar_width(value: float, top: float) -> str:
+    """A funnel bar's length in percent of the longest one (static/live.js computes the same)."""
+    return f"{round(10000 * value / top) / 100:g}" if top > 0 else "0"
+
+
 def _environment() -> jinja2.Environment:
     # Autoescape for every template, whatever its extension; StrictUndefined turns a typo into an error.
     env = jinja2.Environment(
@@ -106,7 +116,9 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(iso=iso_time, clock=clock_time, duration=duration, pretty=pretty_body)
+    env.filters.update(
+        iso=iso_time, clock=clock_time, duration=duration, pretty=pretty_body, compact=compact_json, width=bar_width
+    )
     env.globals.update(
         version=__version__,
         kinds=[k.value for k in Kind],
@@ -249,6 +261,7 @@ def live(
                 "seq": seq,
                 "live": not cursor,
                 "older": older,
+                "funnel": funnel_view(reader.funnel(conn, filters.flt.run)),
             },
         )
 
@@ -267,10 +280,12 @@ def delivery(request: Request, settings: SettingsDep, delivery_id: int) -> Respo
             )
         timeline = reader.visitor_timeline(conn, item["visitor"], item["run"])
         signal = None
+        push = None
         if timeline is not None:
             before = [e for e in timeline["timeline"] if e["type"] == "consent" and e["at"] <= item["sent_at"]]
             signal = before[-1] if before else None
-        return page(request, "delivery.html", {"d": item, "signal": signal})
+            push = next((p for p in timeline["pushes"] if p["delivery_id"] == delivery_id), None)
+        return page(request, "delivery.html", {"d": item, "signal": signal, "push": push})
 
     return with_store(request, settings, build)
 
@@ -302,11 +317,36 @@ def visitor(
         if timeline is None:
             where = f" in run {run!r}" if run else ""
             return error_page(request, 404, "No such visitor", f"No visitor {visitor!r}{where}.", back="/visitors")
-        return page(
-            request, "visitor.html", {"t": timeline, "run": run or "", "answer": consent_answer(timeline["timeline"])}
-        )
+        context = {
+            "t": timeline,
+            "events": visitor_events(timeline),
+            "run": run or "",
+            "answer": consent_answer(timeline["timeline"]),
+        }
+        return page(request, "visitor.html", context)
 
     return with_store(request, settings, build)
+
+
+# Same moment: the push first (a ConsentChanged push makes its consent signal), then consent, delivery, finding.
+_TIMELINE_ORDER = {"datalayer": 0, "consent": 1, "delivery": 2, "finding": 3}
+
+
+def visitor_events(timeline: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The timeline with the data layer's rows woven in, each delivery next to the push it carried."""
+    pushes = timeline["pushes"]
+    carried = {p["delivery_id"]: p for p in pushes if p["delivery_id"] is not None}
+    events = [{**e, "push": carried.get(e["id"])} if e["type"] == "delivery" else dict(e) for e in timeline["timeline"]]
+    events += [{"type": "datalayer", "at": p["at"], "push": p} for p in pushes]
+    events.sort(key=lambda e: (e["at"], _TIMELINE_ORDER.get(e["type"], 9)))
+    return events
+
+
+def funnel_view(funnel: Mapping[str, Any]) -> dict[str, Any]:
+    """The funnel with the scale of its bars: the longest of pushed and sent is 100 %."""
+    steps = funnel["schemas"]
+    top = max([1, *(s["pushed"] for s in steps), *(s["sent"] for s in steps)])
+    return {"run": funnel["run"], "schemas": steps, "top": top}
 
 
 def consent_answer(events: list[dict[str, Any]]) -> dict[str, Any]:

@@ -20,10 +20,16 @@ from core.model import Kind, Verdict
 from core.record import schema_name
 
 MAX_LIMIT = 500
+# What became of a mapped data-layer push (the `outcome` of a visitor's pushes):
+PUSH_SENT = "sent"  # a clickstream delivery carried it
+PUSH_NOT_SENT = "not_sent"  # an event_not_sent finding names it: consent was given, no POST followed in time
+PUSH_UNMATCHED = "unmatched"  # consent was given, nothing carried it yet and no finding says it never came
+PUSH_WITHHELD = "withheld"  # not sent, and consent was not given at the push: nothing was owed
+FUNNEL_STEPS = ("pushed", "pushed_with_consent", "sent", "delivered")
 
 ITEM_COLUMNS = (
     "id, run, kind, target_kind, verdict, method, url, host, schema, schema_name, status_code, duration_ms, "
-    "sent_at, answered_at, visitor, client_addr, consent, consent_reference, error, seq"
+    "sent_at, answered_at, visitor, client_addr, consent, consent_reference, error, seq, pushed_at"
 )
 
 _D_ITEM_COLUMNS = ", ".join(f"d.{column.strip()}" for column in ITEM_COLUMNS.split(","))
@@ -241,11 +247,21 @@ def summary(conn: sqlite3.Connection, flt: DeliveryFilter) -> dict[str, Any]:
             f"SELECT verdict, count(*) AS n FROM deliveries d WHERE {where} GROUP BY verdict", params
         ):
             deliveries[row["verdict"]] = int(row["n"])
-        for row in conn.execute(
+        counted = conn.execute(
             f"SELECT f.kind, f.severity, count(*) AS n FROM findings f JOIN deliveries d ON d.id = f.delivery_id "
             f"WHERE {where} GROUP BY f.kind, f.severity",
             params,
-        ):
+        ).fetchall()
+        if _about_visitors(flt):
+            # Findings about a visitor rather than a delivery (event_not_sent, no_events_after_consent, ...) count
+            # too when the filter can apply to them: run, visitor and time (their own `at`).
+            loose_where, loose_params = _loose_where(flt)
+            counted += conn.execute(
+                f"SELECT kind, severity, count(*) AS n FROM findings WHERE delivery_id IS NULL AND {loose_where} "
+                "GROUP BY kind, severity",
+                loose_params,
+            ).fetchall()
+        for row in counted:
             findings[row["kind"]] = findings.get(row["kind"], 0) + int(row["n"])
             severities[row["severity"]] = severities.get(row["severity"], 0) + int(row["n"])
     where, params = DeliveryFilter(**{**_as_dict(flt), "verdict": Verdict.DELIVERED}).where()
@@ -259,6 +275,24 @@ def summary(conn: sqlite3.Connection, flt: DeliveryFilter) -> dict[str, Any]:
         "last_delivered_at": last,
         "pending_decisions": pending_decisions(conn, flt.run),
     }
+
+
+def _about_visitors(flt: DeliveryFilter) -> bool:
+    """True when the filter names nothing only a delivery has (kind, verdict, schema, finding)."""
+    return flt.kind is None and flt.verdict is None and flt.schema is None and flt.finding is None
+
+
+def _loose_where(flt: DeliveryFilter) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for clause, value in (("run = ?", flt.run), ("visitor = ?", flt.visitor), ("at >= ?", flt.since)):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    if flt.until is not None:
+        clauses.append("at <= ?")
+        params.append(flt.until)
+    return (" AND ".join(clauses) or "1"), params
 
 
 def pending_decisions(conn: sqlite3.Connection, run: str | None = None) -> int:
@@ -279,11 +313,18 @@ def list_findings(
     severity: str | None = None,
     since: float | None = None,
     until: float | None = None,
+    visitor_level: bool | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Findings newest first, with the delivery they concern (if any)."""
+    """Findings newest first, with the delivery they concern (if any).
+
+    `visitor_level`: True keeps only findings about a visitor rather than a delivery, False only those about a
+    delivery, None both.
+    """
     clauses: list[str] = ["1"]
     params: list[Any] = []
+    if visitor_level is not None:
+        clauses.append("f.delivery_id IS NULL" if visitor_level else "f.delivery_id IS NOT NULL")
     for column, value in (("f.run", run), ("f.kind", kind), ("f.severity", severity)):
         if value is not None:
             clauses.append(f"{column} = ?")
@@ -317,7 +358,7 @@ def list_visitors(conn: sqlite3.Connection, run: str | None = None, limit: int =
 def visitor_timeline(
     conn: sqlite3.Connection, visitor: str, run: str | None = None, limit: int = 1000
 ) -> dict[str, Any] | None:
-    """A visitor's consent signals, deliveries and visitor-level findings, in time order."""
+    """A visitor's consent signals, deliveries and visitor-level findings in time order, and its data-layer pushes."""
     clause, params = ("AND run = ?", [run]) if run is not None else ("", [])
     visits = [dict(r) for r in conn.execute(f"SELECT * FROM visitors WHERE visitor = ? {clause}", [visitor, *params])]
     if not visits:
@@ -341,7 +382,84 @@ def visitor_timeline(
     events += [{"type": "delivery", "at": r["sent_at"], **_item(r, by_id[r["id"]])} for r in deliveries]
     events += [{"type": "finding", **dict(f)} for f in loose]
     events.sort(key=lambda e: (e["at"], 0 if e["type"] == "consent" else 1))
-    return {"visitor": visitor, "visits": visits, "timeline": events}
+    runs = sorted({v["run"] for v in visits})
+    pushes = _pushes(conn, visitor, runs, [dict(f) for f in loose], limit)
+    return {"visitor": visitor, "visits": visits, "timeline": events, "pushes": pushes}
+
+
+def _pushes(
+    conn: sqlite3.Connection, visitor: str, runs: list[str], loose: list[dict[str, Any]], limit: int
+) -> list[dict[str, Any]]:
+    """A visitor's data-layer rows in time order, each with the delivery that carried it and what became of it."""
+    # The visitor's runs come from `visitors`: with them the (run, visitor, at) index finds the rows directly.
+    marks = ",".join("?" * len(runs))
+    rows = conn.execute(
+        "SELECT dl.id, dl.run, dl.page, dl.at, dl.type, dl.name, dl.schema_name, dl.consent, dl.data, dl.early, "
+        "dl.truncated, dl.delivery_uid, d.id AS delivery_id "
+        "FROM datalayer dl LEFT JOIN deliveries d ON d.uid = dl.delivery_uid "
+        f"WHERE dl.run IN ({marks}) AND dl.visitor = ? ORDER BY dl.at, dl.id LIMIT ?",
+        [*runs, visitor, limit],
+    ).fetchall()
+    # An event_not_sent finding is made at the moment of the push it names: that moment identifies the push.
+    not_sent: dict[tuple[str, float], int] = {}
+    for finding in loose:
+        if finding["kind"] == FindingKind.EVENT_NOT_SENT.value:
+            key = (finding["run"], finding["at"])
+            not_sent[key] = not_sent.get(key, 0) + 1
+    pushes = []
+    for row in rows:
+        push = dict(row)
+        push["data"] = _json_or_none(row["data"])
+        push["early"] = bool(row["early"])
+        push["truncated"] = bool(row["truncated"])
+        push["outcome"] = _outcome(push, not_sent)
+        pushes.append(push)
+    return pushes
+
+
+def _outcome(push: dict[str, Any], not_sent: dict[tuple[str, float], int]) -> str | None:
+    if push["type"] != "push" or push["schema_name"] is None:
+        return None  # not something the tag should send
+    if push["delivery_uid"] is not None:
+        return PUSH_SENT
+    if push["consent"] != "given":
+        return PUSH_WITHHELD
+    key = (push["run"], push["at"])
+    if not_sent.get(key):
+        not_sent[key] -= 1
+        return PUSH_NOT_SENT
+    return PUSH_UNMATCHED
+
+
+def funnel(conn: sqlite3.Connection, run: str | None = None) -> dict[str, Any]:
+    """Per schema: pushed to the data layer (and with consent), sent as clickstream, delivered; from count tables."""
+    clause, params = ("AND run = ?", [run]) if run is not None else ("", [])
+    steps: dict[str, dict[str, Any]] = {}
+
+    def entry(schema: str) -> dict[str, Any]:
+        return steps.setdefault(schema, {"schema": schema, **dict.fromkeys(FUNNEL_STEPS, 0)})
+
+    for row in conn.execute(
+        f"SELECT schema_name, with_consent, SUM(n) AS n FROM datalayer_counts WHERE 1 {clause} "
+        "GROUP BY schema_name, with_consent",
+        params,
+    ):
+        step = entry(row["schema_name"])
+        step["pushed"] += int(row["n"])
+        if row["with_consent"]:
+            step["pushed_with_consent"] += int(row["n"])
+    for row in conn.execute(
+        f"SELECT schema_name, verdict, SUM(n) AS n FROM delivery_counts WHERE kind = ? {clause} "
+        "GROUP BY schema_name, verdict",
+        [Kind.CLICKSTREAM.value, *params],
+    ):
+        step = entry(row["schema_name"])
+        step["sent"] += int(row["n"])
+        if row["verdict"] == Verdict.DELIVERED.value:
+            step["delivered"] += int(row["n"])
+    # Count rows stay behind at zero after a reset: a schema shows only while something was counted.
+    schemas = [steps[name] for name in sorted(steps) if any(steps[name][s] for s in FUNNEL_STEPS)]
+    return {"run": run, "schemas": schemas}
 
 
 def changes_after(

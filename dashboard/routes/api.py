@@ -60,6 +60,10 @@ def list_findings(
     severity: Annotated[Severity | None, Query()] = None,
     since: Annotated[str | None, Query(max_length=64, description="epoch seconds or ISO 8601")] = None,
     until: Annotated[str | None, Query(max_length=64, description="epoch seconds or ISO 8601")] = None,
+    visitor_level: Annotated[
+        bool | None,
+        Query(description="true: only findings about a visitor (no delivery); false: only those about a delivery"),
+    ] = None,
     limit: LimitQuery = 100,
 ) -> dict[str, Any]:
     items = reader.list_findings(
@@ -69,6 +73,7 @@ def list_findings(
         severity=severity.value if severity else None,
         since=parse_time("since", since),
         until=parse_time("until", until),
+        visitor_level=visitor_level,
         limit=limit,
     )
     return {"items": items}
@@ -83,7 +88,10 @@ def list_visitors(
     return {"items": reader.list_visitors(conn, run, limit)}
 
 
-@router.get("/visitors/{visitor}", summary="A visitor's consent timeline: signals, deliveries, findings")
+@router.get(
+    "/visitors/{visitor}",
+    summary="A visitor's consent timeline (signals, deliveries, findings) and its data-layer pushes",
+)
 def get_visitor(
     conn: ConnDep, visitor: str, run: Annotated[str | None, Query(max_length=200)] = None
 ) -> dict[str, Any]:
@@ -91,6 +99,17 @@ def get_visitor(
     if timeline is None:
         raise HTTPException(status_code=404, detail=f"no visitor {visitor!r}")
     return timeline
+
+
+@router.get(
+    "/funnel",
+    summary="Per schema: pushed to the data layer (with consent), sent as clickstream events, delivered",
+)
+def get_funnel(
+    conn: ConnDep,
+    run: Annotated[str | None, Query(max_length=200, description="run name (all runs if left out)")] = None,
+) -> dict[str, Any]:
+    return reader.funnel(conn, run or None)
 
 
 @router.get(

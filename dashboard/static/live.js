@@ -1,4 +1,4 @@
-/* Live events: follow /api/stream (Server-Sent Events) and keep the table and the health banner current.
+/* Live events: follow /api/stream (Server-Sent Events) and keep the table, the health banner and the funnel current.
    Captured values are hostile: rows are built with createElement/textContent only, never parsed as markup. */
 (function () {
   "use strict";
@@ -15,6 +15,16 @@
   var lastSeq = Number(root.getAttribute("data-after")) || 0;
   var source = null;
   var summaryTimer = null;
+  var funnel = document.getElementById("funnel");
+  var funnelRows = document.getElementById("funnel-rows");
+  var funnelEmpty = document.getElementById("funnel-empty");
+  var funnelRun = funnel ? funnel.getAttribute("data-run") || "" : "";
+  var funnelTimer = null;
+  var funnelLast = 0;
+  var FUNNEL_EVERY_MS = 1000; // at most one funnel request per second
+  var FUNNEL_POLL_MS = 5000; // pushes that bring no delivery (no stream event) still show within seconds
+  var SVG = "http://www.w3.org/2000/svg";
+  var STEPS = ["pushed", "pushed_with_consent", "sent", "delivered"];
 
   function token(value) {
     /* Class names come from fixed vocabularies; anything else is shown as 'unknown'. */
@@ -165,6 +175,75 @@
     if (summaryTimer === null) summaryTimer = window.setTimeout(refreshSummary, 500);
   }
 
+  /* The funnel: one row per schema, the same markup as the funnel_row macro in templates/macros.html. */
+  function count(value) {
+    var n = Number(value);
+    return isFinite(n) && n > 0 ? Math.floor(n) : 0;
+  }
+
+  function barWidth(value, top) {
+    return top > 0 ? String(Math.round(10000 * value / top) / 100) : "0";
+  }
+
+  function bar(className, y, value, top) {
+    var rect = document.createElementNS(SVG, "rect");
+    rect.setAttribute("class", "bar " + className);
+    rect.setAttribute("x", "0");
+    rect.setAttribute("y", y);
+    rect.setAttribute("height", "7");
+    rect.setAttribute("width", barWidth(value, top));
+    return rect;
+  }
+
+  function buildFunnelRow(step, top) {
+    var tr = el("tr");
+    var schema = step.schema === null || step.schema === undefined ? "" : String(step.schema);
+    tr.setAttribute("data-schema", schema);
+    var th = el("th", "funnel-schema", schema || null);
+    th.scope = "row";
+    if (!schema) th.appendChild(muted("no schema"));
+    tr.appendChild(th);
+    var svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("class", "funnel-svg");
+    svg.setAttribute("viewBox", "0 0 100 26");
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("aria-hidden", "true");
+    svg.appendChild(bar("bar-pushed", "0", count(step.pushed), top));
+    svg.appendChild(bar("bar-consent", "0", count(step.pushed_with_consent), top));
+    svg.appendChild(bar("bar-sent", "9.5", count(step.sent), top));
+    svg.appendChild(bar("bar-delivered", "19", count(step.delivered), top));
+    tr.appendChild(cell("funnel-bars", svg));
+    STEPS.forEach(function (name) {
+      var td = el("td", "num", String(count(step[name])));
+      td.setAttribute("data-step", name);
+      tr.appendChild(td);
+    });
+    return tr;
+  }
+
+  function applyFunnel(f) {
+    var steps = f && Array.isArray(f.schemas) ? f.schemas : [];
+    var top = 1;
+    steps.forEach(function (step) { top = Math.max(top, count(step.pushed), count(step.sent)); });
+    funnelRows.replaceChildren.apply(funnelRows, steps.map(function (step) { return buildFunnelRow(step, top); }));
+    funnelEmpty.hidden = steps.length > 0;
+  }
+
+  function refreshFunnel() {
+    funnelTimer = null;
+    funnelLast = Date.now();
+    var url = "/api/funnel" + (funnelRun ? "?run=" + encodeURIComponent(funnelRun) : "");
+    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (f) { if (f) applyFunnel(f); })
+      .catch(function () { /* the next event or poll tries again */ });
+  }
+
+  function scheduleFunnel() {
+    if (!funnel || funnelTimer !== null) return;
+    funnelTimer = window.setTimeout(refreshFunnel, Math.max(0, FUNNEL_EVERY_MS - (Date.now() - funnelLast)));
+  }
+
   function connect() {
     var params = new URLSearchParams(query);
     params.set("after", String(lastSeq));
@@ -181,6 +260,7 @@
       if (seq > lastSeq) lastSeq = seq;
       upsert(item);
       scheduleSummary();
+      scheduleFunnel();
     });
     source.addEventListener("error", function () {
       // EventSource retries by itself, sending Last-Event-ID; once it gives up (an HTTP error), start over.
@@ -194,4 +274,7 @@
   }
 
   connect();
+  if (funnel) {
+    window.setInterval(function () { if (!document.hidden) scheduleFunnel(); }, FUNNEL_POLL_MS);
+  }
 })();

@@ -332,6 +332,7 @@ def test_a_post_without_a_push_on_an_observed_page_is_event_without_push():
     trace = Trace()
     browser(trace, T - 1, granted(True), first=True)
     trace.deliver(view("c1", T))
+    browser(trace, T + 0.5, push("Navigated", {}))  # the observer reported after the POST: it was listening
     trace.evaluate(T + 30)
     (finding,) = trace.findings()
     assert (finding.kind, finding.severity, finding.delivery_uid) == (
@@ -339,6 +340,14 @@ def test_a_post_without_a_push_on_an_observed_page_is_event_without_push():
         Severity.INFO,
         "c1",
     )
+
+
+def test_a_post_after_the_observers_last_report_is_not_judged():
+    trace = Trace()
+    browser(trace, T - 1, granted(True), first=True)
+    trace.deliver(view("c1", T))  # the browser was closed at once: the report of its push may be lost
+    trace.evaluate(T + 30)
+    assert trace.kinds() == []
 
 
 def test_a_post_without_an_observer_is_not_event_without_push():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.config import Config
-from core.model import Answer, Kind, RequestSeen, StorefrontSeen
+from core.model import Answer, BrowserReport, Kind, RequestSeen, StorefrontSeen
 from dashboard.main import create_app
 from dashboard.settings import DashboardSettings
 from store.writer import StoreWriter
@@ -103,6 +103,39 @@ class StoreBuilder:
                 page_load=True,
             )
         )
+
+    def observe(
+        self,
+        *,
+        at: float,
+        events: Sequence[Mapping[str, object]],
+        page: str = "page-0001",
+        run: str = "default",
+        ua: str = UA,
+        ip: str = "127.0.0.1",
+    ) -> None:
+        """A report of the data-layer observer (docs/observer.md), received at `at`; each event happened at `at`
+        unless it says `before` (seconds earlier)."""
+        sent = at * 1000.0
+        batch = {
+            "v": 1,
+            "page": page,
+            "url": "https://shop.example/p/1",
+            "sent": sent,
+            "events": [
+                {"t": sent - 1000.0 * float(str(e.get("before", 0))), **{k: v for k, v in e.items() if k != "before"}}
+                for e in events
+            ],
+        }
+        self.writer.submit(BrowserReport(run, ip, ua, at, json.dumps(batch).encode()))
+
+    def push(self, name: str, data: object = None, *, at: float, consent: bool | None = None, **where: object) -> None:
+        """One data-layer push (after a ConsentChanged push when `consent` is given), as the observer reports it."""
+        events: list[dict[str, object]] = []
+        if consent is not None:
+            events.append({"type": "push", "name": "ConsentChanged", "data": {"granted": consent}})
+        events.append({"type": "push", "name": name, "data": data if data is not None else {}})
+        self.observe(at=at, events=events, **where)  # type: ignore[arg-type]
 
     def close(self) -> None:
         assert self.writer.close()

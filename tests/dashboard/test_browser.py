@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import threading
+import time
 
 import httpx
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Locator, Page, Request, expect
 
 from tests.dashboard.browser_fixtures import (
     WatchedPage,
@@ -46,6 +48,19 @@ def _post_quietly(proxy: Proxy, url: str) -> None:
 
 def _csp_violations(tab: WatchedPage) -> list[str]:
     return [m for m in tab.problems() if "Content Security Policy" in m or "Content-Security-Policy" in m]
+
+
+def _nothing_ran(page: Page) -> None:
+    """No hostile payload ran: no global it would set, no element it would add; then the page is closed."""
+    settle()
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert page.locator("main img, main script").count() == 0
+    page.close()
+
+
+def _page_was_clean(tab: WatchedPage) -> None:
+    assert _csp_violations(tab) == []
+    assert tab.problems() == [], tab.problems()
 
 
 def test_a_delivery_through_the_proxy_appears_live_without_a_reload(
@@ -125,9 +140,134 @@ def test_hostile_captured_values_are_shown_as_text_and_never_run(
         expect(page.locator("pre.code").first).to_contain_text(json.dumps(SCRIPT_PAYLOAD + IMG_PAYLOAD))
         expect(page.get_by_text(f"evil {SCRIPT_PAYLOAD}{IMG_PAYLOAD}", exact=True)).to_have_count(2)  # UA row, header
         expect(page.locator("h1")).to_have_text(SCHEMA_PAYLOAD)
-        settle()
-        assert page.evaluate("typeof window.__xss") == "undefined"
-        assert page.locator("main img, main script").count() == 0
+        _nothing_ran(page)
+    _page_was_clean(tab)
+
+
+# --- the data layer ---------------------------------------------------------------------------------------------
+
+OBSERVE = "/__clickwatch/observe"
+HOSTILE_PUSH = '<script>window.__xss=4</script><img src=x onerror="window.__xss=5">'
+
+
+def _observe(proxy: Proxy, upstream: Upstream, *events: dict[str, object], page: str = "browser-page-1") -> None:
+    """A report of the data-layer observer, sent through the proxy as the page's script sends it."""
+    now = time.time() * 1000
+    batch = {"v": 1, "page": page, "url": "https://shop.example/p/300938", "sent": now,
+             "events": [{"t": now, **event} for event in events]}  # fmt: skip
+    with proxy.client() as client:
+        answer = client.post(
+            upstream.url(OBSERVE),
+            content=json.dumps(batch),
+            headers={"Content-Type": "text/plain;charset=UTF-8", "User-Agent": HEADERS["User-Agent"]},
+        )
+    assert answer.status_code == 204
+
+
+def _funnel_step(page: Page, schema: str, step: str) -> Locator:
+    return page.locator(f'#funnel-rows tr[data-schema="{schema}"] [data-step="{step}"]')
+
+
+def test_the_funnel_follows_pushes_and_deliveries_without_a_reload(
+    proxy: Proxy, upstream: Upstream, tab: WatchedPage
+) -> None:
+    page = tab.page
+    asked: list[float] = []
+
+    def on_request(request: Request) -> None:
+        if "/api/funnel" in request.url:
+            asked.append(time.monotonic())
+
+    page.on("request", on_request)
+    with serve_dashboard(proxy.db_path) as dashboard:
+        wait_for_store(dashboard)
+        page.goto(dashboard.url + "/")
+        expect(page.locator("#conn")).to_have_text("live", timeout=5000)
+        expect(page.locator("#funnel-rows tr")).to_have_count(0)
+        expect(page.locator("#funnel-empty")).to_be_visible()
+        page.evaluate("window.__marker = 'still the same document'")
+
+        # The storefront pushes a product view with consent: no delivery yet, the funnel shows the push.
+        _observe(
+            proxy,
+            upstream,
+            {"type": "page"},
+            {"type": "push", "name": "ConsentChanged", "data": {"granted": True}},
+            {"type": "push", "name": "ProductDetailsPageViewed", "data": {"productSku": "300938"}},
+        )
+        expect(_funnel_step(page, "ProductView", "pushed")).to_have_text("1", timeout=10000)
+        expect(_funnel_step(page, "ProductView", "pushed_with_consent")).to_have_text("1")
+        expect(_funnel_step(page, "ProductView", "sent")).to_have_text("0")
+        expect(page.locator("#funnel-empty")).to_be_hidden()
+        pushed_bar = page.locator('#funnel-rows tr[data-schema="ProductView"] rect.bar-pushed')
+        expect(pushed_bar).to_have_attribute("width", "100")
+
+        # The tag sends it, and a burst of four more: the funnel follows, asking at most once a second.
+        with proxy.client() as client:
+            for sku in ("300938", "1", "2", "3", "4"):
+                answer = client.post(upstream.url(CLICKSTREAM), json={"productSku": sku}, headers=HEADERS)
+                assert answer.status_code == 201
+        expect(_funnel_step(page, "ProductView", "sent")).to_have_text("5", timeout=10000)
+        expect(_funnel_step(page, "ProductView", "delivered")).to_have_text("5", timeout=5000)
+        expect(pushed_bar).to_have_attribute("width", "20")
+        expect(page.locator('#funnel-rows tr[data-schema="ProductView"] rect.bar-delivered')).to_have_attribute(
+            "width", "100"
+        )
+        expect(page.locator("#rows tr")).to_have_count(5)
+        assert page.evaluate("window.__marker") == "still the same document"
+        gaps = [later - earlier for earlier, later in itertools.pairwise(asked)]
+        assert asked and min(gaps, default=1.0) >= 0.9, gaps
         page.close()
     assert _csp_violations(tab) == []
     assert tab.problems() == [], tab.problems()
+
+
+def test_hostile_pushes_stay_text_on_the_visitor_page_and_in_the_funnel(
+    proxy: Proxy, upstream: Upstream, tab: WatchedPage
+) -> None:
+    page = tab.page
+    hostile_data = {"productSku": SCRIPT_PAYLOAD, "note": IMG_PAYLOAD}
+    with serve_dashboard(proxy.db_path) as dashboard:
+        wait_for_store(dashboard)
+        _observe(
+            proxy,
+            upstream,
+            {"type": "push", "name": "ConsentChanged", "data": {"granted": True}},
+            {"type": "push", "name": HOSTILE_PUSH, "data": hostile_data},
+            {"type": "push", "name": "ProductDetailsPageViewed", "data": hostile_data},
+            {"type": "navigation", "how": "pushState", "url": "/c/" + SCRIPT_PAYLOAD},
+        )
+
+        def pushes() -> list[dict[str, object]] | None:
+            visitors = httpx.get(f"{dashboard.url}/api/visitors", timeout=5, trust_env=False).json()["items"]
+            if not visitors:
+                return None
+            body = httpx.get(f"{dashboard.url}/api/visitors/{visitors[0]['visitor']}", timeout=5, trust_env=False)
+            found = body.json()["pushes"]
+            return found if len(found) == 4 else None
+
+        stored = wait_until(pushes, 10.0, "the observer's report in the store")
+        assert stored is not None
+        visitor = httpx.get(f"{dashboard.url}/api/visitors", timeout=5, trust_env=False).json()["items"][0]["visitor"]
+        assert stored[1]["name"] == HOSTILE_PUSH
+
+        page.goto(f"{dashboard.url}/visitors/{visitor}")
+        expect(page.locator(".tl-push .push-name").nth(1)).to_have_text(HOSTILE_PUSH)
+        expect(page.locator(".tl-push .push-data").nth(1)).to_have_text(json.dumps(hostile_data, ensure_ascii=False))
+        expect(page.get_by_text("/c/" + SCRIPT_PAYLOAD, exact=True)).to_have_count(1)
+        settle()
+        assert page.evaluate("typeof window.__xss") == "undefined"
+        assert page.locator("main img, main script").count() == 0
+
+        # On the live page, a schema the funnel learns from the stream is built as text too.
+        page.goto(dashboard.url + "/")
+        expect(page.locator("#conn")).to_have_text("live", timeout=5000)
+        hostile_headers = {**HEADERS, "hybris-schema": SCHEMA_PAYLOAD}
+        with proxy.client() as client:
+            answer = client.post(upstream.url(CLICKSTREAM), json={"productSku": "1"}, headers=hostile_headers)
+        assert answer.status_code == 201
+        schema_cell = page.locator("#funnel-rows .funnel-schema", has_text=SCHEMA_PAYLOAD)
+        expect(schema_cell).to_have_count(1, timeout=10000)
+        expect(schema_cell).to_have_text(SCHEMA_PAYLOAD)
+        _nothing_ran(page)
+    _page_was_clean(tab)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.config import BUILTIN_SCHEMAS, Config
 from core.findings import FindingKind, Severity
-from core.model import Kind
+from core.model import BrowserReport, Kind, ObserverRejected
+from dashboard.metrics import StoreCollector, registry_for
 from store.writer import StoreWriter
-from tests.dashboard.conftest import T0, StoreBuilder
+from tests.dashboard.conftest import T0, UA, StoreBuilder
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -50,6 +54,10 @@ def test_every_label_combination_exists_at_zero_on_an_empty_store(
         assert value(samples, name) == 0
     assert value(samples, "clickwatch_store_queue_depth") == 0
     assert any(name == "clickwatch_build_info" for name, _ in samples)
+    for schema in [*BUILTIN_SCHEMAS, "other"]:
+        assert value(samples, "clickwatch_datalayer_events_total", schema=schema) == 0
+    for reason in ("too_large", "flood", "bad_format"):
+        assert value(samples, "clickwatch_observer_rejected_total", reason=reason) == 0
 
 
 def test_values_follow_the_deliveries(
@@ -115,3 +123,50 @@ def test_an_in_process_dashboard_reads_the_live_writer(tmp_path: Path) -> None:
         assert value(samples, "clickwatch_store_dropped_total") == 3
     finally:
         writer.close()
+
+
+def test_datalayer_metrics_follow_the_pushes_and_the_rejections(
+    store_builder: Callable[..., StoreBuilder], client_for: Callable[..., TestClient]
+) -> None:
+    # A storefront-specific push mapped to a schema clickwatch does not know: counted under "other".
+    mapping = MappingProxyType({"ProductDetailsPageViewed": "ProductView", "WishlistAdded": "<b>Wishlist</b>"})
+    store = store_builder(dataclasses.replace(Config(), datalayer_schemas=mapping))
+    store.page(at=T0, consent="GIVEN")
+    store.push("ProductDetailsPageViewed", {"productSku": "1"}, at=T0 + 1, consent=True)
+    store.push("ProductDetailsPageViewed", {"productSku": "2"}, at=T0 + 2, consent=False)  # counted all the same
+    store.push("WishlistAdded", {"productSku": "3"}, at=T0 + 3)
+    store.push("HomePageViewed", at=T0 + 4)  # not mapped: the tag sends nothing for it, not counted
+    store.writer.submit(BrowserReport("default", "127.0.0.1", UA, T0 + 5, b"{not json"))
+    store.writer.submit(BrowserReport("default", "127.0.0.1", UA, T0 + 5, b'{"v": 2}'))
+    store.writer.submit(ObserverRejected((("flood", 3), ("too_large", 1))))
+    store.close()
+    client = client_for(store.path)
+    samples = scrape(client)
+    assert value(samples, "clickwatch_datalayer_events_total", schema="ProductView") == 2
+    assert value(samples, "clickwatch_datalayer_events_total", schema="other") == 1
+    assert value(samples, "clickwatch_datalayer_events_total", schema="AddedToCart") == 0
+    assert value(samples, "clickwatch_observer_rejected_total", reason="bad_format") == 2
+    assert value(samples, "clickwatch_observer_rejected_total", reason="flood") == 3
+    assert value(samples, "clickwatch_observer_rejected_total", reason="too_large") == 1
+    labels = {dict(labels).get("schema") for name, labels in samples if name == "clickwatch_datalayer_events_total"}
+    assert labels == {*BUILTIN_SCHEMAS, "other"}  # bounded: a storefront's own names never become labels
+    # Counters: a reset empties the funnel, not the totals.
+    assert client.post("/api/reset").status_code == 200
+    assert client.get("/api/funnel").json()["schemas"] == []
+    after = scrape(client)
+    assert value(after, "clickwatch_datalayer_events_total", schema="ProductView") == 2
+    assert value(after, "clickwatch_observer_rejected_total", reason="flood") == 3
+
+
+def test_datalayer_metrics_through_the_registry(store_builder: Callable[..., StoreBuilder]) -> None:
+    store = store_builder()
+    store.push("AddedToCart", {"productSku": "1", "productQty": 1}, at=T0, consent=True)
+    store.close()
+    registry = registry_for(StoreCollector(str(store.path)))
+    assert registry.get_sample_value("clickwatch_datalayer_events_total", {"schema": "AddedToCart"}) == 1
+    assert registry.get_sample_value("clickwatch_datalayer_events_total", {"schema": "ProductView"}) == 0
+    assert registry.get_sample_value("clickwatch_observer_rejected_total", {"reason": "bad_format"}) == 0
+    # A store that cannot be read still describes every label combination, at zero.
+    empty = registry_for(StoreCollector(str(store.path) + ".missing"))
+    assert empty.get_sample_value("clickwatch_datalayer_events_total", {"schema": "other"}) == 0
+    assert empty.get_sample_value("clickwatch_observer_rejected_total", {"reason": "flood"}) == 0

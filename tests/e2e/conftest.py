@@ -39,6 +39,7 @@ GRACE_SECONDS = 2.0
 SILENCE_SECONDS = 3.0
 SLOW_SECONDS = 1.0
 CHECK_WAIT_SECONDS = 15.0
+ECHO_SECONDS = 6.0  # without the observer: how long a Spartacus-style visitor's calls wait for a consent echo
 CONFIG = f"""
 [capture]
 tag_pattern = '{TAG_PATTERN}'
@@ -135,25 +136,24 @@ def system_tools() -> None:
         pytest.fail(f"{exc}; the end-to-end suite does not run without it")
 
 
-@pytest.fixture(scope="session")
-def clickwatch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clickwatch]:
-    """`clickwatch up` as a user starts it: a real process, its own store, CA and short decision windows."""
-    root = tmp_path_factory.mktemp("clickwatch-up")
+@contextlib.contextmanager
+def _clickwatch_up(root: Path, confdir: Path, config_text: str, *extra: str) -> Iterator[Clickwatch]:
+    """`clickwatch up` as a user starts it: a real process, its own store, short decision windows."""
     config = root / "clickwatch.toml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     proxy_port, dashboard_port = free_port(), free_port()
     log_path = root / "up.log"
     command = [
         str(CLICKWATCH), "up", "--proxy-port", str(proxy_port), "--dashboard-port", str(dashboard_port),
         "--db", str(root / "cw.db"), "--config", str(config), "--upstream-insecure", "--quiet",
-        "--set", "proxyauth=any", "--set", f"confdir={root / 'mitm'}",
+        "--set", "proxyauth=any", "--set", f"confdir={confdir}", *extra,
     ]  # fmt: skip
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         running = Clickwatch(
             f"http://127.0.0.1:{proxy_port}",
             f"http://127.0.0.1:{dashboard_port}",
-            root / "mitm" / "mitmproxy-ca-cert.pem",
+            confdir / "mitmproxy-ca-cert.pem",
             process,
             log_path,
         )
@@ -180,6 +180,23 @@ def clickwatch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clickwatch]
 
 
 @pytest.fixture(scope="session")
+def clickwatch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clickwatch]:
+    """`clickwatch up` on its defaults (the data-layer observer on), with short decision windows."""
+    root = tmp_path_factory.mktemp("clickwatch-up")
+    with _clickwatch_up(root, root / "mitm", CONFIG) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def clickwatch_network(clickwatch: Clickwatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clickwatch]:
+    """`clickwatch up --no-observer`: judging from network traffic only (same CA as `clickwatch`)."""
+    root = tmp_path_factory.mktemp("clickwatch-up-network")
+    config = CONFIG.replace("[consent]\n", f"[consent]\necho_seconds = {ECHO_SECONDS}\n")
+    with _clickwatch_up(root, clickwatch.ca_cert.parent, config, "--no-observer") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
 def browser_home(system_tools: None, clickwatch: Clickwatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home directory whose NSS database trusts the proxy's CA (and nothing else extra)."""
     return shopper.trusting_home(tmp_path_factory.mktemp("browser-home"), clickwatch.ca_cert)
@@ -200,8 +217,8 @@ def make_standin() -> Iterator[Callable[..., StandIn]]:
     """Start stand-ins for this test (each with its own faults); all stop at teardown."""
     started: list[StandIn] = []
 
-    def make(*faults: str, spartacus: bool = False) -> StandIn:
-        standin = StandIn(spartacus=spartacus, faults=Faults.parse(faults)).start()
+    def make(*faults: str, spartacus: bool = False, carousel: bool = False, csp: str | None = None) -> StandIn:
+        standin = StandIn(spartacus=spartacus, faults=Faults.parse(faults), carousel=carousel, csp=csp).start()
         started.append(standin)
         return standin
 
@@ -223,9 +240,8 @@ class Visit:
         return shopper.Shopper(self.page, standin.storefront_url(scheme), settle_seconds=settle_seconds)
 
 
-@pytest.fixture
-def visit(browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureRequest) -> Iterator[Visit]:
-    """A fresh browser context whose proxy user name is a run of its own; page errors are collected."""
+@contextlib.contextmanager
+def _visit(browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureRequest) -> Iterator[Visit]:
     # The run travels as the proxy user name: no ':' (it would start the password) and nothing to escape.
     run = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"e2e-{next(_runs)}-{request.node.name}").strip("-")[:90]
     context = shopper.visit(browser, clickwatch.proxy_url, run)
@@ -238,6 +254,11 @@ def visit(browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureReque
         nonlocal closed
         if not closed:
             closed = True
+            # Closing the tab first lets the data-layer observer send what it still holds (pagehide), as a
+            # shopper's closing tab does; closing the whole profile at once would cut that report off.
+            for open_page in context.pages:
+                open_page.close()
+            time.sleep(0.3)
             context.close()
 
     try:
@@ -246,6 +267,20 @@ def visit(browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureReque
         close()
         if request.node.stash.get(_FAILED, False):
             print(f"--- clickwatch up log ---\n{clickwatch.log()[-5000:]}")
+
+
+@pytest.fixture
+def visit(browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureRequest) -> Iterator[Visit]:
+    """A fresh browser context whose proxy user name is a run of its own; page errors are collected."""
+    with _visit(browser, clickwatch, request) as running:
+        yield running
+
+
+@pytest.fixture
+def network_visit(browser: Browser, clickwatch_network: Clickwatch, request: pytest.FixtureRequest) -> Iterator[Visit]:
+    """As `visit`, through the proxy that has the data-layer observer switched off."""
+    with _visit(browser, clickwatch_network, request) as running:
+        yield running
 
 
 _FAILED = pytest.StashKey[bool]()

@@ -170,15 +170,22 @@ def test_consent_withdrawn_mid_visit(
 
 
 @pytest.mark.parametrize(
-    ("pause", "violations"),
-    [(0.3, 0), (GRACE_SECONDS + 1.0, 2)],
-    ids=["next-request-within-grace", "next-request-after-grace"],
+    ("observer", "pause", "violations"),
+    [(True, 0.3, 0), (True, GRACE_SECONDS + 1.0, 0), (False, 0.3, 0), (False, GRACE_SECONDS + 1.0, 2)],
+    ids=[
+        "observer-next-request-within-grace",
+        "observer-next-request-after-grace",
+        "network-next-request-within-grace",
+        "network-next-request-after-grace",
+    ],
 )
 def test_grace_window_first_event_before_the_next_storefront_request(
-    clickwatch: Clickwatch, visit: Visit, make_standin: Any, pause: float, violations: int
+    request: pytest.FixtureRequest, make_standin: Any, observer: bool, pause: float, violations: int
 ) -> None:
-    # Consent is given on a product page; the proxy learns of it only from the next storefront request (the
-    # cookie). Meanwhile the tag obtains its reference and a client-side component's event is tracked.
+    # Consent is given on a product page; the proxy's network view learns of it only from the next storefront
+    # request (the cookie). Meanwhile the tag obtains its reference and a client-side component's event is tracked.
+    clickwatch: Clickwatch = request.getfixturevalue("clickwatch" if observer else "clickwatch_network")
+    visit: Visit = request.getfixturevalue("visit" if observer else "network_visit")
     standin = make_standin()
     walker = visit.shopper(standin).walk(("home", "product", "accept"))
     visit.page.evaluate(
@@ -194,10 +201,11 @@ def test_grace_window_first_event_before_the_next_storefront_request(
     assert [d["kind"] for d in early] == ["consent_reference", "clickstream"]
     assert clickwatch.body(early[1]["id"])["searchTerm"] == "tripod"
     if violations == 0:
+        # With the observer the data layer says when consent was given: no window to guess with.
         assert [d["consent"] for d in early] == ["given", "given"]
         assert clickwatch.finding_kinds(visit.run) == {}
     else:
-        # Past the window the proxy cannot tell, and says so: the calls count as sent without consent.
+        # Past the window the network view cannot tell, and says so: the calls count as sent without consent.
         assert all([f["kind"] for f in d["findings"]] == ["consent_violation"] for d in early)
         assert clickwatch.finding_kinds(visit.run) == {"consent_violation": violations}
     later = _clickstream(deliveries)[1:]

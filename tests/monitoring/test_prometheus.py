@@ -32,7 +32,7 @@ def tool(name: str) -> str:
 def test_promtool_checks_the_rules() -> None:
     result = subprocess.run([tool("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_every_alert_firing_and_quiet() -> None:
@@ -42,9 +42,12 @@ def test_promtool_unit_tests_every_alert_firing_and_quiet() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     tested = RULE_TESTS.read_text()
-    for alert in ("ClickwatchDeliveriesFailing", "ClickwatchConsentViolation", "ClickwatchTrackingSilent",
-                  "ClickwatchStoreDropping", "ClickwatchDown"):  # fmt: skip
+    for alert in ("ClickwatchDeliveriesFailing", "ClickwatchConsentViolation", "ClickwatchEventNotSent",
+                  "ClickwatchTrackingSilent", "ClickwatchStoreDropping", "ClickwatchDown"):  # fmt: skip
         assert f"alertname: {alert}" in tested
+    # Alerts are per finding kind: a push the tag never sent has its own, unit-tested on an event_not_sent series.
+    assert 'finding="event_not_sent"' in RULES.read_text()
+    assert 'clickwatch_findings_total{instance="a", job="clickwatch", finding="event_not_sent"' in tested
 
 
 def test_a_rejected_delivery_raises_the_failing_alert_in_a_real_prometheus(tmp_path: Path, upstream: Upstream) -> None:

@@ -330,7 +330,7 @@ def test_promtool_checks_the_prometheus_config(tmp_path: Path) -> None:
     result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 1 rule files found" in result.stdout
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
     parsed = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
     assert parsed["rule_files"] == ["alerts.yml"]
@@ -473,6 +473,9 @@ def test_dashboard_queries_only_name_metrics_clickwatch_exposes(exposed_names: s
         "clickwatch_deliveries_pending",
         "clickwatch_store_dropped_total",
         "clickwatch_store_queue_depth",
+        # What the data-layer observer saw: pushes by schema beside the events sent, and its dropped reports.
+        "clickwatch_datalayer_events_total",
+        "clickwatch_observer_rejected_total",
     } <= used
     queries = "\n".join(dashboard_queries())
     assert "sum by (verdict) (rate(clickwatch_deliveries_total" in queries
