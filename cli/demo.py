@@ -167,6 +167,9 @@ def take_journey(standin: StandIn, options: DemoOptions, ca_cert: Path, home: Pa
             # tag sends before consent is then judged as sent without consent.
             time.sleep(JOURNEY_GRACE_SECONDS + 1)
             walker.walk(JOURNEY_STEPS)
+            # Closing the tab first lets the data-layer observer send its last report (pagehide).
+            walker.page.close()
+            time.sleep(0.3)
             context.close()
         finally:
             browser.close()

@@ -1,4 +1,4 @@
-"""clickwatch's settings: defaults from DOMAIN.md, overridable by one TOML file."""
+"""clickwatch's settings: defaults from SAP's public storefront and tag sources, overridable by one TOML file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from core.findings import DEFAULT_SEVERITY, FindingKind, Severity
 from core.model import Kind
 from core.verdict import DEFAULT_EXPECTED, StatusSet, StatusSpecError, parse_expected
 
-# Required body fields per hybris-schema, from the storefront data-layer pushes (DOMAIN.md).
+# Required body fields per hybris-schema, from the storefronts' data-layer pushes (Spartacus integration-libs/cds).
 # Kept to the identifying fields: tenants flatten and rename the rest.
 BUILTIN_SCHEMAS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
@@ -33,7 +33,8 @@ BUILTIN_SCHEMAS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
-# Data-layer push name -> the hybris-schema of the clickstream POST the tag should send for it (DOMAIN.md).
+# Data-layer push name -> the hybris-schema of the clickstream POST the tag should send for it (Spartacus
+# integration-libs/cds push events and its e2e tests' intercepted POSTs).
 BUILTIN_DATALAYER_SCHEMAS: Mapping[str, str] = MappingProxyType(
     {
         "ProductDetailsPageViewed": "ProductView",

@@ -40,7 +40,7 @@ DEFAULT_SEVERITY: Mapping[FindingKind, Severity] = MappingProxyType(
     {
         FindingKind.CONSENT_VIOLATION: Severity.ERROR,
         FindingKind.CONSENT_UNKNOWN: Severity.WARNING,
-        # No public source confirms today's tag sends consent-reference on clickstream POSTs (DOMAIN.md).
+        # No public source confirms today's tag sends consent-reference on clickstream POSTs.
         FindingKind.MISSING_CONSENT_REFERENCE: Severity.WARNING,
         FindingKind.UNKNOWN_SCHEMA: Severity.ERROR,
         FindingKind.INVALID_PAYLOAD: Severity.ERROR,

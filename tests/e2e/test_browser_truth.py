@@ -1,5 +1,5 @@
 """Consent and events as the browser knows them: real Chromium, through `clickwatch up`, on a stand-in that behaves
-as SAP's storefronts do (DOMAIN.md, Consent). No false alarm on lawful visits; the lost event and the stale
+as SAP's storefronts do (docs/observer.md, Sources). No false alarm on lawful visits; the lost event and the stale
 reference found; a page whose policy keeps the observer out judged from the network, and said so."""
 
 from __future__ import annotations

@@ -28,19 +28,25 @@ def demo(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.Complet
 
 
 @pytest.mark.parametrize(
-    ("args", "code", "shown"),
+    ("args", "code", "shown", "delivered"),
     [
-        ([], 0, ["ok   ProductView", "ok   AddedToCart", "ok   KeywordSearch", "HEALTHY"]),
-        (["--fault", "status:503"], 1, ["rejected (503)", "MISS ProductView", "UNHEALTHY"]),
+        ([], 0, ["ok   ProductView", "ok   AddedToCart", "ok   KeywordSearch", "HEALTHY"], 1),
+        (["--fault", "status:503"], 1, ["rejected (503)", "MISS ProductView", "UNHEALTHY"], 0),
     ],
     ids=["healthy", "status-503"],
 )
-def test_demo_journey_judges_the_visit(tmp_path: Path, args: list[str], code: int, shown: list[str]) -> None:
+def test_demo_journey_judges_the_visit(
+    tmp_path: Path, args: list[str], code: int, shown: list[str], delivered: int
+) -> None:
     result = demo(tmp_path, "--journey", *args)
     assert result.returncode == code, result.stdout + result.stderr
     assert "journey: home → accept → product → add-to-cart → search" in result.stdout
     for text in ["storefront  https://localhost:", "dashboard   http://127.0.0.1:", *shown]:
         assert text in result.stdout, result.stdout
+    # The funnel, from the data-layer observer: pushed, pushed with consent, sent, delivered.
+    assert "funnel (data layer -> tenant):" in result.stdout
+    for schema in ("ProductView", "AddedToCart", "KeywordSearch"):
+        assert re.search(rf"\n  {schema} +1 +1 +1 +{delivered}\n", result.stdout), result.stdout
 
 
 def test_demo_without_chromium_says_how_to_install_it(tmp_path: Path) -> None:

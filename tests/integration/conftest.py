@@ -171,7 +171,7 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
             self.server.release.wait(HANG_LIMIT)
             self.close_connection = True
         elif behaviour == "cors-no-cr":
-            # A tenant whose CORS set-up forgot the consent-reference header (DOMAIN.md failure mode 7).
+            # A tenant whose CORS set-up forgot the consent-reference header: the browser then never sends the POST.
             self._send(
                 204,
                 Access_Control_Allow_Origin="https://shop.example",
