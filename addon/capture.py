@@ -467,8 +467,6 @@ class Clickwatch:
         logged_in = signed_in(
             req.path, wire.header_text(authorization) if authorization is not None else None, cookie, page_load
         )
-        run = flow.metadata.get(RUN_METADATA, DEFAULT_RUN)
-        browser = (run, _client_ip(flow), wire.header_text(agent) if agent is not None else "")
         if (
             not page_load
             and not set_cookies
@@ -478,8 +476,13 @@ class Clickwatch:
             and logged_in is None
         ):
             return None  # an asset that tells nothing about consent
+        run = flow.metadata.get(RUN_METADATA, DEFAULT_RUN)
+        browser = (run, _client_ip(flow), wire.header_text(agent) if agent is not None else "")
+        last = self._last_consent_headers.get(browser)
+        if logged_in is None and last is not None:
+            logged_in = last[3]  # a call that says nothing about sign-in leaves it as it was: nothing new to send
         headers = (cookie, wire.header_text(anonymous) if anonymous is not None else None, reference, logged_in)
-        if not set_cookies and self._last_consent_headers.get(browser) == headers:
+        if not set_cookies and last == headers:
             if page_load:
                 # Same browser, same consent headers: only the page count moves. Fold it and hand it on
                 # once a second, so ordinary browsing costs the store almost nothing.

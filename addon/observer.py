@@ -22,7 +22,9 @@ from store import wire
 log = logging.getLogger("clickwatch.addon")
 
 OWN_METADATA = "clickwatch_own"
-MAX_REQUESTS_PER_SECOND = 20
+# Every tab and frame of one browser shares this: a consent push is a report of its own, batches come at most
+# every 250 ms per page. Beyond it, a page (or something posing as one) floods.
+MAX_REQUESTS_PER_SECOND = 60
 _ALLOWED = csp.CspDecision(True)
 _MAX_REMEMBERED_BROWSERS = 10000
 _SCRIPT_HEADERS = {
@@ -68,7 +70,11 @@ class ObserverSide:
         """Answer a /__clickwatch/ request here."""
         req = flow.request
         path = req.path.split("?", 1)[0]
-        if path == OBSERVER_SCRIPT_PATH and req.method in ("GET", "HEAD"):
+        if req.method == "HEAD":
+            # No body may follow an answer to HEAD; mitmproxy would send one, and break a kept-alive connection.
+            flow.response = http.Response.make(405, b"", {"Allow": "GET, POST", "Cache-Control": "no-store"})
+            return
+        if path == OBSERVER_SCRIPT_PATH and req.method == "GET":
             if not self.enabled:
                 flow.response = _plain(404, "the clickwatch observer is switched off")
                 return
@@ -145,7 +151,8 @@ class ObserverSide:
                 content = resp.get_content(strict=True) or b""
             except ValueError:
                 return  # an encoding mitmproxy cannot undo: the page goes through as it came
-        if b"http-equiv" in content[:65536] or b"HTTP-EQUIV" in content[:65536]:
+        start = content[:65536]
+        if b"quiv" in start or b"QUIV" in start or b"Quiv" in start:  # http-equiv, in any usual case
             policies += csp.meta_policies(content)
         decision = _ALLOWED
         if policies:

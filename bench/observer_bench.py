@@ -1,11 +1,11 @@
 """Does the data-layer observer cost a shopper anything? Page-load time in a real Chromium, with and without it.
 
 Starts the stand-in storefront and two `clickwatch up` processes in front of it (one with the observer, one with
-`--no-observer`, sharing one CA), then loads the stand-in's pages in headless system Chromium through each proxy,
-alternating, `--loads` times each, with a fresh browser context per load (so the browser's cache never hides a
-request). For each load it reads the Navigation Timing entry of the page: `domContentLoadedEventEnd` and
-`loadEventEnd` (milliseconds from navigation start). It prints median, p90 and mean per setting and the
-difference. It prints figures; it is not a test.
+`--no-observer`, sharing one CA), then loads the stand-in's home page in headless system Chromium through each
+proxy, alternating, `--loads` times each: in a fresh browser context per load (a first visit: nothing cached) and
+in one context per setting loading page after page (caches warm, as a shopper browses). For each load it reads
+the page's Navigation Timing entry: `domContentLoadedEventEnd` and `loadEventEnd` (milliseconds from navigation
+start). It prints median, p90 and mean per setting and the difference. It prints figures; it is not a test.
 
     .venv/bin/python bench/observer_bench.py                 # 20 loads each, accelerator-style home page
     .venv/bin/python bench/observer_bench.py --spartacus --loads 40
@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -76,6 +77,12 @@ def clickwatch_up(workdir: Path, name: str, confdir: Path, *extra: str) -> Itera
         log.close()
 
 
+def _profile(browser: Any, proxy: str) -> Any:
+    """A browser profile using the proxy without credentials: Playwright answers proxy credentials by
+    intercepting every request, which switches Chromium's HTTP cache off; a shopper's browser keeps it."""
+    return browser.new_context(proxy={"server": proxy}, viewport={"width": 1280, "height": 800})
+
+
 def describe(values: list[float]) -> str:
     ordered = sorted(values)
     p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
@@ -102,38 +109,49 @@ def main(argv: list[str] | None = None) -> int:
             home = shopper.trusting_home(workdir / "home", confdir / "mitmproxy-ca-cert.pem")
             url = standin.storefront_url()
             results: dict[str, dict[str, list[float]]] = {
-                "with observer": {"dcl": [], "load": []},
-                "without observer": {"dcl": [], "load": []},
+                setting: {"dcl": [], "load": [], "warm dcl": [], "warm load": []}
+                for setting in ("with observer", "without observer")
             }
             proxies = {"with observer": with_observer, "without observer": without_observer}
             with sync_playwright() as playwright:
                 browser = shopper.launch(playwright, home)
+                # Warm: one profile per setting, loading page after page as a shopper browses (caches warm).
+                warm = {name: _profile(browser, proxy) for name, proxy in proxies.items()}
+                warm_pages = {name: context.new_page() for name, context in warm.items()}
                 try:
                     for index in range(args.warmup + args.loads):
                         # Alternate the order, so that a slow spell of the machine hits both alike.
                         order = list(proxies) if index % 2 == 0 else list(reversed(proxies))
                         for setting in order:
-                            context = shopper.visit(browser, proxies[setting], f"bench-{setting}")
+                            # Cold: a fresh profile per load, as a first visit (nothing cached).
+                            context = _profile(browser, proxies[setting])
                             page = context.new_page()
                             page.goto(url, wait_until="load")
-                            timing = page.evaluate(_TIMING)
+                            cold = page.evaluate(_TIMING)
                             context.close()
-                            if timing["observer"] != (setting == "with observer"):
-                                raise SystemExit(
-                                    f"{setting}: the observer was {'not ' * (not timing['observer'])}there"
-                                )
+                            warm_pages[setting].goto(url, wait_until="load")
+                            hot = warm_pages[setting].evaluate(_TIMING)
+                            for timing in (cold, hot):
+                                if timing["observer"] != (setting == "with observer"):
+                                    raise SystemExit(f"{setting}: observer present = {timing['observer']}")
                             if index >= args.warmup:
-                                results[setting]["dcl"].append(float(timing["dcl"]))
-                                results[setting]["load"].append(float(timing["load"]))
+                                for prefix, timing in (("", cold), ("warm ", hot)):
+                                    results[setting][prefix + "dcl"].append(float(timing["dcl"]))
+                                    results[setting][prefix + "load"].append(float(timing["load"]))
                 finally:
+                    for context in warm.values():
+                        context.close()
                     browser.close()
     style = "Spartacus-style" if args.spartacus else "accelerator-style"
     print(f"stand-in {style} home page over HTTPS through clickwatch up, {args.loads} loads each, ms:")
-    for setting, figures in results.items():
-        print(f"  {setting:<17} DOMContentLoaded {describe(figures['dcl'])}")
-        print(f"  {'':<17} load             {describe(figures['load'])}")
-    delta = statistics.median(results["with observer"]["load"]) - statistics.median(results["without observer"]["load"])
-    print(f"  load event, median with minus without: {delta:+.1f} ms")
+    for label, prefix in (("first visit (fresh profile)", ""), ("next pages (same profile)", "warm ")):
+        print(f" {label}:")
+        for setting, figures in results.items():
+            print(f"  {setting:<17} DOMContentLoaded {describe(figures[prefix + 'dcl'])}")
+            print(f"  {'':<17} load             {describe(figures[prefix + 'load'])}")
+        with_ = statistics.median(results["with observer"][prefix + "load"])
+        without = statistics.median(results["without observer"][prefix + "load"])
+        print(f"  load event, median with minus without: {with_ - without:+.1f} ms")
     return 0
 
 

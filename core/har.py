@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.consent import signed_in
 from core.matching import Patterns, is_page_load
 from core.model import Answer, Headers, RequestSeen, StorefrontSeen
 from core.record import header
@@ -107,6 +108,13 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
         match = patterns.classify(method, host, path)
         ended = started + elapsed
         if match is None:
+            page_load = bool(status) and is_page_load(
+                method,
+                header(req_headers, "sec-fetch-dest"),
+                header(req_headers, "accept") or "",
+                header(resp_headers, "content-type") or "",
+            )
+            cookie = header(req_headers, "cookie") or ""
             out.append(
                 StorefrontSeen(
                     run=run,
@@ -114,16 +122,12 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
                     user_agent=user_agent,
                     request_at=started,
                     response_at=ended if status else None,
-                    cookie=header(req_headers, "cookie") or "",
+                    cookie=cookie,
                     anonymous_consents_header=header(req_headers, "x-anonymous-consents"),
                     set_cookies=tuple(v for k, v in resp_headers if k.lower() == "set-cookie"),
-                    page_load=bool(status)
-                    and is_page_load(
-                        method,
-                        header(req_headers, "sec-fetch-dest"),
-                        header(req_headers, "accept") or "",
-                        header(resp_headers, "content-type") or "",
-                    ),
+                    page_load=page_load,
+                    consent_reference=bool((header(req_headers, "x-consent-reference") or "").strip()),
+                    logged_in=signed_in(parts.path or "/", header(req_headers, "authorization"), cookie, page_load),
                 )
             )
             continue

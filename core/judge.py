@@ -51,6 +51,7 @@ IDENTIFYING_FIELDS = ("productSku", "sku", "searchTerm", "productCategory", "car
 _MAX_READINGS = 500
 _MAX_VISITORS = 50000
 _MAX_OPEN = 2000
+_MAX_EVENTS_PER_POST = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,7 @@ class _Visitor:
     open_pushes: list[_Open] = field(default_factory=list)
     open_sent: list[_Open] = field(default_factory=list)
     heard_until: float = 0.0  # when the observer last reported: a push made before then has been reported
+    datalayer_pages: dict[float, str] = field(default_factory=dict)  # the page each ConsentChanged came from
     blocked_reported: bool = False
     stale_reported_for: float | None = None
     header_based: bool = False  # Spartacus: consent travels in a header, pages carry no consent cookie
@@ -265,7 +267,10 @@ class Judge:
             v.clickstream_times.append(seen.sent_at)
             name = self._event_checks(v, seen, body, out)
             if name and self.config.observer_enabled:
-                self._link(v, _Open(seen.uid, seen.sent_at, name, _identifying(body.parsed)), False, out)
+                # A body may carry several events (an array): each can answer a push of its own.
+                items = body.parsed if isinstance(body.parsed, list) and body.parsed else [body.parsed]
+                for item in items[:_MAX_EVENTS_PER_POST]:
+                    self._link(v, _Open(seen.uid, seen.sent_at, name, _identifying(item)), False, out)
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out
 
@@ -358,8 +363,12 @@ class Judge:
                     state = ConsentState.GIVEN if granted else ConsentState.WITHDRAWN
                     reading = ConsentReading(state, DATALAYER_SOURCE, f"ConsentChanged granted={str(granted).lower()}")
                     self._record_datalayer(v, event.at, reading, out)
+                    v.datalayer_pages[event.at] = seen.page
+                    if len(v.datalayer_pages) > 2 * _MAX_READINGS:
+                        kept = {r[0] for r in v.datalayer}
+                        v.datalayer_pages = {at: page for at, page in v.datalayer_pages.items() if at in kept}
             schema = mapping.get(event.name) if event.type is BrowserEventType.PUSH else None
-            consent = self._consent_now(v, event.at)
+            consent, owed = self._push_consent(v, event.at, seen.page)
             uid = hashlib.sha256(f"{seen.run}\n{v.key}\n{seen.page}\n{event.at!r}\n{index}".encode()).hexdigest()[:24]
             record = PushRecord(
                 uid, v.run, v.key, seen.page, event.at, event.type.value, event.name, schema, consent,
@@ -367,7 +376,7 @@ class Judge:
             )  # fmt: skip
             out.pushes.append(record)
             if schema is not None:
-                push = _Open(uid, event.at, schema, _identifying(event.data), event.name, consent == "given")
+                push = _Open(uid, event.at, schema, _identifying(event.data), event.name, owed)
                 self._link(v, push, True, out)
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out
@@ -377,6 +386,7 @@ class Judge:
         out = Judgement()
         v = self._visitor(seen.run, seen.client_addr, seen.user_agent, seen.at)
         bisect.insort(v.page_marks, (seen.at, False), key=lambda m: m[0])
+        del v.page_marks[:-_MAX_READINGS]
         if not v.blocked_reported:
             v.blocked_reported = True
             self._find(
@@ -470,7 +480,12 @@ class Judge:
         """(given?, the reading that says so) from the data layer, or None when it said nothing by then."""
         if not v.datalayer:
             return None
+        network = v.state_at(at)
+        if network is not None and network[1] is ConsentState.PAUSED:
+            return False, network  # the pause cookie (assisted service) wins over everything
         at_call = _state_at(v.datalayer, at)
+        if at_call is not None and network is not None and network[0] > at_call[0] and not v.observed_at(at):
+            return None  # a page the observer did not see (policy, lost report): the newer network signal decides
         end = bisect.bisect_right(v.datalayer, at + DATALAYER_TOLERANCE_SECONDS, key=lambda r: r[0])
         start = bisect.bisect_right(v.datalayer, at, key=lambda r: r[0])
         soon = next((r for r in v.datalayer[start:end] if r[1] is ConsentState.GIVEN), None)
@@ -480,15 +495,23 @@ class Judge:
             return True, soon
         return (False, at_call) if at_call is not None else None
 
-    def _consent_now(self, v: _Visitor, at: float) -> str:
-        """The visitor's consent at a moment, as far as it is known now (for pushes)."""
-        said = self._datalayer_says(v, at)
-        if said is not None:
-            return said[1][1].value
-        if v.signed_in_at(at):
-            return CONSENT_UNKNOWN
-        reading = v.state_at(at)
-        return reading[1].value if reading is not None else CONSENT_UNKNOWN
+    def _push_consent(self, v: _Visitor, at: float, page: str) -> tuple[str, bool]:
+        """The visitor's consent at a push, and whether the tag then owed a clickstream POST for it.
+
+        No benefit of the doubt here: it would accuse the tag. A push just after consent was given in another
+        tab of the same browser is not owed (that tab may not know yet).
+        """
+        network = v.state_at(at)
+        if network is not None and network[1] is ConsentState.PAUSED:
+            return ConsentState.PAUSED.value, False
+        reading = _state_at(v.datalayer, at)
+        if reading is not None:
+            given = reading[1] is ConsentState.GIVEN
+            other_tab = v.datalayer_pages.get(reading[0], page) != page
+            return reading[1].value, given and not (other_tab and at - reading[0] < DATALAYER_TOLERANCE_SECONDS)
+        if v.signed_in_at(at) or network is None:
+            return CONSENT_UNKNOWN, False
+        return network[1].value, network[1] is ConsentState.GIVEN
 
     def _consent_check(self, v: _Visitor, candidate: _Candidate, out: Judgement) -> None:
         said = self._datalayer_says(v, candidate.at)
@@ -513,7 +536,14 @@ class Judge:
         said = self._datalayer_says(v, candidate.at)
         if said is not None:
             given, reading = said
-            if given:
+            grace = self.config.grace_seconds
+            echoed = reading[1] is not ConsentState.PAUSED and any(
+                r[1] is ConsentState.GIVEN
+                for r in v.readings
+                if candidate.at - DATALAYER_TOLERANCE_SECONDS < r[0] <= candidate.at + grace
+            )
+            if given or echoed:
+                # (A cookie or header saying given within the grace window: the data layer's report may be late.)
                 self._consent_is(out, candidate, ConsentState.GIVEN.value)
             else:
                 self._not_given(v, candidate, reading, f"as the page's data layer said ({reading[3]})", out)
@@ -672,13 +702,15 @@ class Judge:
         window = self.config.reconcile_seconds
         due_sent = [s for s in v.open_sent if s.at + window <= now]
         v.open_sent = [] if final else [s for s in v.open_sent if s.at + window > now]
+        reported: set[str] = set()
         for sent in due_sent:
             # Nothing made with consent explains it: a push made without consent may (a tag that ignores consent).
             push = next((p for p in v.open_pushes if self._pairs(p, sent)), None)
             if push is not None:
                 v.open_pushes.remove(push)
                 out.links.append(PushLink(push.uid, sent.uid, push.at))
-            elif v.observed_at(sent.at) and v.heard_until > sent.at:
+            elif sent.uid not in reported and v.observed_at(sent.at) and v.heard_until > sent.at:
+                reported.add(sent.uid)
                 # (Only when the observer reported after the POST: a browser closed at once loses its last report.)
                 self._find(
                     out,

@@ -17,8 +17,8 @@ MAX_EVENTS = 100
 MAX_NAME = 100
 MAX_URL = 2000
 MAX_DATA_JSON = 4096
-# Nesting deeper than this is not the observer's (it copies data with a depth limit): refused before it costs.
-MAX_DEPTH = 12
+# The observer copies data at most 20 levels deep; the batch adds 4 around it. Deeper is not the observer's.
+MAX_DEPTH = 32
 _PAGE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _NAVIGATIONS = frozenset(("pushState", "replaceState", "popstate"))
 # A browser clock this far from the proxy's, or an event this old in its batch, is not the observer's.
@@ -29,24 +29,30 @@ class ObserveFormatError(ValueError):
     """An observe request that is not the observer's format; the message is the (short, fixed) reason."""
 
 
-def _depth_ok(text: str) -> bool:
-    depth = 0
-    deepest = 0
-    for char in text:
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_DEPTH:
-                return False
-        elif char in "]}":
-            depth -= 1
-    return True
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether parsed JSON nests deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ObserveFormatError(f"{what} is not a time in milliseconds")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ObserveFormatError(f"{what} is not a time in milliseconds") from None
+    if not math.isfinite(number) or number < 0:
+        raise ObserveFormatError(f"{what} is not a time in milliseconds")
+    return number
 
 
 def _text(value: Any, what: str, limit: int) -> str:
@@ -94,12 +100,14 @@ def parse_batch(body: bytes, received_at: float, run: str, client_addr: str, use
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ObserveFormatError("not UTF-8") from None
-    if not _depth_ok(text):
-        raise ObserveFormatError(f"nested deeper than {MAX_DEPTH} levels")
     try:
         message = json.loads(text)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise ObserveFormatError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:
         raise ObserveFormatError("not JSON") from None
+    if _too_deep(message):
+        raise ObserveFormatError(f"nested deeper than {MAX_DEPTH} levels")
     if not isinstance(message, dict) or message.get("v") != 1:
         raise ObserveFormatError("not a version 1 observer batch")
     page = message.get("page")

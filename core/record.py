@@ -22,7 +22,12 @@ def clean_text(value: str | None) -> str | None:
         value.encode("utf-8")
         return value
     except UnicodeEncodeError:
+        pass
+    try:
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        # A lone surrogate that is not an escaped byte (a cut emoji a page sent as JSON '\ud83d').
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def header(headers: Headers, name: str) -> str | None:

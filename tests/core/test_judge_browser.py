@@ -421,3 +421,62 @@ def test_a_tag_that_ignores_consent_still_has_its_posts_paired_with_their_pushes
     trace.evaluate(T + 30)
     assert [link.delivery_uid for link in trace.all.links] == ["c1"]
     assert FindingKind.EVENT_WITHOUT_PUSH not in trace.kinds()
+
+
+def test_one_post_carrying_several_events_answers_each_push():
+    trace = Trace()
+    browser(
+        trace,
+        T,
+        granted(True),
+        push("ProductDetailsPageViewed", {"productSku": "A"}),
+        push("ProductDetailsPageViewed", {"productSku": "B"}),
+        first=True,
+    )
+    trace.deliver(clickstream("c1", T + 0.5, body='[{"productSku":"A"},{"productSku":"B"}]'))
+    trace.evaluate(T + 30)
+    assert sorted(link.delivery_uid for link in trace.all.links) == ["c1", "c1"]
+    assert FindingKind.EVENT_NOT_SENT not in trace.kinds()
+
+
+def test_the_pause_cookie_wins_over_the_data_layer():
+    trace = Trace()
+    browser(trace, T - 10, granted(True), first=True)
+    trace.page(T - 5, cookie="profile.tracking.pause=1", page_load=False)
+    browser(trace, T, push("ProductDetailsPageViewed", {"productSku": "A"}))  # the paused tag sends nothing
+    trace.send(view("c1", T + 1))  # ... and a tag that does is sending while paused
+    trace.evaluate(T + 30)
+    assert trace.consent("c1") == "paused"
+    assert FindingKind.EVENT_NOT_SENT not in trace.kinds()
+    assert FindingKind.CONSENT_VIOLATION in trace.kinds()
+
+
+def test_a_network_signal_of_consent_within_the_grace_window_clears_a_late_data_layer_report():
+    trace = Trace()
+    browser(trace, T - 10, granted(False), first=True)
+    trace.send(consent_reference("r1", T + 5.0))
+    trace.send(clickstream("c1", T + 5.1))
+    trace.page(T + 5.3, cookie=GIVEN, page_load=False)  # the storefront wrote the cookie with the push
+    browser(trace, T + 6.3, granted(True))  # the push's report, placed a second late
+    trace.evaluate(T + 30)
+    assert (trace.consent("r1"), trace.consent("c1")) == ("given", "given")
+    assert consent_kinds(trace) == []
+
+
+def test_a_page_the_observer_did_not_see_is_judged_by_its_newer_network_signal():
+    trace = Trace()
+    browser(trace, T - 10, granted(False), first=True)
+    trace._keep(trace.judge.observer_blocked(ObserverBlocked(RUN, IP, UA, T - 2, "https://shop/", "policy")))
+    trace.page(T - 1, cookie=GIVEN, page_load=False)  # consent given on the blocked page
+    trace.send(clickstream("c1", T + 20))
+    trace.evaluate(T + 60)
+    assert trace.consent("c1") == "given"
+    assert FindingKind.CONSENT_VIOLATION not in trace.kinds()
+
+
+def test_a_push_just_after_consent_given_in_another_tab_is_not_owed():
+    trace = Trace()
+    browser(trace, T, granted(True), page_id="tabA0001", first=True)
+    browser(trace, T + 0.2, push("ProductDetailsPageViewed", {"productSku": "A"}), page_id="tabB0001", first=True)
+    trace.evaluate(T + 60)
+    assert FindingKind.EVENT_NOT_SENT not in trace.kinds()

@@ -47,7 +47,7 @@ class _Shop(BaseHTTPRequestHandler):
             headers["Content-Security-Policy"] = f"script-src http://127.0.0.1:{port}/static/; connect-src 'self'"
         elif self.path == "/meta":
             body = HTML.replace(
-                b"<title>", b"<meta http-equiv='Content-Security-Policy' content=\"script-src 'none'\"><title>"
+                b"<title>", b"<meta Http-Equiv='Content-Security-Policy' content=\"script-src 'none'\"><title>"
             )
         elif self.path == "/data.json":
             body, headers = b'{"a": 1}', {"Content-Type": "application/json"}
@@ -115,12 +115,17 @@ def test_the_proxy_answers_its_own_paths_on_any_host_and_forwards_none(proxy: Pr
         script = client.get(f"{shop}/__clickwatch/observer.js", headers={"User-Agent": UA})
         other_host = client.get("http://127.0.0.1:9/__clickwatch/observer.js", headers={"User-Agent": UA})
         unknown = client.get(f"{shop}/__clickwatch/nothing", headers={"User-Agent": UA})
+        head = client.head(f"{shop}/__clickwatch/observer.js", headers={"User-Agent": UA})
+        after_head = client.get(f"{shop}/__clickwatch/observer.js", headers={"User-Agent": UA})
         wrong_method = client.get(f"{shop}/__clickwatch/observe", headers={"User-Agent": UA})
         observed = client.post(f"{shop}/__clickwatch/observe", json=batch({"type": "page"}), headers={"User-Agent": UA})
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     assert b"Y_TRACKING" in script.content
     assert other_host.status_code == 200  # port 9 has nothing listening: the answer came from the proxy
     assert (unknown.status_code, wrong_method.status_code, observed.status_code) == (404, 405, 204)
+    # No body after an answer to HEAD: the kept-alive connection still serves the next request rightly.
+    assert (head.status_code, head.content) == (405, b"")
+    assert after_head.status_code == 200 and after_head.content == script.content
     assert not [path for path in _Shop.seen if path.startswith("/__clickwatch/")]
     assert proxy.stop() == 0
     # Not stored as storefront traffic or deliveries: only the observer's own report.
