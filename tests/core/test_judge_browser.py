@@ -311,16 +311,16 @@ def test_a_push_before_consent_that_is_never_sent_is_correct():
     assert [(p.schema, p.consent) for p in pushes] == [("ProductView", "withdrawn")]
 
 
-def test_identifying_fields_keep_two_pushes_of_one_schema_apart():
+def two_product_views() -> Trace:
+    """Consent given, then two product views pushed (SKUs A and B)."""
     trace = Trace()
-    browser(
-        trace,
-        T,
-        granted(True),
-        push("ProductDetailsPageViewed", {"productSku": "A"}),
-        push("ProductDetailsPageViewed", {"productSku": "B"}),
-        first=True,
-    )
+    sku_a, sku_b = (push("ProductDetailsPageViewed", {"productSku": sku}) for sku in "AB")
+    browser(trace, T, granted(True), sku_a, sku_b, first=True)
+    return trace
+
+
+def test_identifying_fields_keep_two_pushes_of_one_schema_apart():
+    trace = two_product_views()
     trace.deliver(view("cB", T + 0.5, sku="B"))
     trace.evaluate(T + 30)
     assert [link.delivery_uid for link in trace.all.links] == ["cB"]
@@ -424,15 +424,7 @@ def test_a_tag_that_ignores_consent_still_has_its_posts_paired_with_their_pushes
 
 
 def test_one_post_carrying_several_events_answers_each_push():
-    trace = Trace()
-    browser(
-        trace,
-        T,
-        granted(True),
-        push("ProductDetailsPageViewed", {"productSku": "A"}),
-        push("ProductDetailsPageViewed", {"productSku": "B"}),
-        first=True,
-    )
+    trace = two_product_views()
     trace.deliver(clickstream("c1", T + 0.5, body='[{"productSku":"A"},{"productSku":"B"}]'))
     trace.evaluate(T + 30)
     assert sorted(link.delivery_uid for link in trace.all.links) == ["c1", "c1"]
