@@ -476,6 +476,8 @@ class Proxy:
         ]
         if db is not None:
             command += ["-s", str(args.addon), "--set", f"clickwatch_db={db}"]
+            for option in args.set:
+                command += ["--set", option]
         log_path = workdir / f"{name}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
@@ -1087,6 +1089,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mitmdump", default=None, help="mitmdump executable (default: the one beside this Python)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (databases, proxy logs)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an option for the clickwatch proxy only, e.g. clickwatch_observer=false (repeatable)",
+    )
     parser.add_argument(
         "--live",
         action="store_true",
