@@ -12,7 +12,7 @@ from typing import Any
 FORMATS = {"har": "application/json", "jsonl": "application/x-ndjson", "csv": "text/csv"}
 CSV_COLUMNS = (
     "id", "run", "kind", "verdict", "method", "url", "schema", "status_code", "duration_ms",
-    "sent_at", "visitor", "consent", "error", "findings",
+    "sent_at", "visitor", "consent", "error", "findings", "pushed_at",
 )  # fmt: skip
 
 
@@ -54,7 +54,8 @@ def _har_entry(item: dict[str, Any]) -> dict[str, Any]:
         "cache": {},
         "timings": {"send": 0, "wait": item["duration_ms"] or 0, "receive": 0},
         "_clickwatch": {
-            key: item[key] for key in ("id", "run", "kind", "verdict", "visitor", "consent", "error", "findings")
+            key: item.get(key)
+            for key in ("id", "run", "kind", "verdict", "visitor", "consent", "error", "findings", "pushed_at")
         },
     }
     if req_body["text"] is not None:

@@ -5,6 +5,8 @@ The store is filled through the real writer, pipeline and Judge (observer report
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Callable
@@ -84,6 +86,17 @@ def test_every_delivery_carries_pushed_at(client: TestClient) -> None:
     deliveries = by_schema([e for e in timeline if e["type"] == "delivery"])
     assert deliveries["ProductView"]["pushed_at"] == pytest.approx(T0 + 1)
     assert deliveries["CategoryView"]["pushed_at"] is None
+
+
+def test_exports_carry_pushed_at(client: TestClient) -> None:
+    entries = client.get("/api/export?format=har").json()["log"]["entries"]
+    har = {e["_clickwatch"]["id"]: e["_clickwatch"]["pushed_at"] for e in entries}
+    rows = list(csv.DictReader(io.StringIO(client.get("/api/export?format=csv").text)))
+    items = by_schema(client.get("/api/deliveries").json()["items"])
+    product, category = items["ProductView"], items["CategoryView"]
+    assert har[product["id"]] == pytest.approx(T0 + 1) and har[category["id"]] is None
+    by_id = {int(r["id"]): r["pushed_at"] for r in rows}
+    assert float(by_id[product["id"]]) == pytest.approx(T0 + 1) and by_id[category["id"]] == ""
 
 
 def test_streamed_deliveries_carry_pushed_at(observed: StoreBuilder) -> None:
