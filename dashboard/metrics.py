@@ -21,7 +21,7 @@ from store.metrics_schema import COUNTERS, DURATION_BUCKETS, FINAL_VERDICTS
 OTHER_SCHEMA = "other"
 _COUNTER_HELP = {
     "proxy_flows": "HTTP flows through the proxy, tracked or not (traffic without deliveries means nothing is tracked)",
-    "store_dropped": "Observations dropped because the store queue was full while the database was unwritable",
+    "store_dropped": "Observations dropped because a bounded queue (the proxy's buffer or the store's) was full",
     "addon_errors": "Exceptions inside the clickwatch addon (each logged; the flow went on untouched)",
 }
 

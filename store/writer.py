@@ -1,4 +1,5 @@
-"""One thread owns the write connection: the proxy hands it observations and never waits on the disk."""
+"""One thread owns the write connection: it judges and writes the wire messages the store process (or, in thread
+mode, the proxy) hands it, so nobody upstream ever waits on the disk."""
 
 from __future__ import annotations
 
