@@ -208,7 +208,8 @@ class _Visitor:
     open_pushes: list[_Open] = field(default_factory=list)
     open_sent: list[_Open] = field(default_factory=list)
     heard_until: float = 0.0  # when the observer last reported: a push made before then has been reported
-    datalayer_pages: dict[float, str] = field(default_factory=dict)  # the page each ConsentChanged came from
+    # Calls cleared at once because the data layer said given: a withdrawal reported late re-opens them.
+    given_early: deque[_Candidate] = field(default_factory=lambda: deque(maxlen=512))
     blocked_reported: bool = False
     stale_reported_for: float | None = None
     header_based: bool = False  # Spartacus: consent travels in a header, pages carry no consent cookie
@@ -363,12 +364,8 @@ class Judge:
                     state = ConsentState.GIVEN if granted else ConsentState.WITHDRAWN
                     reading = ConsentReading(state, DATALAYER_SOURCE, f"ConsentChanged granted={str(granted).lower()}")
                     self._record_datalayer(v, event.at, reading, out)
-                    v.datalayer_pages[event.at] = seen.page
-                    if len(v.datalayer_pages) > 2 * _MAX_READINGS:
-                        kept = {r[0] for r in v.datalayer}
-                        v.datalayer_pages = {at: page for at, page in v.datalayer_pages.items() if at in kept}
             schema = mapping.get(event.name) if event.type is BrowserEventType.PUSH else None
-            consent, owed = self._push_consent(v, event.at, seen.page)
+            consent, owed = self._push_consent(v, event.at)
             uid = hashlib.sha256(f"{seen.run}\n{v.key}\n{seen.page}\n{event.at!r}\n{index}".encode()).hexdigest()[:24]
             record = PushRecord(
                 uid, v.run, v.key, seen.page, event.at, event.type.value, event.name, schema, consent,
@@ -459,6 +456,22 @@ class Judge:
             return
         out.signals.append(ConsentSignal(v.run, v.key, at, reading.state, reading.source, reading.detail))
         self._given_changed(v, at, reading.state)
+        if reading.state is not ConsentState.GIVEN:
+            self._reopen(v, at, out)
+
+    def _reopen(self, v: _Visitor, withdrawn_at: float, out: Judgement) -> None:
+        """Calls cleared at once that a late report shows came after consent ended: decide them again."""
+        horizon = v.last_seen - self.config.grace_seconds - self.config.reconcile_seconds
+        kept: deque[_Candidate] = deque(maxlen=v.given_early.maxlen)
+        for candidate in v.given_early:
+            said = self._datalayer_says(v, candidate.at) if candidate.at > withdrawn_at else None
+            if said is not None and not said[0]:
+                v.candidates.append(candidate)
+                if candidate.uid is not None:
+                    out.consent.append((candidate.uid, CONSENT_PENDING))
+            elif candidate.at >= horizon:
+                kept.append(candidate)
+        v.given_early = kept
 
     @staticmethod
     def _given_changed(v: _Visitor, at: float, state: ConsentState) -> None:
@@ -495,20 +508,18 @@ class Judge:
             return True, soon
         return (False, at_call) if at_call is not None else None
 
-    def _push_consent(self, v: _Visitor, at: float, page: str) -> tuple[str, bool]:
+    def _push_consent(self, v: _Visitor, at: float) -> tuple[str, bool]:
         """The visitor's consent at a push, and whether the tag then owed a clickstream POST for it.
 
-        No benefit of the doubt here: it would accuse the tag. A push just after consent was given in another
-        tab of the same browser is not owed (that tab may not know yet).
+        No benefit of the doubt here: it would accuse the tag. Asked again when the push's window has passed,
+        so that reports arriving out of order (a withdrawal's beacon after the push's batch) are all in.
         """
         network = v.state_at(at)
         if network is not None and network[1] is ConsentState.PAUSED:
             return ConsentState.PAUSED.value, False
         reading = _state_at(v.datalayer, at)
         if reading is not None:
-            given = reading[1] is ConsentState.GIVEN
-            other_tab = v.datalayer_pages.get(reading[0], page) != page
-            return reading[1].value, given and not (other_tab and at - reading[0] < DATALAYER_TOLERANCE_SECONDS)
+            return reading[1].value, reading[1] is ConsentState.GIVEN
         if v.signed_in_at(at) or network is None:
             return CONSENT_UNKNOWN, False
         return network[1].value, network[1] is ConsentState.GIVEN
@@ -525,6 +536,8 @@ class Judge:
         if given:
             if candidate.uid is not None:
                 out.consent.append((candidate.uid, ConsentState.GIVEN.value))
+            if said is not None:
+                v.given_early.append(candidate)
             return
         # The proxy may see the new consent only later (the next storefront request, the observer's report).
         v.candidates.append(candidate)
@@ -537,10 +550,9 @@ class Judge:
         if said is not None:
             given, reading = said
             grace = self.config.grace_seconds
+            since = max(candidate.at - DATALAYER_TOLERANCE_SECONDS, reading[0])
             echoed = reading[1] is not ConsentState.PAUSED and any(
-                r[1] is ConsentState.GIVEN
-                for r in v.readings
-                if candidate.at - DATALAYER_TOLERANCE_SECONDS < r[0] <= candidate.at + grace
+                r[1] is ConsentState.GIVEN for r in v.readings if since < r[0] <= candidate.at + grace
             )
             if given or echoed:
                 # (A cookie or header saying given within the grace window: the data layer's report may be late.)
@@ -728,7 +740,7 @@ class Judge:
             [] if final else [p for p in v.open_pushes if p.at + window * (1 if p.consent_given else 2) > now]
         )
         for push in due_pushes:
-            if push.consent_given:
+            if self._push_consent(v, push.at)[1]:
                 self._find(
                     out,
                     FindingKind.EVENT_NOT_SENT,

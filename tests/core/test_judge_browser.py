@@ -466,9 +466,33 @@ def test_a_page_the_observer_did_not_see_is_judged_by_its_newer_network_signal()
     assert FindingKind.CONSENT_VIOLATION not in trace.kinds()
 
 
-def test_a_push_just_after_consent_given_in_another_tab_is_not_owed():
+def test_a_withdrawal_reported_after_the_push_it_preceded_makes_the_push_not_owed():
     trace = Trace()
-    browser(trace, T, granted(True), page_id="tabA0001", first=True)
-    browser(trace, T + 0.2, push("ProductDetailsPageViewed", {"productSku": "A"}), page_id="tabB0001", first=True)
+    browser(trace, T - 10, granted(True), first=True)
+    browser(trace, T, push("ProductDetailsPageViewed", {"productSku": "A"}))  # arrives first ...
+    browser(trace, T - 0.5, granted(False))  # ... the withdrawal just before it, reported late
     trace.evaluate(T + 60)
     assert FindingKind.EVENT_NOT_SENT not in trace.kinds()
+
+
+def test_a_call_cleared_at_once_is_reopened_when_a_withdrawal_before_it_is_reported_late():
+    trace = Trace()
+    browser(trace, T - 10, granted(True), first=True)
+    trace.deliver(strategy("s1", T, "cr-1"))
+    assert trace.consent("s1") == "given"  # the data layer said given when the call came
+    browser(trace, T - 2, granted(False))  # the withdrawal's report, late
+    assert trace.consent("s1") == "pending"
+    trace.evaluate(T + 30)
+    assert trace.consent("s1") == "withdrawn"
+    assert trace.kinds() == [FindingKind.STALE_CONSENT_REFERENCE]
+
+
+def test_a_network_signal_before_the_data_layers_withdrawal_clears_nothing():
+    trace = Trace()
+    trace.page(T - 0.6, cookie=GIVEN, page_load=False)  # the page loaded with consent ...
+    browser(trace, T - 0.5, granted(True), first=True)
+    browser(trace, T - 0.3, granted(False))  # ... then the shopper withdrew
+    trace.send(clickstream("c1", T))  # a tag that ignores the withdrawal
+    trace.evaluate(T + 30)
+    assert trace.consent("c1") == "withdrawn"
+    assert FindingKind.CONSENT_VIOLATION in trace.kinds()
