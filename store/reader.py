@@ -18,6 +18,7 @@ from typing import Any
 from core.findings import FindingKind, Severity
 from core.model import Kind, Verdict
 from core.record import schema_name
+from store.schema import LATEST_MIGRATION
 
 MAX_LIMIT = 500
 # What became of a mapped data-layer push (the `outcome` of a visitor's pushes):
@@ -105,9 +106,16 @@ def connect(path: str) -> sqlite3.Connection:
     try:
         conn.execute("SELECT 1 FROM deliveries LIMIT 1").fetchall()
         conn.execute("SELECT 1 FROM delivery_counts LIMIT 1").fetchall()
+        # Each migration commits on its own: a store half-way through them has some tables and not all columns.
+        upgraded = conn.execute(
+            "SELECT 1 FROM _sqlite_migrations WHERE migration_set = 'clickwatch' AND name = ?", (LATEST_MIGRATION,)
+        ).fetchone()
     except sqlite3.Error as exc:
         conn.close()
         raise StoreUnavailable(f"{path} is not a readable clickwatch store ({exc})") from None
+    if upgraded is None:
+        conn.close()
+        raise StoreUnavailable(f"{path} is being created or upgraded by the proxy (migration {LATEST_MIGRATION})")
     return conn
 
 

@@ -247,6 +247,10 @@ def _datalayer(db: sqlite_utils.Database) -> None:
     )
 
 
+# The last migration: a store without it is still being created or upgraded, and readers wait for it.
+LATEST_MIGRATION = "0010_datalayer"
+
+
 def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:
     """Open the store for writing: WAL, NORMAL sync, migrations applied."""
     conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)

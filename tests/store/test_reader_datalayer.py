@@ -17,7 +17,7 @@ from core.model import Answer, BrowserReport, Kind, RequestSeen
 from core.pipeline import Observation, Pipeline, StoreOps
 from store import reader
 from store.apply import apply_ops
-from store.schema import open_database
+from store.schema import LATEST_MIGRATION, migrations, open_database
 
 T0 = 1_790_000_000.0
 UA = "Mozilla/5.0 reader-test"
@@ -181,3 +181,16 @@ def test_funnel_reads_the_count_tables(store: Store) -> None:
         assert statements and all("datalayer_counts" in s or "delivery_counts" in s for s in statements)
     finally:
         conn.close()
+
+
+def test_a_store_still_being_migrated_is_not_read(tmp_path: Path) -> None:
+    assert [m.name for m in migrations._migrations][-1] == LATEST_MIGRATION  # kept in step with the schema
+    path = tmp_path / "cw.db"
+    open_database(str(path)).conn.close()
+    reader.connect(str(path)).close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = ?", (LATEST_MIGRATION,))
+    conn.close()
+    with pytest.raises(reader.StoreUnavailable, match="being created or upgraded"):
+        reader.connect(str(path))
