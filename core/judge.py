@@ -10,7 +10,7 @@ import bisect
 import hashlib
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core.checks import cors_problems, payload_problems, schema_problem
 from core.config import Config
@@ -208,6 +208,7 @@ class _Visitor:
     open_pushes: list[_Open] = field(default_factory=list)
     open_sent: list[_Open] = field(default_factory=list)
     heard_until: float = 0.0  # when the observer last reported: a push made before then has been reported
+    offsets: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))  # (received, offset)
     # Calls cleared at once because the data layer said given: a withdrawal reported late re-opens them.
     given_early: deque[_Candidate] = field(default_factory=lambda: deque(maxlen=512))
     blocked_reported: bool = False
@@ -349,8 +350,15 @@ class Judge:
         out = Judgement()
         v = self._visitor(seen.run, seen.client_addr, seen.user_agent, seen.received_at)
         v.heard_until = max(v.heard_until, seen.received_at)
+        # A report can wait in the browser before it leaves (a beacon during navigation, a busy connection): its
+        # events would be placed that much too late. The least delayed report of the last minute gives the clock.
+        v.offsets.append((seen.received_at, seen.offset))
+        while v.offsets and v.offsets[0][0] < seen.received_at - 60.0:
+            v.offsets.popleft()
+        shift = min(offset for _, offset in v.offsets) - seen.offset  # <= 0
         mapping = self.config.datalayer_schemas
-        for index, event in enumerate(seen.events):
+        for index, original in enumerate(seen.events):
+            event = replace(original, at=original.at + shift) if shift else original
             if event.type is BrowserEventType.PAGE:
                 bisect.insort(v.page_marks, (event.at, True), key=lambda m: m[0])
                 del v.page_marks[:-_MAX_READINGS]
@@ -682,7 +690,8 @@ class Judge:
     def _pairs(self, push: _Open, sent: _Open) -> bool:
         return (
             push.schema == sent.schema
-            and push.at - DATALAYER_TOLERANCE_SECONDS <= sent.at <= push.at + self.config.reconcile_seconds
+            # Either side of the push: its time is an estimate that a delayed report can place too late.
+            and abs(sent.at - push.at) <= self.config.reconcile_seconds
             and _agree(push.ident, sent.ident)
         )
 

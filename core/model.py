@@ -135,6 +135,9 @@ class BrowserSeen:
     url: str
     received_at: float
     events: tuple[BrowserEvent, ...]
+    # received_at minus the browser's sending time: the browser's clock offset plus this report's delay on the way
+    # (the events' times above are placed with it; the judge corrects them with the least delayed recent report).
+    offset: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,4 +119,4 @@ def parse_batch(body: bytes, received_at: float, run: str, client_addr: str, use
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
         raise ObserveFormatError(f"events is not a list of 1 to {MAX_EVENTS}")
     parsed = tuple(_event(raw, sent_ms, received_at) for raw in events)
-    return BrowserSeen(run, client_addr, user_agent, page, url, received_at, parsed)
+    return BrowserSeen(run, client_addr, user_agent, page, url, received_at, parsed, received_at - sent_ms / 1000.0)

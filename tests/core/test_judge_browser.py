@@ -496,3 +496,23 @@ def test_a_network_signal_before_the_data_layers_withdrawal_clears_nothing():
     trace.evaluate(T + 30)
     assert trace.consent("c1") == "withdrawn"
     assert FindingKind.CONSENT_VIOLATION in trace.kinds()
+
+
+def test_a_report_delayed_in_the_browser_is_placed_by_the_least_delayed_recent_one():
+    trace = Trace()
+    # Report 1 left at once (offset 0); report 2 waited 1.5 s in the browser before leaving: parse_batch placed its
+    # events 1.5 s late, and its offset says so.
+    first = BrowserSeen(RUN, IP, UA, "page0001", "https://shop/", T, (BrowserEvent(T, BrowserEventType.PAGE),), 0.0)
+    trace._keep(trace.judge.browser(first))
+    late_events = (
+        BrowserEvent(T + 1.5 + 1.0, BrowserEventType.PUSH, "ConsentChanged", {"granted": True}),
+        BrowserEvent(T + 1.5 + 1.1, BrowserEventType.PUSH, "ProductDetailsPageViewed", {"productSku": "A"}),
+    )
+    trace.send(consent_reference("r1", T + 1.05))  # the tag's calls, right after the push, arrive first
+    trace.deliver(view("c1", T + 1.15, sku="A"))
+    trace._keep(trace.judge.browser(BrowserSeen(RUN, IP, UA, "page0001", "https://shop/", T + 3, late_events, 1.5)))
+    trace.evaluate(T + 60)
+    assert (trace.consent("r1"), trace.consent("c1")) == ("given", "given")
+    [link] = trace.all.links
+    assert link.delivery_uid == "c1" and link.pushed_at == pytest.approx(T + 1.1)
+    assert trace.kinds() == []
