@@ -90,6 +90,18 @@ def wait_until[T](probe: Callable[[], T], timeout: float, what: str, interval: f
         time.sleep(interval)
 
 
+def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    """Rows of a query on the store with plain sqlite3; none while the store (or that table) does not exist yet."""
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []  # not created yet
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def deliveries() -> Callable[[Path], list[dict[str, Any]]]:
     """The plain-sqlite3 reader of the deliveries table, as a fixture."""

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from tests.integration.conftest import Proxy, Upstream, wait_until
+from tests.integration.conftest import Proxy, Upstream, query, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,17 +45,6 @@ def event_headers(**extra: str) -> dict[str, str]:
     }
     headers.update(extra)
     return headers
-
-
-def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
-        return []  # not created yet
-    finally:
-        conn.close()
 
 
 def findings(db: Path) -> list[tuple[str, str | None]]:

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import gzip
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
 from core.observer import MAX_BODY_BYTES
-from tests.integration.conftest import Proxy, wait_until
+from tests.integration.conftest import Proxy, query, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -78,17 +76,6 @@ def shop() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
-
-
-def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
 
 
 def batch(*events: dict[str, Any], page: str = "pageid0001") -> dict[str, Any]:
