@@ -54,7 +54,6 @@ class ObserverSide:
         self._rates: dict[tuple[str, str], list[int]] = {}
         self.rejected: Counter[str] = Counter()
         self._last_log = 0.0
-        self.injected = 0
 
     # --- requests ----------------------------------------------------------------------------------------
 
@@ -174,7 +173,6 @@ class ObserverSide:
             if name.lower() != b"content-encoding"
         )
         resp.raw_content = changed
-        self.injected += 1
 
 
 def _plain(status: int, text: str) -> http.Response:

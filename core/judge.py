@@ -151,7 +151,7 @@ class _Open:
     schema: str
     ident: dict[str, str]
     name: str = ""
-    consent_given: bool = False
+    consent_given: bool = False  # as known when the push's report came: it only orders pairing (owed is asked later)
 
 
 Reading = tuple[float, ConsentState, str, str]
