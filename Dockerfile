@@ -1,5 +1,5 @@
 # clickwatch: the capturing proxy (8080) and the dashboard, API and /metrics (8000) in one process, with its
-# store process (python -m store.worker) as a child; SIGTERM (docker stop) lets both write everything first.
+# store process (python -m clickwatch.store.worker) as a child; SIGTERM (docker stop) lets both write everything first.
 #
 #   docker build -t clickwatch .
 #   docker run -e CLICKWATCH_TOKEN=... -p 127.0.0.1:8080:8080 -p 127.0.0.1:8000:8000 \
@@ -19,6 +19,7 @@ RUN groupadd --system --gid 10001 clickwatch \
 # The pinned versions of requirements.lock, the project itself, no development extras.
 WORKDIR /src
 COPY pyproject.toml requirements.lock README.md ./
+COPY clickwatch/__init__.py clickwatch/
 COPY addon/ addon/
 COPY cli/ cli/
 COPY core/ core/

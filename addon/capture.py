@@ -20,14 +20,20 @@ from urllib.parse import unquote
 
 from mitmproxy import ctx, exceptions, http
 
-from addon.observer import OWN_METADATA, ObserverSide, is_own
-from core import matching
-from core.config import Config, ConfigError, build_config
-from core.consent import ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE, has_consent_cookie, signed_in
-from core.verdict import StatusSpecError
-from store import wire
-from store.link import StoreLink
-from store.notify import WebhookError, check_url, redact
+from clickwatch.addon.observer import OWN_METADATA, ObserverSide, is_own
+from clickwatch.core import matching
+from clickwatch.core.config import Config, ConfigError, build_config
+from clickwatch.core.consent import (
+    ANONYMOUS_CONSENTS,
+    CONSENT_GIVEN_SUFFIX,
+    TRACKING_PAUSE,
+    has_consent_cookie,
+    signed_in,
+)
+from clickwatch.core.verdict import StatusSpecError
+from clickwatch.store import wire
+from clickwatch.store.link import StoreLink
+from clickwatch.store.notify import WebhookError, check_url, redact
 
 log = logging.getLogger("clickwatch.addon")
 

@@ -14,10 +14,10 @@ from importlib import resources
 
 from mitmproxy import http
 
-from core import csp
-from core.inject import inject
-from core.observer import MAX_BODY_BYTES, OBSERVE_PATH, OBSERVER_PATH_PREFIX, OBSERVER_SCRIPT_PATH
-from store import wire
+from clickwatch.core import csp
+from clickwatch.core.inject import inject
+from clickwatch.core.observer import MAX_BODY_BYTES, OBSERVE_PATH, OBSERVER_PATH_PREFIX, OBSERVER_SCRIPT_PATH
+from clickwatch.store import wire
 
 log = logging.getLogger("clickwatch.addon")
 
@@ -41,7 +41,7 @@ def is_own(path: str) -> bool:
 
 
 def _script() -> bytes:
-    return resources.files("addon").joinpath("observer.js").read_bytes()
+    return resources.files("clickwatch.addon").joinpath("observer.js").read_bytes()
 
 
 class ObserverSide:

@@ -62,7 +62,7 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 
-from store.schema import open_database  # noqa: E402
+from clickwatch.store.schema import open_database  # noqa: E402
 
 HOST = "127.0.0.1"
 ADDON = REPO / "addon" / "capture.py"
@@ -489,7 +489,7 @@ class Dashboard:
     def start(cls, name: str, db: Path, workdir: Path) -> Dashboard:
         port = free_port()
         log = open(workdir / f"dashboard-{name}.log", "wb")  # noqa: SIM115 (closed with the process)
-        command = [sys.executable, "-m", "uvicorn", "dashboard.main:create_app", "--factory"]
+        command = [sys.executable, "-m", "uvicorn", "clickwatch.dashboard.main:create_app", "--factory"]
         command += ["--host", HOST, "--port", str(port), "--log-level", "warning", "--no-access-log"]
         process = subprocess.Popen(
             command,

@@ -29,8 +29,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from standin import shopper  # noqa: E402
-from standin.server import TAG_PATTERN, StandIn  # noqa: E402
+from clickwatch.standin import shopper  # noqa: E402
+from clickwatch.standin.server import TAG_PATTERN, StandIn  # noqa: E402
 
 CLICKWATCH = Path(sys.executable).with_name("clickwatch")
 _TIMING = """() => {

@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from cli.sources import Source
-from core.findings import FindingKind, Severity
+from clickwatch.cli.sources import Source
+from clickwatch.core.findings import FindingKind, Severity
 
 VERDICT_TOKENS = ("rejected", "failed")
 DEFAULT_FAIL_ON = "rejected,failed,error"

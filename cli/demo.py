@@ -23,9 +23,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from cli.sources import ApiSource
-from standin.faults import FaultError, Faults
-from standin.server import TAG_PATTERN, StandIn
+from clickwatch.cli.sources import ApiSource
+from clickwatch.standin.faults import FaultError, Faults
+from clickwatch.standin.server import TAG_PATTERN, StandIn
 
 LISTEN = "127.0.0.1"
 STARTUP_SECONDS = 30.0
@@ -97,7 +97,7 @@ def _healthy(url: str) -> bool:
 def clickwatch_up(options: DemoOptions, db: str, config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`clickwatch up` as a child process, ready (proxy listening, dashboard reading the store) when yielded."""
     command = [
-        sys.executable, "-m", "cli.main", "up",
+        sys.executable, "-m", "clickwatch.cli.main", "up",
         "--proxy-port", str(options.proxy_port), "--dashboard-port", str(options.dashboard_port),
         "--listen-host", LISTEN, "--db", db, "--config", str(config), "--upstream-insecure",
     ]  # fmt: skip
@@ -154,7 +154,7 @@ def take_journey(standin: StandIn, options: DemoOptions, ca_cert: Path, home: Pa
     """Headless Chromium through the proxy as run `run`: home, (read), accept, product, add to cart, search."""
     from playwright.sync_api import sync_playwright
 
-    from standin import shopper
+    from clickwatch.standin import shopper
 
     shopper.trusting_home(home, ca_cert)
     with sync_playwright() as playwright:
@@ -181,7 +181,7 @@ def take_journey(standin: StandIn, options: DemoOptions, ca_cert: Path, home: Pa
 
 def judge(dashboard: str, run: str, out: TextIO) -> bool:
     """Wait for the run's pending decisions, then print the `clickwatch check` report; True when healthy."""
-    from cli.check import DEFAULT_FAIL_ON, Expectation, parse_fail_on, print_report, run_check
+    from clickwatch.cli.check import DEFAULT_FAIL_ON, Expectation, parse_fail_on, print_report, run_check
 
     source = ApiSource(dashboard)
     fail_on = parse_fail_on(DEFAULT_FAIL_ON)
@@ -194,7 +194,7 @@ def judge(dashboard: str, run: str, out: TextIO) -> bool:
 
 def print_funnel(source: ApiSource, run: str, out: TextIO) -> None:
     """What the storefront pushed, what the tag sent, what the tenant took: per schema, from the observer."""
-    from cli.sources import SourceError
+    from clickwatch.cli.sources import SourceError
 
     try:
         schemas = source.funnel(run)
@@ -212,7 +212,7 @@ def print_funnel(source: ApiSource, run: str, out: TextIO) -> None:
 
 
 def _check_journey_tools(options: DemoOptions) -> None:
-    from standin.shopper import ShopperError, require_certutil, require_chromium
+    from clickwatch.standin.shopper import ShopperError, require_certutil, require_chromium
 
     try:
         require_chromium(options.chromium)
@@ -231,7 +231,7 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     """Run the demo; 0 healthy (or stopped by Ctrl-C), 1 unhealthy journey."""
-    from standin.shopper import ShopperError
+    from clickwatch.standin.shopper import ShopperError
 
     if options.journey:
         _check_journey_tools(options)

@@ -13,9 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from core.config import Config, ConfigError, load_config
-from core.findings import FindingKind
-from core.model import Kind, Verdict
+from clickwatch.core.config import Config, ConfigError, load_config
+from clickwatch.core.findings import FindingKind
+from clickwatch.core.model import Kind, Verdict
 
 EXIT_USAGE = 2
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -102,10 +102,10 @@ def resolve(args: argparse.Namespace) -> Config:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from cli.up import run_up
+    from clickwatch.cli.up import run_up
 
     config = resolve(args)
-    from dashboard.settings import is_loopback
+    from clickwatch.dashboard.settings import is_loopback
 
     _check_db_path(config.db)
     if not is_loopback(config.listen_host) and not config.token:
@@ -121,7 +121,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
-    from core.timeparse import parse_time
+    from clickwatch.core.timeparse import parse_time
 
     filters: dict[str, Any] = {"run": args.run}
     for name in ("since", "until"):
@@ -139,8 +139,8 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from cli.check import CheckUsageError, Expectation, junit_xml, parse_fail_on, print_report, run_check
-    from cli.sources import ApiSource, SourceError, StoreSource
+    from clickwatch.cli.check import CheckUsageError, Expectation, junit_xml, parse_fail_on, print_report, run_check
+    from clickwatch.cli.sources import ApiSource, SourceError, StoreSource
 
     try:
         fail_on = parse_fail_on(args.fail_on)
@@ -170,7 +170,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from store.importer import HarImportError, import_har
+    from clickwatch.store.importer import HarImportError, import_har
 
     config = resolve(args)
     _check_db_path(config.db)
@@ -186,8 +186,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from core import __version__
-    from store import export, reader
+    from clickwatch.core import __version__
+    from clickwatch.store import export, reader
 
     config = resolve(args)
     filters = _filters(args)
@@ -195,7 +195,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         conn = reader.connect(config.db)
     except reader.StoreUnavailable as exc:
         raise UsageError(str(exc)) from None
-    from cli.sources import delivery_filter
+    from clickwatch.cli.sources import delivery_filter
 
     items = reader.iter_deliveries(conn, delivery_filter(filters))
     chunks = (
@@ -222,7 +222,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_addon_path(args: argparse.Namespace) -> int:
-    from addon import capture
+    from clickwatch.addon import capture
 
     print(os.path.abspath(capture.__file__))
     return 0
@@ -231,7 +231,7 @@ def _cmd_addon_path(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cli.demo import DemoOptions, DemoUsageError, parse_faults, run_demo
+    from clickwatch.cli.demo import DemoOptions, DemoUsageError, parse_faults, run_demo
 
     try:
         options = DemoOptions(

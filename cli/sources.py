@@ -9,9 +9,9 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from core.findings import FindingKind
-from core.model import Kind, Verdict
-from store import reader
+from clickwatch.core.findings import FindingKind
+from clickwatch.core.model import Kind, Verdict
+from clickwatch.store import reader
 
 
 class SourceError(Exception):

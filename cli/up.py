@@ -9,8 +9,8 @@ import sys
 import time
 from typing import TextIO
 
-from core.config import Config
-from store import reader
+from clickwatch.core.config import Config
+from clickwatch.store import reader
 
 PROGRESS_EVERY_SECONDS = 2.0
 
@@ -62,10 +62,10 @@ async def _run(config: Config, config_path: str | None, sets: list[str]) -> int:
     from mitmproxy import exceptions, options
     from mitmproxy.tools.dump import DumpMaster
 
-    from addon.capture import Clickwatch
-    from dashboard.main import InsecureListen
-    from dashboard.server import DashboardServer
-    from dashboard.settings import DashboardSettings
+    from clickwatch.addon.capture import Clickwatch
+    from clickwatch.dashboard.main import InsecureListen
+    from clickwatch.dashboard.server import DashboardServer
+    from clickwatch.dashboard.settings import DashboardSettings
 
     opts = options.Options(listen_host=config.listen_host, listen_port=config.proxy_port)
     master = DumpMaster(opts, with_termlog=not config.quiet, with_dumper=False)

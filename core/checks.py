@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from core.model import Body, BodyKind, Headers
-from core.record import header
+from clickwatch.core.model import Body, BodyKind, Headers
+from clickwatch.core.record import header
 
 SAFELISTED_METHODS = frozenset({"GET", "HEAD", "POST"})
 _MAX_NULL_PATHS = 5

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
-from core import matching
-from core.findings import DEFAULT_SEVERITY, FindingKind, Severity
-from core.model import Kind
-from core.verdict import DEFAULT_EXPECTED, StatusSet, StatusSpecError, parse_expected
+from clickwatch.core import matching
+from clickwatch.core.findings import DEFAULT_SEVERITY, FindingKind, Severity
+from clickwatch.core.model import Kind
+from clickwatch.core.verdict import DEFAULT_EXPECTED, StatusSet, StatusSpecError, parse_expected
 
 # Required body fields per hybris-schema, from the storefronts' data-layer pushes (Spartacus integration-libs/cds).
 # Kept to the identifying fields: tenants flatten and rename the rest.

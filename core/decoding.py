@@ -10,7 +10,7 @@ from collections.abc import Callable
 import brotli
 import zstandard
 
-from core.model import Body, BodyKind
+from clickwatch.core.model import Body, BodyKind
 
 BINARY_PREFIX_BYTES = 512
 # A decompression bomb must not take the proxy's memory: stop inflating well past any sane event.

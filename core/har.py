@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from core.consent import signed_in
-from core.matching import Patterns, is_page_load
-from core.model import Answer, Headers, RequestSeen, StorefrontSeen
-from core.record import header
+from clickwatch.core.consent import signed_in
+from clickwatch.core.matching import Patterns, is_page_load
+from clickwatch.core.model import Answer, Headers, RequestSeen, StorefrontSeen
+from clickwatch.core.record import header
 
 HAR_CLIENT = "har-import"  # a HAR names no client address; one recording is one browser
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from core.observer import OBSERVER_SCRIPT_PATH
+from clickwatch.core.observer import OBSERVER_SCRIPT_PATH
 
 # Where to look for the document's opening tags: they come first, and a page can be megabytes long.
 _SEARCH_BYTES = 65536

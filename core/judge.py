@@ -12,9 +12,9 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from core.checks import cors_problems, payload_problems, schema_problem
-from core.config import Config
-from core.consent import (
+from clickwatch.core.checks import cors_problems, payload_problems, schema_problem
+from clickwatch.core.config import Config
+from clickwatch.core.consent import (
     CONSENT_GIVEN_SUFFIX,
     ConsentReading,
     ConsentState,
@@ -22,8 +22,8 @@ from core.consent import (
     read_request,
     read_response,
 )
-from core.findings import Finding, FindingKind
-from core.model import (
+from clickwatch.core.findings import Finding, FindingKind
+from clickwatch.core.model import (
     Answer,
     Body,
     BrowserEventType,
@@ -35,8 +35,8 @@ from core.model import (
     StorefrontSeen,
     Verdict,
 )
-from core.record import header, schema_name
-from core.visitor import normalise_ip, visitor_key
+from clickwatch.core.record import header, schema_name
+from clickwatch.core.visitor import normalise_ip, visitor_key
 
 CONSENT_PENDING = "pending"
 CONSENT_UNKNOWN = "unknown"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.model import Kind
+from clickwatch.core.model import Kind
 
 DEFAULT_CLICKSTREAM_PATH = r"/edge/clickstreamEvents/?$"
 DEFAULT_CONSENT_PATH = r"/consent/[^/]+/consentReferences/?$"

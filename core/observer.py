@@ -7,7 +7,7 @@ import math
 import re
 from typing import Any
 
-from core.model import BrowserEvent, BrowserEventType, BrowserSeen
+from clickwatch.core.model import BrowserEvent, BrowserEventType, BrowserSeen
 
 OBSERVER_PATH_PREFIX = "/__clickwatch/"
 OBSERVER_SCRIPT_PATH = "/__clickwatch/observer.js"

@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import Config
-from core.findings import Severity
-from core.judge import Judge, Judgement
-from core.model import (
+from clickwatch.core.config import Config
+from clickwatch.core.findings import Severity
+from clickwatch.core.judge import Judge, Judgement
+from clickwatch.core.model import (
     Answer,
     BrowserReport,
     ObserverBlocked,
@@ -18,9 +18,9 @@ from core.model import (
     StorefrontSeen,
     Verdict,
 )
-from core.observer import ObserveFormatError, parse_batch
-from core.record import answer_row, clean_text, request_body, request_row
-from core.verdict import verdict_for
+from clickwatch.core.observer import ObserveFormatError, parse_batch
+from clickwatch.core.record import answer_row, clean_text, request_body, request_row
+from clickwatch.core.verdict import verdict_for
 
 Observation = RequestSeen | Answer | StorefrontSeen | BrowserReport | ObserverBlocked | ObserverRejected
 # Why an observe request was answered and dropped: a small fixed set (a metric label).

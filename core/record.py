@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.decoding import decode_body
-from core.model import Answer, Body, BodyKind, Headers, RequestSeen, Verdict
-from core.redaction import redact_headers
-from core.visitor import normalise_ip, visitor_key
+from clickwatch.core.decoding import decode_body
+from clickwatch.core.model import Answer, Body, BodyKind, Headers, RequestSeen, Verdict
+from clickwatch.core.redaction import redact_headers
+from clickwatch.core.visitor import normalise_ip, visitor_key
 
 SCHEMA_PREFIX = "context/commerce/"
 _NO_BODY = Body(BodyKind.EMPTY, None, 0)

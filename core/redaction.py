@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.model import Headers
+from clickwatch.core.model import Headers
 
 REDACTED = "<redacted>"
 _AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})

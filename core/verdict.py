@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from core.model import Kind, Verdict
+from clickwatch.core.model import Kind, Verdict
 
 
 class StatusSpecError(ValueError):

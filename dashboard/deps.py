@@ -8,11 +8,11 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
-from core import timeparse
-from core.findings import FindingKind
-from core.model import Kind, Verdict
-from dashboard.settings import DashboardSettings
-from store import reader
+from clickwatch.core import timeparse
+from clickwatch.core.findings import FindingKind
+from clickwatch.core.model import Kind, Verdict
+from clickwatch.dashboard.settings import DashboardSettings
+from clickwatch.store import reader
 
 
 def get_settings(request: Request) -> DashboardSettings:

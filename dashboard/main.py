@@ -8,13 +8,13 @@ from pathlib import Path
 from fastapi import FastAPI, Response
 from fastapi.staticfiles import StaticFiles
 
-from core import __version__
-from dashboard import pages
-from dashboard.metrics import StoreCollector, registry_for, render
-from dashboard.routes import api, health
-from dashboard.security import browser_guard, token_guard
-from dashboard.settings import DashboardSettings
-from store.link import LiveStore
+from clickwatch.core import __version__
+from clickwatch.dashboard import pages
+from clickwatch.dashboard.metrics import StoreCollector, registry_for, render
+from clickwatch.dashboard.routes import api, health
+from clickwatch.dashboard.security import browser_guard, token_guard
+from clickwatch.dashboard.settings import DashboardSettings
+from clickwatch.store.link import LiveStore
 
 STATIC = Path(__file__).resolve().parent / "static"
 

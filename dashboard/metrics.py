@@ -9,14 +9,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core import __version__
-from core.config import BUILTIN_SCHEMAS
-from core.findings import FindingKind, Severity
-from core.model import Kind
-from core.pipeline import REJECT_REASONS
-from store import reader
-from store.link import LiveStore
-from store.metrics_schema import COUNTERS, DURATION_BUCKETS, FINAL_VERDICTS
+from clickwatch.core import __version__
+from clickwatch.core.config import BUILTIN_SCHEMAS
+from clickwatch.core.findings import FindingKind, Severity
+from clickwatch.core.model import Kind
+from clickwatch.core.pipeline import REJECT_REASONS
+from clickwatch.store import reader
+from clickwatch.store.link import LiveStore
+from clickwatch.store.metrics_schema import COUNTERS, DURATION_BUCKETS, FINAL_VERDICTS
 
 OTHER_SCHEMA = "other"
 _COUNTER_HELP = {

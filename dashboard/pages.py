@@ -23,15 +23,15 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from core import __version__
-from core.config import BUILTIN_SCHEMAS
-from core.findings import FindingKind, Severity
-from core.model import Kind, Verdict
-from core.redaction import REDACTED
-from dashboard.deps import SettingsDep, delivery_filter
-from dashboard.security import COOKIE, token_matches
-from dashboard.settings import DashboardSettings
-from store import reader
+from clickwatch.core import __version__
+from clickwatch.core.config import BUILTIN_SCHEMAS
+from clickwatch.core.findings import FindingKind, Severity
+from clickwatch.core.model import Kind, Verdict
+from clickwatch.core.redaction import REDACTED
+from clickwatch.dashboard.deps import SettingsDep, delivery_filter
+from clickwatch.dashboard.security import COOKIE, token_matches
+from clickwatch.dashboard.settings import DashboardSettings
+from clickwatch.store import reader
 
 router = APIRouter(include_in_schema=False)
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import uvicorn
 
-from dashboard.main import create_app
-from dashboard.settings import DashboardSettings
-from store.link import LiveStore
+from clickwatch.dashboard.main import create_app
+from clickwatch.dashboard.settings import DashboardSettings
+from clickwatch.store.link import LiveStore
 
 
 class DashboardServer:

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from standin import catalog, certs
-from standin.faults import HANG_SECONDS, FaultError, FaultName, Faults
+from clickwatch.standin import catalog, certs
+from clickwatch.standin.faults import HANG_SECONDS, FaultError, FaultName, Faults
 
 log = logging.getLogger("clickwatch.standin")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from core.pipeline import StoreOps
+from clickwatch.core.pipeline import StoreOps
 
 
 def _insert(table: str, columns: list[str]) -> str:

@@ -7,12 +7,12 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import Config
-from core.har import HarError, observations
-from core.model import StorefrontSeen
-from core.pipeline import Pipeline, StoreOps
-from store.apply import apply_ops
-from store.schema import open_database
+from clickwatch.core.config import Config
+from clickwatch.core.har import HarError, observations
+from clickwatch.core.model import StorefrontSeen
+from clickwatch.core.pipeline import Pipeline, StoreOps
+from clickwatch.store.apply import apply_ops
+from clickwatch.store.schema import open_database
 
 
 class HarImportError(ValueError):

@@ -2,8 +2,8 @@
 
 `StoreLink.send` only appends to a bounded buffer. A feeder thread hands the buffer on at most every FEED_SECONDS
 (and sleeps while there is nothing to hand on, so an idle proxy is not woken 40 times a second), either
-to a store process (`python -m store.worker`, the default: decoding, judging and SQLite then never hold the proxy's
-GIL) or to a StoreService in a thread of the proxy process. If the store process dies, what it had not
+to a store process (`python -m clickwatch.store.worker`, the default: decoding, judging and SQLite then never hold the
+proxy's GIL) or to a StoreService in a thread of the proxy process. If the store process dies, what it had not
 confirmed is counted as dropped, and a new one is started (or, when it dies within seconds of starting, the
 store continues in a thread of the proxy process). Nothing here ever blocks the proxy.
 """
@@ -23,10 +23,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any, Protocol
 
-import store
-from store.wire import ANSWER, CONFIG, COUNTERS, TAKE_OVER, WEBHOOK, Message, count_observations, shed_answer
-from store.worker import FRAME, StoreService
-from store.writer import ANSWER_OVERFLOW_LIMIT, OVERFLOW_NOTE
+import clickwatch
+from clickwatch.store.wire import ANSWER, CONFIG, COUNTERS, TAKE_OVER, WEBHOOK, Message, count_observations, shed_answer
+from clickwatch.store.worker import FRAME, StoreService
+from clickwatch.store.writer import ANSWER_OVERFLOW_LIMIT, OVERFLOW_NOTE
 
 log = logging.getLogger("clickwatch.store")
 
@@ -98,7 +98,7 @@ class _ThreadBackend:
 
 
 class _ProcessBackend:
-    """A `python -m store.worker` child fed over a pipe; its status and log lines come back on another."""
+    """A `python -m clickwatch.store.worker` child fed over a pipe; its status and log lines come back on another."""
 
     mode = "process"
 
@@ -106,15 +106,16 @@ class _ProcessBackend:
         self.started = time.monotonic()
         self._status: dict[str, Any] = {}
         self._final: dict[str, Any] | None = None
-        root = os.path.dirname(os.path.dirname(os.path.abspath(store.__file__)))
+        # The directory holding the clickwatch package: found by a child of an interpreter that lacks it (mitmdump
+        # installed on its own, loading our addon by path).
+        root = os.path.dirname(os.path.dirname(os.path.abspath(clickwatch.__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [
                 sys.executable,
-                "-P",  # not the working directory first on sys.path: a ./store there must not shadow ours
                 "-m",
-                "store.worker",
+                "clickwatch.store.worker",
                 "--db",
                 path,
                 "--queue-size",
@@ -321,7 +322,8 @@ class StoreLink:
     def _new_backend(self, use_process: bool, take_over: bool = False) -> _Backend:
         self._sent = 0
         if use_process and getattr(sys, "frozen", False):
-            # A bundled executable (PyInstaller) is not a Python interpreter: `-m store.worker` would start it again.
+            # A bundled executable (PyInstaller) is not a Python interpreter: `-m clickwatch.store.worker` would
+            # start it again.
             log.warning("clickwatch: %s cannot run a store process; the proxy writes the store itself", sys.executable)
             use_process = False
         if use_process:

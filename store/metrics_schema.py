@@ -5,8 +5,8 @@ Unlike delivery_counts (which a reset empties), these only ever grow: a Promethe
 
 from __future__ import annotations
 
-from core.findings import FindingKind, Severity
-from core.model import Kind
+from clickwatch.core.findings import FindingKind, Severity
+from clickwatch.core.model import Kind
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, float("inf"))
 FINAL_VERDICTS = ("delivered", "rejected", "failed")

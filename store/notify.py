@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from core.pipeline import Notice
+from clickwatch.core.pipeline import Notice
 
 log = logging.getLogger("clickwatch.notify")
 

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from core.findings import FindingKind, Severity
-from core.model import Kind, Verdict
-from core.record import schema_name
-from store.schema import LATEST_MIGRATION
+from clickwatch.core.findings import FindingKind, Severity
+from clickwatch.core.model import Kind, Verdict
+from clickwatch.core.record import schema_name
+from clickwatch.store.schema import LATEST_MIGRATION
 
 MAX_LIMIT = 500
 # What became of a mapped data-layer push (the `outcome` of a visitor's pushes):

@@ -7,8 +7,8 @@ import sqlite3
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from core.pipeline import REJECT_REASONS
-from store import metrics_schema
+from clickwatch.core.pipeline import REJECT_REASONS
+from clickwatch.store import metrics_schema
 
 migrations = Migrations("clickwatch")
 

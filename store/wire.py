@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.model import (
+from clickwatch.core.model import (
     Answer,
     BrowserReport,
     Kind,
@@ -17,7 +17,7 @@ from core.model import (
     RequestSeen,
     StorefrontSeen,
 )
-from core.pipeline import Observation
+from clickwatch.core.pipeline import Observation
 
 # Header fields as mitmproxy holds them: (name, value) byte pairs.
 RawHeaders = tuple[tuple[bytes, bytes], ...]

@@ -1,7 +1,7 @@
 """The store side of clickwatch: judges and writes what the proxy hands on, in a process of its own.
 
 `StoreService` takes the proxy's wire messages (store.wire) and feeds the StoreWriter and the webhook notifier.
-`python -m store.worker --db PATH` runs one in a separate process, so that decoding, judging and SQLite never
+`python -m clickwatch.store.worker --db PATH` runs one in a separate process, so that decoding, judging and SQLite never
 compete with mitmproxy's event loop for the proxy's GIL. It reads length-prefixed pickled batches of messages
 on stdin (a private pipe from its own parent) and writes JSON lines on stdout: its status several times a second
 and its log records, which the proxy logs as its own. It ignores SIGINT and SIGTERM: it stops when the proxy
@@ -24,11 +24,11 @@ import time
 import traceback
 from typing import IO, Any
 
-from core.config import build_config
-from core.pipeline import Notice
-from store.notify import WebhookNotifier
-from store.wire import CONFIG, COUNTERS, OBSERVATIONS, TAKE_OVER, WEBHOOK, Message
-from store.writer import StoreWriter
+from clickwatch.core.config import build_config
+from clickwatch.core.pipeline import Notice
+from clickwatch.store.notify import WebhookNotifier
+from clickwatch.store.wire import CONFIG, COUNTERS, OBSERVATIONS, TAKE_OVER, WEBHOOK, Message
+from clickwatch.store.writer import StoreWriter
 
 log = logging.getLogger("clickwatch.store")
 
@@ -204,7 +204,7 @@ def serve(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the store process (started by the addon, not by people)."""
-    parser = argparse.ArgumentParser(prog="python -m store.worker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m clickwatch.store.worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", required=True)
     parser.add_argument("--queue-size", type=int, default=10000)
     parser.add_argument("--shutdown-timeout", type=float, default=10.0)

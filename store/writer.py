@@ -15,13 +15,13 @@ from typing import Any
 
 import sqlite_utils
 
-from core.config import Config
-from core.model import Answer
-from core.pipeline import Notice, Observation, Pipeline, StoreOps
-from store.apply import apply_ops
-from store.metrics_schema import COUNTERS
-from store.schema import open_database
-from store.wire import ANSWER, Message, observation, shed_answer
+from clickwatch.core.config import Config
+from clickwatch.core.model import Answer
+from clickwatch.core.pipeline import Notice, Observation, Pipeline, StoreOps
+from clickwatch.store.apply import apply_ops
+from clickwatch.store.metrics_schema import COUNTERS
+from clickwatch.store.schema import open_database
+from clickwatch.store.wire import ANSWER, Message, observation, shed_answer
 
 log = logging.getLogger("clickwatch.store")
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from mitmproxy.test import taddons
 
-from addon.capture import Clickwatch
-from cli.main import build_parser
+from clickwatch.addon.capture import Clickwatch
+from clickwatch.cli.main import build_parser
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -44,21 +44,21 @@ def test_readme_names_the_two_commands_ci_runs():
 
 
 def test_every_configuration_key_is_documented():
-    from core.config import DOCUMENTED_KEYS
+    from clickwatch.core.config import DOCUMENTED_KEYS
 
     missing = [key for key in DOCUMENTED_KEYS if f"`{key}`" not in README]
     assert missing == []
 
 
 def test_every_finding_kind_is_documented():
-    from core.findings import FindingKind
+    from clickwatch.core.findings import FindingKind
 
     missing = [kind.value for kind in FindingKind if f"| `{kind.value}` |" not in README]
     assert missing == []
 
 
 def test_readme_toml_example_is_a_valid_configuration(tmp_path):
-    from core.config import Config, load_config
+    from clickwatch.core.config import Config, load_config
 
     example = README.split("```toml\n", 1)[1].split("```", 1)[0]
     path = tmp_path / "clickwatch.toml"

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from core import __version__
-from core.findings import FindingKind, Severity
-from dashboard.deps import ConnDep, FilterDep, SettingsDep, parse_time
-from store import admin, export, reader
+from clickwatch.core import __version__
+from clickwatch.core.findings import FindingKind, Severity
+from clickwatch.dashboard.deps import ConnDep, FilterDep, SettingsDep, parse_time
+from clickwatch.store import admin, export, reader
 
 router = APIRouter(prefix="/api", tags=["api"])
 

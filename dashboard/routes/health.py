@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from core import __version__
-from dashboard.deps import ConnDep
+from clickwatch.core import __version__
+from clickwatch.dashboard.deps import ConnDep
 
 router = APIRouter(tags=["health"])
 

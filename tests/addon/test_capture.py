@@ -4,8 +4,8 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 
-from addon.capture import STOPPED_ERROR, Clickwatch
-from store.wire import observation
+from clickwatch.addon.capture import STOPPED_ERROR, Clickwatch
+from clickwatch.store.wire import observation
 
 
 def clickstream_flow(resp: bool = True, status: int = 201, path: str = "/edge/clickstreamEvents"):

@@ -23,8 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, Route
 
-from standin import shopper
-from standin.server import CLICKSTREAM_PATH, CONSENT_PATH, StandIn
+from clickwatch.standin import shopper
+from clickwatch.standin.server import CLICKSTREAM_PATH, CONSENT_PATH, StandIn
 from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration

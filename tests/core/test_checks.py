@@ -1,8 +1,8 @@
 import pytest
 
-from core.checks import cors_problems, payload_problems, schema_problem
-from core.config import BUILTIN_SCHEMAS
-from core.decoding import decode_body
+from clickwatch.core.checks import cors_problems, payload_problems, schema_problem
+from clickwatch.core.config import BUILTIN_SCHEMAS
+from clickwatch.core.decoding import decode_body
 
 ORIGIN = "https://electronics.example.com"
 

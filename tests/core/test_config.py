@@ -2,8 +2,8 @@ import textwrap
 
 import pytest
 
-from core import matching
-from core.config import (
+from clickwatch.core import matching
+from clickwatch.core.config import (
     BUILTIN_SCHEMAS,
     DOCUMENTED_KEYS,
     Config,
@@ -12,9 +12,9 @@ from core.config import (
     config_from_mapping,
     load_config,
 )
-from core.findings import DEFAULT_SEVERITY, FindingKind, Severity
-from core.matching import Match
-from core.model import Kind
+from clickwatch.core.findings import DEFAULT_SEVERITY, FindingKind, Severity
+from clickwatch.core.matching import Match
+from clickwatch.core.model import Kind
 
 
 def write(tmp_path, text: str) -> str:

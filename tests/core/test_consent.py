@@ -3,7 +3,7 @@ from urllib.parse import quote
 
 import pytest
 
-from core.consent import (
+from clickwatch.core.consent import (
     ConsentReading,
     ConsentState,
     anonymous_consents_state,

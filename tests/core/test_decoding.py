@@ -7,8 +7,8 @@ import brotli
 import pytest
 import zstandard
 
-from core.decoding import BINARY_PREFIX_BYTES, decode_body, undo_content_encoding
-from core.model import BodyKind
+from clickwatch.core.decoding import BINARY_PREFIX_BYTES, decode_body, undo_content_encoding
+from clickwatch.core.model import BodyKind
 
 EVENT = {"productSku": "300938", "productName": "Photosmart E317", "productPrice": 114.12}
 EVENT_BYTES = json.dumps(EVENT).encode()

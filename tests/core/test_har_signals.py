@@ -1,11 +1,11 @@
 """HAR import reads storefront traffic with the same rules as the proxy: sign-in and X-Consent-Reference too."""
 
-from core.findings import FindingKind
-from core.har import observations
-from core.judge import Judge
-from core.matching import Patterns
-from core.model import RequestSeen, StorefrontSeen
-from core.record import request_body
+from clickwatch.core.findings import FindingKind
+from clickwatch.core.har import observations
+from clickwatch.core.judge import Judge
+from clickwatch.core.matching import Patterns
+from clickwatch.core.model import RequestSeen, StorefrontSeen
+from clickwatch.core.record import request_body
 
 TENANT = "https://acme.api.us.context.cloud.sap"
 

@@ -5,14 +5,14 @@ from urllib.parse import quote
 
 import pytest
 
-from core.config import Config
-from core.consent import ConsentState
-from core.decoding import decode_body
-from core.findings import DEFAULT_SEVERITY, Finding, FindingKind, Severity
-from core.judge import CONSENT_PENDING, CONSENT_UNKNOWN, NO_COOKIE_SOURCE, ConsentSignal, Judge, Judgement
-from core.model import Answer, Kind, RequestSeen, StorefrontSeen, Verdict
-from core.verdict import verdict_for
-from core.visitor import visitor_key
+from clickwatch.core.config import Config
+from clickwatch.core.consent import ConsentState
+from clickwatch.core.decoding import decode_body
+from clickwatch.core.findings import DEFAULT_SEVERITY, Finding, FindingKind, Severity
+from clickwatch.core.judge import CONSENT_PENDING, CONSENT_UNKNOWN, NO_COOKIE_SOURCE, ConsentSignal, Judge, Judgement
+from clickwatch.core.model import Answer, Kind, RequestSeen, StorefrontSeen, Verdict
+from clickwatch.core.verdict import verdict_for
+from clickwatch.core.visitor import visitor_key
 
 T = 1000.0
 RUN = "run-1"

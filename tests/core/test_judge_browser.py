@@ -5,11 +5,11 @@ from dataclasses import replace
 
 import pytest
 
-from core.config import Config
-from core.consent import ConsentState
-from core.findings import FindingKind, Severity
-from core.judge import DATALAYER_SOURCE
-from core.model import BrowserEvent, BrowserEventType, BrowserSeen, Kind, ObserverBlocked, RequestSeen
+from clickwatch.core.config import Config
+from clickwatch.core.consent import ConsentState
+from clickwatch.core.findings import FindingKind, Severity
+from clickwatch.core.judge import DATALAYER_SOURCE
+from clickwatch.core.model import BrowserEvent, BrowserEventType, BrowserSeen, Kind, ObserverBlocked, RequestSeen
 from tests.core.test_judge import (
     GIVEN,
     IP,

@@ -1,7 +1,7 @@
 import pytest
 
-from core.matching import Match, PatternError, Patterns
-from core.model import Kind
+from clickwatch.core.matching import Match, PatternError, Patterns
+from clickwatch.core.model import Kind
 
 DEFAULT = Patterns.compile()
 

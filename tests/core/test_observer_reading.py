@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from core import csp
-from core.inject import inject, script_element
-from core.model import BrowserEventType
-from core.observer import MAX_BODY_BYTES, MAX_EVENTS, ObserveFormatError, parse_batch
+from clickwatch.core import csp
+from clickwatch.core.inject import inject, script_element
+from clickwatch.core.model import BrowserEventType
+from clickwatch.core.observer import MAX_BODY_BYTES, MAX_EVENTS, ObserveFormatError, parse_batch
 
 SHOP = csp.Origin("https", "shop.example.com", 443)
 SCRIPT, REPORT = "/__clickwatch/observer.js", "/__clickwatch/observe"

@@ -1,5 +1,5 @@
-from core.redaction import REDACTED, redact_headers
-from core.visitor import visitor_key
+from clickwatch.core.redaction import REDACTED, redact_headers
+from clickwatch.core.visitor import visitor_key
 
 
 def test_secrets_are_redacted_and_names_kept():

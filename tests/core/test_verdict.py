@@ -1,7 +1,7 @@
 import pytest
 
-from core.model import Kind, Verdict
-from core.verdict import StatusSet, StatusSpecError, parse_expected, verdict_for
+from clickwatch.core.model import Kind, Verdict
+from clickwatch.core.verdict import StatusSet, StatusSpecError, parse_expected, verdict_for
 
 
 @pytest.mark.parametrize(

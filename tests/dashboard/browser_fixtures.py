@@ -18,9 +18,9 @@ import pytest
 import uvicorn
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright
 
-from dashboard.main import create_app
-from dashboard.settings import DashboardSettings
-from standin.shopper import CHROMIUM_ARGS
+from clickwatch.dashboard.main import create_app
+from clickwatch.dashboard.settings import DashboardSettings
+from clickwatch.standin.shopper import CHROMIUM_ARGS
 from tests.integration.conftest import free_port, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from core.config import Config
-from core.model import Answer, BrowserReport, Kind, RequestSeen, StorefrontSeen
-from dashboard.main import create_app
-from dashboard.settings import DashboardSettings
-from store.writer import StoreWriter
+from clickwatch.core.config import Config
+from clickwatch.core.model import Answer, BrowserReport, Kind, RequestSeen, StorefrontSeen
+from clickwatch.dashboard.main import create_app
+from clickwatch.dashboard.settings import DashboardSettings
+from clickwatch.store.writer import StoreWriter
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) dashboard-test"
 T0 = 1_790_000_000.0

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from dashboard.main import InsecureListen, create_app
-from dashboard.settings import DashboardSettings
+from clickwatch.dashboard.main import InsecureListen, create_app
+from clickwatch.dashboard.settings import DashboardSettings
 from tests.dashboard.conftest import T0, StoreBuilder
 
 ITEM_FIELDS = {

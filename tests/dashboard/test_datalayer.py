@@ -16,10 +16,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from cli.check import gather, parse_fail_on
-from cli.sources import ApiSource, StoreSource
-from core.model import Kind
-from dashboard.pages import CSP
+from clickwatch.cli.check import gather, parse_fail_on
+from clickwatch.cli.sources import ApiSource, StoreSource
+from clickwatch.core.model import Kind
+from clickwatch.dashboard.pages import CSP
 from tests.dashboard.browser_fixtures import serve_dashboard
 from tests.dashboard.conftest import T0, StoreBuilder
 

@@ -10,11 +10,11 @@ from types import MappingProxyType
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.config import BUILTIN_SCHEMAS, Config
-from core.findings import FindingKind, Severity
-from core.model import BrowserReport, Kind, ObserverRejected
-from dashboard.metrics import StoreCollector, registry_for
-from store.writer import StoreWriter
+from clickwatch.core.config import BUILTIN_SCHEMAS, Config
+from clickwatch.core.findings import FindingKind, Severity
+from clickwatch.core.model import BrowserReport, Kind, ObserverRejected
+from clickwatch.dashboard.metrics import StoreCollector, registry_for
+from clickwatch.store.writer import StoreWriter
 from tests.dashboard.conftest import T0, UA, StoreBuilder
 
 
@@ -109,8 +109,8 @@ def test_counters_survive_a_restart_and_a_reset(tmp_path: Path, client_for: Call
 
 
 def test_an_in_process_dashboard_reads_the_live_writer(tmp_path: Path) -> None:
-    from dashboard.main import create_app
-    from dashboard.settings import DashboardSettings
+    from clickwatch.dashboard.main import create_app
+    from clickwatch.dashboard.settings import DashboardSettings
 
     writer = StoreWriter(str(tmp_path / "cw.db"), live_counters=lambda: {"proxy_flows": 7})
     writer.stats.dropped = 3

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, strategies
 from schemathesis import GenerationMode
 from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
 
-from dashboard.main import create_app
-from dashboard.settings import DashboardSettings
+from clickwatch.dashboard.main import create_app
+from clickwatch.dashboard.settings import DashboardSettings
 from tests.dashboard.conftest import T0, StoreBuilder
 
 # The dashboard refuses Host names other than this machine's (DNS rebinding): call it as a browser would.

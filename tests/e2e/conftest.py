@@ -29,9 +29,9 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright
 from prometheus_client.parser import text_string_to_metric_families
 
-from standin import shopper
-from standin.faults import Faults
-from standin.server import TAG_PATTERN, StandIn
+from clickwatch.standin import shopper
+from clickwatch.standin.faults import Faults
+from clickwatch.standin.server import TAG_PATTERN, StandIn
 from tests.integration.conftest import free_port, wait_until
 
 CLICKWATCH = Path(sys.executable).with_name("clickwatch")

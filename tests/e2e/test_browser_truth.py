@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from standin.server import CAROUSEL, MIX_CARD_ID, OCC_PREFIX
+from clickwatch.standin.server import CAROUSEL, MIX_CARD_ID, OCC_PREFIX
 from tests.e2e.conftest import ECHO_SECONDS, GRACE_SECONDS, Clickwatch, Visit, settled
 
 pytestmark = pytest.mark.integration

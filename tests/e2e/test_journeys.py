@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Error, expect, sync_playwright
 
-from standin import catalog, shopper
-from standin.server import CONFIG_ID, CONSENT_PATH, TAG_PATH
+from clickwatch.standin import catalog, shopper
+from clickwatch.standin.server import CONFIG_ID, CONSENT_PATH, TAG_PATH
 from tests.e2e.conftest import GRACE_SECONDS, Clickwatch, Visit, metric_delta, settled
 
 pytestmark = pytest.mark.integration

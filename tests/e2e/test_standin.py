@@ -16,9 +16,9 @@ import httpx
 import pytest
 from cryptography import x509
 
-from standin import catalog, certs
-from standin.faults import TRACKED_EVENTS, Fault, FaultError, FaultName, Faults
-from standin.server import (
+from clickwatch.standin import catalog, certs
+from clickwatch.standin.faults import TRACKED_EVENTS, Fault, FaultError, FaultName, Faults
+from clickwatch.standin.server import (
     CAROUSEL,
     CLICKSTREAM_PATH,
     CONFIG_ID,

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from core.observer import MAX_BODY_BYTES
+from clickwatch.core.observer import MAX_BODY_BYTES
 from tests.integration.conftest import Proxy, query, wait_until
 
 pytestmark = pytest.mark.integration

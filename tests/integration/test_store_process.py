@@ -49,7 +49,7 @@ def _post(proxy: Proxy, upstream: Upstream, count: int, prefix: str) -> None:
 
 def test_the_store_runs_in_a_child_process_by_default(proxy: Proxy, upstream: Upstream) -> None:
     (child,) = wait_until(lambda: _children(proxy.process.pid), 10.0, "the store process")
-    assert "store.worker" in _command_line(child)
+    assert "clickwatch.store.worker" in _command_line(child)
     _post(proxy, upstream, 3, "p")
     assert proxy.stop() == 0, proxy.log()
     assert len(proxy.deliveries()) == 3

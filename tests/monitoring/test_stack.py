@@ -27,9 +27,9 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from dashboard.main import create_app
-from dashboard.settings import DashboardSettings
-from store.writer import StoreWriter
+from clickwatch.dashboard.main import create_app
+from clickwatch.dashboard.settings import DashboardSettings
+from clickwatch.store.writer import StoreWriter
 from tests.integration.conftest import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, Request
 
-from standin import shopper
-from standin.faults import Faults
-from standin.server import StandIn
+from clickwatch.standin import shopper
+from clickwatch.standin.faults import Faults
+from clickwatch.standin.server import StandIn
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,16 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Route, expect
 
-from standin import catalog
-from standin.server import CAROUSEL, CLICKSTREAM_PATH, CONSENT_PATH, MIX_CARD_ID, STRATEGY_ID, TOKEN_PATH, Received
+from clickwatch.standin import catalog
+from clickwatch.standin.server import (
+    CAROUSEL,
+    CLICKSTREAM_PATH,
+    CONSENT_PATH,
+    MIX_CARD_ID,
+    STRATEGY_ID,
+    TOKEN_PATH,
+    Received,
+)
 from tests.standin.conftest import Tab, anonymous_consent
 
 pytestmark = pytest.mark.integration

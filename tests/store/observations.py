@@ -1,6 +1,6 @@
 """Observations for store tests: a clickstream request and its answer, as the proxy would hand them on."""
 
-from core.model import Answer, Kind, RequestSeen
+from clickwatch.core.model import Answer, Kind, RequestSeen
 
 
 def seen(uid: str, body: bytes = b'{"productSku":"1"}') -> RequestSeen:

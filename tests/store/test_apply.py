@@ -2,11 +2,11 @@
 
 import sqlite3
 
-from core.model import Verdict
-from core.pipeline import StoreOps
-from core.record import answer_row, request_body, request_row
-from store.apply import apply_ops
-from store.schema import open_database
+from clickwatch.core.model import Verdict
+from clickwatch.core.pipeline import StoreOps
+from clickwatch.core.record import answer_row, request_body, request_row
+from clickwatch.store.apply import apply_ops
+from clickwatch.store.schema import open_database
 
 from .observations import answered, seen
 

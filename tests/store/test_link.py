@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from store import link as link_module
-from store import wire
-from store.link import StoreLink
+from clickwatch.store import link as link_module
+from clickwatch.store import wire
+from clickwatch.store.link import StoreLink
 
 HEADERS = ((b"Host", b"acme.api.us.context.cloud.sap"), (b"User-Agent", b"Mozilla/5.0 link"))
 
@@ -182,7 +182,8 @@ def test_closing_with_a_stalled_store_process_ends_in_bounded_time(tmp_path, cap
 
 
 def test_a_bundled_interpreter_writes_in_a_thread(tmp_path, monkeypatch):
-    # PyInstaller-style executables set sys.frozen; `sys.executable -m store.worker` would start that program again.
+    # PyInstaller-style executables set sys.frozen; `sys.executable -m clickwatch.store.worker` would start that
+    # program again.
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     link = StoreLink(str(tmp_path / "cw.db"))
     assert link.mode == "thread"

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.pipeline import Notice
-from store.notify import WebhookError, WebhookNotifier, check_url, redact
+from clickwatch.core.pipeline import Notice
+from clickwatch.store.notify import WebhookError, WebhookNotifier, check_url, redact
 from tests.webhook_receiver import Receiver, running_receiver
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from core.model import Answer, BrowserReport, Kind, RequestSeen
-from core.pipeline import Observation, Pipeline, StoreOps
-from store import reader
-from store.apply import apply_ops
-from store.schema import LATEST_MIGRATION, migrations, open_database
+from clickwatch.core.model import Answer, BrowserReport, Kind, RequestSeen
+from clickwatch.core.pipeline import Observation, Pipeline, StoreOps
+from clickwatch.store import reader
+from clickwatch.store.apply import apply_ops
+from clickwatch.store.schema import LATEST_MIGRATION, migrations, open_database
 
 T0 = 1_790_000_000.0
 UA = "Mozilla/5.0 reader-test"

@@ -5,8 +5,8 @@ import pickle
 import pytest
 from mitmproxy.http import Headers
 
-from core.model import Answer, Kind, RequestSeen, StorefrontSeen
-from store import wire
+from clickwatch.core.model import Answer, Kind, RequestSeen, StorefrontSeen
+from clickwatch.store import wire
 
 FIELDS = (
     (b"Host", b"acme.api.us.context.cloud.sap"),

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from store import schema
-from store.writer import STALE_PENDING_ERROR, StoreWriter
+from clickwatch.store import schema
+from clickwatch.store.writer import STALE_PENDING_ERROR, StoreWriter
 
 from .observations import answered, seen
 
@@ -127,7 +127,7 @@ def test_disk_full_is_survived(db_path, monkeypatch):
         opened.append(db.conn)
         return db
 
-    monkeypatch.setattr("store.writer.open_database", small_database)
+    monkeypatch.setattr("clickwatch.store.writer.open_database", small_database)
     writer = StoreWriter(db_path, retry_max_seconds=0.1)
     writer.start()
     big = b'{"blob":"' + b"x" * 60000 + b'"}'
@@ -180,7 +180,7 @@ def test_pending_left_by_a_killed_proxy_becomes_failed_at_start(db_path):
 
 
 def test_a_row_sqlite_cannot_bind_is_skipped_alone(db_path, monkeypatch):
-    from core import pipeline
+    from clickwatch.core import pipeline
 
     real = pipeline.request_row
 
