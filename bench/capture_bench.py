@@ -122,11 +122,18 @@ def proxy_env(python_path: Path | None) -> dict[str, str]:
 
 def copy_sources(dest: Path) -> Path:
     """Copy the clickwatch packages to `dest`, check that Python imports them from there; the addon's path."""
+    namespace = dest / "clickwatch"
+    namespace.mkdir(parents=True)
+    shutil.copy2(REPO / "clickwatch" / "__init__.py", namespace / "__init__.py")
     for package in PACKAGES:
         if (REPO / package).is_dir():
-            shutil.copytree(REPO / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(REPO / package, namespace / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     check = subprocess.run(
-        [sys.executable, "-c", "import core, store; print(core.__file__); print(store.__file__)"],
+        [
+            sys.executable,
+            "-c",
+            "import clickwatch.core as c, clickwatch.store as s; print(c.__file__); print(s.__file__)",
+        ],
         env=proxy_env(dest),
         cwd=dest.parent,  # where the proxies run: not the repository, which would come first on the path
         capture_output=True,
@@ -136,7 +143,7 @@ def copy_sources(dest: Path) -> Path:
     files = check.stdout.split()
     if check.returncode != 0 or len(files) != 2 or not all(Path(f).is_relative_to(dest) for f in files):
         raise BenchError(f"the source copy in {dest} is not what Python imports: {check.stdout}{check.stderr}")
-    return dest / "addon" / "capture.py"
+    return namespace / "addon" / "capture.py"
 
 
 def _die_with_parent() -> None:
@@ -1138,7 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             args.python_path = workdir / "src"
             args.addon = copy_sources(args.python_path)
-            args.sources_id = snapshot_id(source_snapshot(args.python_path))
+            args.sources_id = snapshot_id(source_snapshot(args.python_path / "clickwatch"))
     except (BenchError, OSError, subprocess.SubprocessError) as exc:
         print(f"benchmark could not run: {exc}", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
