@@ -47,7 +47,7 @@ def _script() -> bytes:
 class ObserverSide:
     """Serves the observer, takes its reports, and adds it to storefront pages where their policy allows."""
 
-    def __init__(self, send: Callable[[wire.Message], None]) -> None:
+    def __init__(self, send: Callable[[wire.Observed], None]) -> None:
         self.send = send
         self.enabled = True
         self.script = _script()
@@ -97,7 +97,7 @@ class ObserverSide:
             flow.response = _plain(429, "too many observer reports")
             return
         if self.enabled:
-            self.send((wire.BROWSER, run, client_addr, agent, req.timestamp_start, body))
+            self.send(wire.Browser(run, client_addr, agent, req.timestamp_start, body))
         flow.response = http.Response.make(204, b"", {"Cache-Control": "no-store"})
 
     def _within_rate(self, client_addr: str, agent: str) -> bool:
@@ -123,7 +123,7 @@ class ObserverSide:
         """Hand on how many reports were dropped here, by reason."""
         if self.rejected:
             counts, self.rejected = dict(self.rejected), Counter()
-            self.send((wire.REJECTED, counts))
+            self.send(wire.Rejected(tuple(counts.items())))
 
     # --- pages -----------------------------------------------------------------------------------------------
 
@@ -160,7 +160,7 @@ class ObserverSide:
             decision = csp.decide(policies, origin, OBSERVER_SCRIPT_PATH, OBSERVE_PATH)
         if not decision.allowed:
             at = resp.timestamp_end or time.time()
-            self.send((wire.BLOCKED, run, client_addr, agent, at, flow.request.pretty_url, decision.reason))
+            self.send(wire.Blocked(run, client_addr, agent, at, flow.request.pretty_url, decision.reason))
             return
         changed = inject(content, content_type.decode("latin-1"), decision.nonce)
         if changed is None:

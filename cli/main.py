@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import socket
 import sys
@@ -13,24 +12,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from clickwatch.core.config import Config, ConfigError, load_config
+from clickwatch.core import settings
+from clickwatch.core.config import Config, ConfigError, read_file
 from clickwatch.core.findings import FindingKind
 from clickwatch.core.model import Kind, Verdict
+from clickwatch.core.settings import CommandSettings, SettingError
 
 EXIT_USAGE = 2
-DEFAULT_URL = "http://127.0.0.1:8000"
-
-# Flag -> (Config field, environment variable): one table for `up` and the store-touching commands.
-SETTINGS = {
-    "db": ("db", "CLICKWATCH_DB"),
-    "proxy_port": ("proxy_port", "CLICKWATCH_PROXY_PORT"),
-    "dashboard_port": ("dashboard_port", "CLICKWATCH_DASHBOARD_PORT"),
-    "listen_host": ("listen_host", "CLICKWATCH_LISTEN_HOST"),
-    "upstream_insecure": ("upstream_insecure", "CLICKWATCH_UPSTREAM_INSECURE"),
-    "token": ("token", "CLICKWATCH_TOKEN"),
-    "quiet": ("quiet", "CLICKWATCH_QUIET"),
-    "observer": ("observer_enabled", "CLICKWATCH_OBSERVER"),
-}
 
 
 class UsageError(Exception):
@@ -58,64 +46,43 @@ def _check_db_path(path: str) -> None:
         raise UsageError(f"database path {path!r} is not writable")
 
 
-def _env_value(name: str, env: str, kind: type) -> Any:
-    raw = os.environ.get(env)
-    if raw is None or raw == "":
-        return None
-    if kind is bool:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"{env}={raw!r}: expected true or false")
-    if kind is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise UsageError(f"{env}={raw!r}: expected a whole number") from None
-    return raw
+def resolve(args: argparse.Namespace) -> tuple[CommandSettings, Config]:
+    """What a command runs with, and how it judges: each setting's flag, else environment, else file, else default.
 
-
-def resolve(args: argparse.Namespace) -> Config:
-    """The configuration in force: the file (--config or CLICKWATCH_CONFIG), then environment, then flags."""
-    path = args.config or os.environ.get("CLICKWATCH_CONFIG")
+    The file is --config (or CLICKWATCH_CONFIG).
+    """
+    flags = {s.name: getattr(args, s.name) for s in settings.for_command(args.command)}
     try:
-        config = load_config(path) if path else Config()
-    except ConfigError as exc:
+        path = settings.resolve(args.command, flags, os.environ, {}).get("config", "")
+        config, file_values = read_file(path) if path else (Config(), {})
+        values = settings.resolve(args.command, flags, os.environ, file_values)
+    except (SettingError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
-    values: dict[str, Any] = {}
-    defaults = Config()
-    for flag, (field, env) in SETTINGS.items():
-        if not hasattr(args, flag):
-            continue
-        value = getattr(args, flag)
-        if value is None:
-            value = _env_value(flag, env, type(getattr(defaults, field)))
-        if value is not None:
-            values[field] = value
-    config = dataclasses.replace(config, **values)
-    for port in ("proxy_port", "dashboard_port"):
-        if not 1 <= getattr(config, port) <= 65535:
-            raise UsageError(f"--{port.replace('_', '-')}: {getattr(config, port)} is not a port number (1-65535)")
-    args.config_path = path
-    return config
+    return CommandSettings(**values), config
+
+
+def _given(name: str, args: argparse.Namespace) -> bool:
+    """Whether a setting was given by its flag or its environment variable."""
+    env = settings.BY_NAME[name].env
+    return getattr(args, name, None) is not None or bool(env and os.environ.get(env))
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from clickwatch.cli.up import run_up
 
-    config = resolve(args)
+    given, _ = resolve(args)
     from clickwatch.dashboard.settings import is_loopback
 
-    _check_db_path(config.db)
-    if not is_loopback(config.listen_host) and not config.token:
+    _check_db_path(given.db)
+    if not is_loopback(given.listen_host) and not given.token:
+        token = settings.BY_NAME["token"]
         raise UsageError(
-            f"listening on {config.listen_host} exposes captured traffic: give --token (or CLICKWATCH_TOKEN)"
+            f"listening on {given.listen_host} exposes captured traffic: give {token.flag} (or {token.env})"
         )
-    _check_port_free(config.listen_host, config.proxy_port)
-    _check_port_free(config.listen_host, config.dashboard_port)
+    _check_port_free(given.listen_host, given.proxy_port)
+    _check_port_free(given.listen_host, given.dashboard_port)
     try:
-        return run_up(config, args.config_path, args.set)
+        return run_up(given, args.set)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -150,12 +117,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.wait < 0:
         raise UsageError("--wait: must be 0 or more seconds")
     filters = _filters(args)
+    given, _ = resolve(args)
     try:
-        if args.db or (args.url is None and os.environ.get("CLICKWATCH_DB") and not os.environ.get("CLICKWATCH_URL")):
-            source: Any = StoreSource(resolve(args).db)
+        if args.db or (_given("db", args) and not _given("url", args)):
+            source: Any = StoreSource(given.db)
         else:
-            token = args.token or os.environ.get("CLICKWATCH_TOKEN")
-            source = ApiSource(args.url or os.environ.get("CLICKWATCH_URL") or DEFAULT_URL, token)
+            source = ApiSource(given.url, given.token or None)
         report = run_check(source, filters, fail_on, expectations, args.wait)
     except SourceError as exc:
         raise UsageError(str(exc)) from None
@@ -172,15 +139,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     from clickwatch.store.importer import HarImportError, import_har
 
-    config = resolve(args)
-    _check_db_path(config.db)
+    given, config = resolve(args)
+    _check_db_path(given.db)
     try:
-        result = import_har(args.file, config.db, args.run, config)
+        result = import_har(args.file, given.db, args.run, config)
     except HarImportError as exc:
         raise UsageError(str(exc)) from None
     print(
         f"imported {result.deliveries} deliveries ({result.findings} findings, "
-        f"{result.storefront_requests} storefront requests) as run {result.run!r} into {config.db}"
+        f"{result.storefront_requests} storefront requests) as run {result.run!r} into {given.db}"
     )
     return 0
 
@@ -189,10 +156,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from clickwatch.core import __version__
     from clickwatch.store import export, reader
 
-    config = resolve(args)
+    given, _ = resolve(args)
     filters = _filters(args)
     try:
-        conn = reader.connect(config.db)
+        conn = reader.connect(given.db)
     except reader.StoreUnavailable as exc:
         raise UsageError(str(exc)) from None
     from clickwatch.cli.sources import delivery_filter
@@ -243,9 +210,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             db=args.db,
             chromium=Path(args.chromium),
         )
-        for flag, port in (("--proxy-port", args.proxy_port), ("--dashboard-port", args.dashboard_port)):
-            if not 1 <= port <= 65535:
-                raise UsageError(f"{flag}: {port} is not a port number (1-65535)")
+        for name in ("proxy_port", "dashboard_port"):
+            port = settings.BY_NAME[name]
+            problem = port.problem(getattr(args, name))
+            if problem is not None:
+                raise UsageError(f"{port.flag}: {problem}, not {getattr(args, name)}")
         if args.db:
             _check_db_path(args.db)
         _check_port_free("127.0.0.1", args.proxy_port)
@@ -255,9 +224,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
 
 
-def _store_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=None, help="SQLite store (default ./clickwatch.db; env CLICKWATCH_DB)")
-    parser.add_argument("--config", default=None, help="TOML configuration file (env CLICKWATCH_CONFIG)")
+def _setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags of the settings a command takes, from the settings table (default None: not given)."""
+    for s in settings.for_command(command):
+        assert s.flag is not None
+        where = "; ".join(filter(None, [f"env {s.env}" if s.env else "", f"config {s.key}" if s.key else ""]))
+        text = s.help.rstrip(".").replace("%", "%%")
+        if s.flag.startswith("--no-"):
+            text = f"switch off: {text[0].lower()}{text[1:]}"
+        help_text = f"{text} (default {s.shown()}; {where})" if where else f"{text} (default {s.shown()})"
+        if s.type is bool:
+            action = "store_false" if s.flag.startswith("--no-") else "store_true"
+            parser.add_argument(s.flag, dest=s.name, action=action, default=None, help=help_text)
+        else:
+            parser.add_argument(s.flag, dest=s.name, type=s.type, default=None, help=help_text)
 
 
 def _filter_options(parser: argparse.ArgumentParser, *, full: bool) -> None:
@@ -281,28 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start the capturing proxy and the dashboard")
-    up.add_argument("--proxy-port", type=int, default=None, help="port of the proxy (default 8080)")
-    up.add_argument(
-        "--dashboard-port", type=int, default=None, help="port of the dashboard, API and metrics (default 8000)"
-    )
-    up.add_argument("--listen-host", default=None, help="address to listen on (default 127.0.0.1)")
-    _store_options(up)
-    up.add_argument(
-        "--upstream-insecure",
-        action="store_true",
-        default=None,
-        help="accept self-signed certificates of a QA storefront or stand-in tenant",
-    )
-    up.add_argument("--token", default=None, help="access token for the dashboard and API (required off loopback)")
-    up.add_argument("--quiet", action="store_true", default=None, help="no live progress in the terminal")
-    up.add_argument(
-        "--no-observer",
-        dest="observer",
-        action="store_false",
-        default=None,
-        help="do not add the data-layer observer to storefront pages: judge consent and events from network "
-        "traffic only (env CLICKWATCH_OBSERVER=false; config observer.enabled)",
-    )
+    _setting_flags(up, "up")
     up.add_argument(
         "--set",
         action="append",
@@ -313,10 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_cmd_up)
 
     check = sub.add_parser("check", help="the CI gate: exit 0 when healthy, 1 when not, 2 on usage errors")
-    check.add_argument("--url", default=None, help=f"a running dashboard (default {DEFAULT_URL}; env CLICKWATCH_URL)")
-    _store_options(check)
+    _setting_flags(check, "check")
     _filter_options(check, full=False)
-    check.add_argument("--token", default=None, help="the dashboard's access token (env CLICKWATCH_TOKEN)")
     check.add_argument(
         "--fail-on",
         default="rejected,failed,error",
@@ -335,12 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = sub.add_parser("import", help="import and judge a HAR file exported from a browser")
     imp.add_argument("file", metavar="FILE.har")
-    _store_options(imp)
+    _setting_flags(imp, "import")
     imp.add_argument("--run", default=None, help="run name (default: the file's name)")
     imp.set_defaults(func=_cmd_import)
 
     exp = sub.add_parser("export", help="export deliveries as HAR, JSON lines or CSV")
-    _store_options(exp)
+    _setting_flags(exp, "export")
     exp.add_argument("--format", choices=["har", "jsonl", "csv"], default="jsonl")
     exp.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
     _filter_options(exp, full=True)
@@ -354,8 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--spartacus", action="store_true", help="a Spartacus-style storefront instead of the accelerator"
     )
-    demo.add_argument("--proxy-port", type=int, default=8080, help="port of the proxy (default 8080)")
-    demo.add_argument("--dashboard-port", type=int, default=8000, help="port of the dashboard (default 8000)")
+    for name in ("proxy_port", "dashboard_port"):
+        port = settings.BY_NAME[name]
+        assert port.flag is not None
+        demo.add_argument(
+            port.flag, dest=name, type=int, default=port.default, help=f"{port.help} (default {port.default})"
+        )
     demo.add_argument("--db", default=None, help="SQLite store (default: a temporary file removed at exit)")
     demo.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium for --journey")
     demo.set_defaults(func=_cmd_demo)

@@ -9,7 +9,8 @@ import sys
 import time
 from typing import TextIO
 
-from clickwatch.core.config import Config
+from clickwatch.core import settings
+from clickwatch.core.settings import CommandSettings
 from clickwatch.store import reader
 
 PROGRESS_EVERY_SECONDS = 2.0
@@ -53,12 +54,17 @@ async def _progress(db: str, out: TextIO) -> None:
             out.flush()
 
 
-def run_up(config: Config, config_path: str | None, sets: list[str]) -> int:
+def run_up(given: CommandSettings, sets: list[str]) -> int:
     """Run until Ctrl-C or SIGTERM; every captured delivery is written before returning."""
-    return asyncio.run(_run(config, config_path, sets))
+    return asyncio.run(_run(given, sets))
 
 
-async def _run(config: Config, config_path: str | None, sets: list[str]) -> int:
+def addon_options(given: CommandSettings) -> dict[str, object]:
+    """The addon options `up` sets from its own settings (those with both a flag and an option)."""
+    return {s.option: settings.option_value(s, getattr(given, s.name)) for s in settings.for_command("up") if s.option}
+
+
+async def _run(given: CommandSettings, sets: list[str]) -> int:
     from mitmproxy import exceptions, options
     from mitmproxy.tools.dump import DumpMaster
 
@@ -67,35 +73,30 @@ async def _run(config: Config, config_path: str | None, sets: list[str]) -> int:
     from clickwatch.dashboard.server import DashboardServer
     from clickwatch.dashboard.settings import DashboardSettings
 
-    opts = options.Options(listen_host=config.listen_host, listen_port=config.proxy_port)
-    master = DumpMaster(opts, with_termlog=not config.quiet, with_dumper=False)
-    if not config.quiet:
+    opts = options.Options(listen_host=given.listen_host, listen_port=given.proxy_port)
+    master = DumpMaster(opts, with_termlog=not given.quiet, with_dumper=False)
+    if not given.quiet:
         opts.update(termlog_verbosity="warn")  # the progress line says what matters; flows would drown it
     addon = Clickwatch()
     master.addons.add(addon)
     try:
-        opts.update(
-            clickwatch_db=config.db,
-            clickwatch_config=config_path or "",
-            clickwatch_observer=config.observer_enabled,
-            ssl_insecure=config.upstream_insecure,
-        )
+        opts.update(**addon_options(given), ssl_insecure=given.upstream_insecure)
         if sets:
             opts.set(*sets)
     except exceptions.OptionsError as exc:
         raise ValueError(str(exc)) from None
 
-    host = _url_host(config.listen_host)
-    settings = DashboardSettings(
-        db=config.db,
-        listen_host=config.listen_host,
-        dashboard_port=config.dashboard_port,
-        token=config.token or None,
-        proxy_url=f"http://{host}:{config.proxy_port}",
+    host = _url_host(given.listen_host)
+    dashboard_settings = DashboardSettings(
+        db=given.db,
+        listen_host=given.listen_host,
+        dashboard_port=given.dashboard_port,
+        token=given.token or None,
+        proxy_url=f"http://{host}:{given.proxy_port}",
         confdir=opts.confdir,
     )
     try:
-        dashboard = DashboardServer(settings, live_writer=lambda: addon.writer)
+        dashboard = DashboardServer(dashboard_settings)
     except InsecureListen as exc:
         raise ValueError(str(exc)) from None
     dashboard.start()
@@ -104,9 +105,9 @@ async def _run(config: Config, config_path: str | None, sets: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     confdir = os.path.expanduser(opts.confdir)
-    print(f"clickwatch proxy:   http://{host}:{config.proxy_port}", flush=True)
-    print(f"dashboard:          http://{host}:{config.dashboard_port}/", flush=True)
-    print(f"store:              {os.path.abspath(config.db)}", flush=True)
+    print(f"clickwatch proxy:   http://{host}:{given.proxy_port}", flush=True)
+    print(f"dashboard:          http://{host}:{given.dashboard_port}/", flush=True)
+    print(f"store:              {os.path.abspath(given.db)}", flush=True)
     print(f"CA certificate:     {os.path.join(confdir, 'mitmproxy-ca-cert.pem')}", flush=True)
     observer = (
         "on: /__clickwatch/observer.js is added to storefront pages (--no-observer to switch it off)"
@@ -114,7 +115,7 @@ async def _run(config: Config, config_path: str | None, sets: list[str]) -> int:
         else "off: consent and events are judged from network traffic only"
     )
     print(f"data-layer observer: {observer}", flush=True)
-    progress = None if config.quiet else asyncio.create_task(_progress(config.db, sys.stdout))
+    progress = None if given.quiet else asyncio.create_task(_progress(given.db, sys.stdout))
     try:
         await master.run()
     finally:

@@ -1,4 +1,5 @@
-"""Plain-Python core of clickwatch: matching, decoding, verdicts, consent, findings; no mitmproxy, no FastAPI."""
+"""Plain-Python core of clickwatch: settings, matching, decoding, storefront and consent reading, the judge and its
+findings, HAR reading; no mitmproxy, no FastAPI, nothing of the other packages."""
 
 from importlib.metadata import PackageNotFoundError, version
 

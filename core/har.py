@@ -1,4 +1,8 @@
-"""Read a browser's HAR export into the same observations the proxy makes, in the order they happened."""
+"""Read a browser's HAR export into the same observations the proxy makes, in the order they happened.
+
+Owns the HAR format: its validation and the mapping of its entries onto tracking calls, answers and storefront
+traffic. What storefront traffic says is read by `core.storefront`, the reader the proxy uses.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from clickwatch.core.consent import signed_in
-from clickwatch.core.matching import Patterns, is_page_load
+from clickwatch.core.matching import Patterns
 from clickwatch.core.model import Answer, Headers, RequestSeen, StorefrontSeen
 from clickwatch.core.record import header
+from clickwatch.core.storefront import RawHeaders, read_exchange
 
 HAR_CLIENT = "har-import"  # a HAR names no client address; one recording is one browser
 
@@ -53,6 +57,18 @@ def _text(container: dict[str, Any] | None, where: str) -> bytes:
         except binascii.Error:
             raise HarError(f"{where}.text: not valid base64") from None
     return text.encode("utf-8", "surrogatepass")
+
+
+def _raw(headers: Headers) -> RawHeaders:
+    """HAR header strings as the byte fields a proxy holds, which the storefront reader reads."""
+    return tuple((_bytes(name), _bytes(value)) for name, value in headers)
+
+
+def _bytes(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")  # undoes header_text: odd bytes come back as they were
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")  # a lone surrogate the HAR itself holds ('\ud83d')
 
 
 def _without_encoding(headers: Headers) -> Headers:
@@ -108,26 +124,21 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
         match = patterns.classify(method, host, path)
         ended = started + elapsed
         if match is None:
-            page_load = bool(status) and is_page_load(
-                method,
-                header(req_headers, "sec-fetch-dest"),
-                header(req_headers, "accept") or "",
-                header(resp_headers, "content-type") or "",
-            )
-            cookie = header(req_headers, "cookie") or ""
+            # Status 0: the browser recorded no answer, as the proxy sees an error.
+            signals = read_exchange(method, path, _raw(req_headers), _raw(resp_headers) if status else None)
             out.append(
                 StorefrontSeen(
                     run=run,
                     client_addr=HAR_CLIENT,
-                    user_agent=user_agent,
+                    user_agent=signals.user_agent,
                     request_at=started,
                     response_at=ended if status else None,
-                    cookie=cookie,
-                    anonymous_consents_header=header(req_headers, "x-anonymous-consents"),
-                    set_cookies=tuple(v for k, v in resp_headers if k.lower() == "set-cookie"),
-                    page_load=page_load,
-                    consent_reference=bool((header(req_headers, "x-consent-reference") or "").strip()),
-                    logged_in=signed_in(parts.path or "/", header(req_headers, "authorization"), cookie, page_load),
+                    cookie=signals.cookie,
+                    anonymous_consents_header=signals.anonymous_consents_header,
+                    set_cookies=signals.set_cookies,
+                    page_load=signals.page_load,
+                    consent_reference=signals.consent_reference,
+                    logged_in=signals.logged_in,
                 )
             )
             continue

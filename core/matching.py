@@ -1,4 +1,7 @@
-"""Recognise tracking traffic by method, host and path."""
+"""Recognise tracking traffic by method, host and path, and a page load among storefront traffic.
+
+Owns the patterns that tell tracking calls apart (`Patterns.classify`) and the one page-load rule (`is_page_load`).
+"""
 
 from __future__ import annotations
 
@@ -90,10 +93,14 @@ class Patterns:
         return None
 
 
-def is_page_load(method: str, sec_fetch_dest: str | None, accept: str, content_type: str) -> bool:
-    """Whether a storefront exchange is a page (an HTML document the browser navigated to), not an asset."""
-    if method.upper() != "GET" or not content_type.lower().startswith("text/html"):
+def is_page_load(method: str, sec_fetch_dest: bytes | None, accept: bytes, content_type: bytes) -> bool:
+    """Whether a storefront exchange is a page (an HTML document the browser navigated to), not an asset.
+
+    On raw header values, as the proxy holds them: it runs for every storefront request, and HAR import turns its
+    header strings back into bytes for it (`core.storefront.read_exchange` reads both).
+    """
+    if content_type[:9].lower() != b"text/html" or method.upper() != "GET":
         return False
     if sec_fetch_dest is not None:
-        return sec_fetch_dest.lower() in ("document", "iframe")
-    return "text/html" in accept.lower()
+        return sec_fetch_dest.lower() in (b"document", b"iframe")
+    return b"text/html" in accept.lower()

@@ -1,1 +1,1 @@
-"""The read side of clickwatch: the FastAPI dashboard, API and metrics (issue 4 and 5)."""
+"""The read side of clickwatch: the FastAPI app with its pages, JSON API and Prometheus metrics, read from the store."""

@@ -1,20 +1,19 @@
-"""Assembles the dashboard: settings, security, routers, static files."""
+"""Assembles the dashboard: settings, security, metrics, the API and page routers, static files."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from clickwatch.core import __version__
-from clickwatch.dashboard import pages
 from clickwatch.dashboard.metrics import StoreCollector, registry_for, render
+from clickwatch.dashboard.pages import delivery, live, login, setup, visitors
 from clickwatch.dashboard.routes import api, health
 from clickwatch.dashboard.security import browser_guard, token_guard
 from clickwatch.dashboard.settings import DashboardSettings
-from clickwatch.store.link import LiveStore
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -23,10 +22,8 @@ class InsecureListen(ValueError):
     """Listening beyond loopback without an access token."""
 
 
-def create_app(
-    settings: DashboardSettings | None = None, live_writer: Callable[[], LiveStore | None] | None = None
-) -> FastAPI:
-    """The dashboard application for one store; `live_writer` gives in-process proxy numbers to the metrics."""
+def create_app(settings: DashboardSettings | None = None) -> FastAPI:
+    """The dashboard application for one store."""
     settings = settings or DashboardSettings()
     if settings.needs_token() and not settings.token:
         raise InsecureListen(
@@ -43,15 +40,22 @@ def create_app(
         app.middleware("http")(token_guard(settings.token))
     # Added last, so it runs first: refuse foreign Hosts and cross-site writes before anything else.
     app.middleware("http")(browser_guard(settings.listen_host, token_required=bool(settings.token)))
-    registry = registry_for(StoreCollector(settings.db, live_writer))
+    registry = registry_for(StoreCollector(settings.db))
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get(
+        "/metrics",
+        tags=["metrics"],
+        summary="Prometheus text exposition of the store's counters",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
     def metrics() -> Response:
         body, content_type = render(registry)
         return Response(body, media_type=content_type)
 
     app.include_router(health.router)
     app.include_router(api.router)
-    app.include_router(pages.router)
+    for page in (live, delivery, visitors, setup, login):
+        app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -1,9 +1,10 @@
-"""Prometheus metrics read from the store at scrape time: true across restarts, cheap on a huge store."""
+"""Prometheus metrics read from the store's SQLite file at scrape time: true across restarts of the proxy, the
+store and the dashboard, and cheap on a huge store (trigger-kept totals, counters the store writes)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -15,28 +16,22 @@ from clickwatch.core.findings import FindingKind, Severity
 from clickwatch.core.model import Kind
 from clickwatch.core.pipeline import REJECT_REASONS
 from clickwatch.store import reader
-from clickwatch.store.link import LiveStore
-from clickwatch.store.metrics_schema import COUNTERS, DURATION_BUCKETS, FINAL_VERDICTS
+from clickwatch.store.metrics_schema import COUNTERS, DURATION_BUCKETS, FINAL_VERDICTS, QUEUE_DEPTH
 
 OTHER_SCHEMA = "other"
 _COUNTER_HELP = {
     "proxy_flows": "HTTP flows through the proxy, tracked or not (traffic without deliveries means nothing is tracked)",
-    "store_dropped": "Observations dropped because a bounded queue (the proxy's buffer or the store's) was full",
+    "store_dropped": "Observations dropped: a bounded queue (the proxy's buffer or the store's) was full, or a store "
+    "process died before writing them",
     "addon_errors": "Exceptions inside the clickwatch addon (each logged; the flow went on untouched)",
 }
 
 
 class StoreCollector(Collector):
-    """Builds every clickwatch metric from the store's trigger-kept totals (and live proxy numbers if in-process)."""
+    """Builds every clickwatch metric from what the store holds: trigger-kept totals and the counters it writes."""
 
-    def __init__(
-        self,
-        db: str,
-        live_writer: Callable[[], LiveStore | None] | None = None,
-        schemas: Iterable[str] = BUILTIN_SCHEMAS,
-    ) -> None:
+    def __init__(self, db: str, schemas: Iterable[str] = BUILTIN_SCHEMAS) -> None:
         self.db = db
-        self.live_writer = live_writer or (lambda: None)
         self.schemas = sorted(schemas)
 
     def collect(self) -> Iterator[Metric]:
@@ -156,16 +151,13 @@ class StoreCollector(Collector):
             )
         yield histogram
 
-        writer = self.live_writer()
         stored = {r["name"]: float(r["value"]) for r in self._rows(conn, "SELECT name, value FROM metric_counters")}
-        counters = writer.metric_counters() if writer is not None else {n: stored.get(n, 0.0) for n in COUNTERS}
         for name in COUNTERS:
             counter = CounterMetricFamily(f"clickwatch_{name}", _COUNTER_HELP[name])
-            counter.add_metric([], counters.get(name, 0.0))
+            counter.add_metric([], stored.get(name, 0.0))
             yield counter
-        depth = float(writer.waiting) if writer is not None else stored.get("store_queue_depth", 0.0)
         queue = GaugeMetricFamily("clickwatch_store_queue_depth", "Observations waiting to be written to the store")
-        queue.add_metric([], depth)
+        queue.add_metric([], stored.get(QUEUE_DEPTH, 0.0))
         yield queue
 
 

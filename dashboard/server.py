@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import uvicorn
 
 from clickwatch.dashboard.main import create_app
 from clickwatch.dashboard.settings import DashboardSettings
-from clickwatch.store.link import LiveStore
 
 
 class DashboardServer:
@@ -19,11 +17,10 @@ class DashboardServer:
     def __init__(
         self,
         settings: DashboardSettings,
-        live_writer: Callable[[], LiveStore | None] | None = None,
         log_level: str = "warning",
     ) -> None:
         config = uvicorn.Config(
-            create_app(settings, live_writer),
+            create_app(settings),
             host=settings.listen_host,
             port=settings.dashboard_port,
             log_level=log_level,

@@ -1,10 +1,16 @@
-"""The dashboard's settings, from arguments or CLICKWATCH_* environment variables."""
+"""The dashboard's settings, from arguments or CLICKWATCH_* environment variables.
+
+Declared in core.settings (names, defaults, variables); DashboardSettings is their pydantic-settings view, and
+tests/test_settings_table.py checks that it agrees with the table.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clickwatch.core.settings import ENV_PREFIX, default
 
 
 def is_loopback(host: str) -> bool:
@@ -20,15 +26,15 @@ def is_loopback(host: str) -> bool:
 class DashboardSettings(BaseSettings):
     """Where the store is, where to listen, and who may look."""
 
-    model_config = SettingsConfigDict(env_prefix="CLICKWATCH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    db: str = "clickwatch.db"
-    listen_host: str = "127.0.0.1"
-    dashboard_port: int = 8000
-    token: str | None = None
-    proxy_url: str = "http://127.0.0.1:8080"
-    confdir: str = "~/.mitmproxy"
-    poll_seconds: float = 0.25
+    db: str = default("db")
+    listen_host: str = default("listen_host")
+    dashboard_port: int = default("dashboard_port")
+    token: str | None = default("token") or None
+    proxy_url: str = default("proxy_url")
+    confdir: str = default("confdir")
+    poll_seconds: float = default("poll_seconds")
 
     def needs_token(self) -> bool:
         """Anything but loopback must be protected by an access token."""

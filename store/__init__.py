@@ -1,2 +1,3 @@
-"""The SQLite store: schema migrations, the writer (in the store process, or a thread of the proxy), the wire
-messages from the proxy, readers for the dashboard, export and import."""
+"""The SQLite store: schema migrations, the store process and its link from the proxy (the wire messages, the
+bounded inboxes on both ends), the writer that owns the write connection and the counters, readers for the
+dashboard, export and import (docs/store.md)."""

@@ -1,4 +1,4 @@
-"""Maintenance writes from outside the proxy's writer thread: clearing captured data."""
+"""Maintenance writes from outside the store's writer: clearing captured data (the API's reset)."""
 
 from __future__ import annotations
 

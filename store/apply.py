@@ -1,4 +1,4 @@
-"""Apply store operations inside the caller's transaction: the one write path of the proxy and of imports."""
+"""Apply store operations inside the caller's transaction: the one write path of live capture and of imports."""
 
 from __future__ import annotations
 
@@ -52,6 +52,25 @@ def coalesce(ops: StoreOps) -> None:
             row["pushed_at"] = link["pushed_at"]
             links.append({**link, "folded": True})
     ops.links = links
+
+
+def _apply_counters(conn: sqlite3.Connection, rows: list[dict[str, object]]) -> None:
+    """Counter rows as the writer makes them: increments ("add"), gauges ("set") and Counts taken ("source")."""
+    conn.executemany(
+        "INSERT INTO metric_counters (name, value, updated_at) VALUES (:name, :add, :updated_at) "
+        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value, updated_at = excluded.updated_at",
+        [row for row in rows if "add" in row],
+    )
+    conn.executemany(
+        "INSERT INTO metric_counters (name, value, updated_at) VALUES (:name, :set, :updated_at) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        [row for row in rows if "set" in row],
+    )
+    conn.executemany(
+        "INSERT INTO counter_feeds (source, seq, updated_at) VALUES (:source, :seq, :updated_at) "
+        "ON CONFLICT (source) DO UPDATE SET seq = MAX(seq, excluded.seq), updated_at = excluded.updated_at",
+        [row for row in rows if "source" in row],
+    )
 
 
 def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
@@ -113,11 +132,7 @@ def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
     if changed:
         conn.executemany("UPDATE deliveries SET seq = ? WHERE uid = ?", changed)
     if ops.counters:
-        conn.executemany(
-            "INSERT INTO metric_counters (name, value, updated_at) VALUES (:name, :value, :updated_at) "
-            "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            ops.counters,
-        )
+        _apply_counters(conn, ops.counters)
     if ops.visitors:
         rows = list(ops.visitors.values())
         columns = list(rows[0])

@@ -1,11 +1,15 @@
 """The proxy's end of the store: takes wire messages on the event loop in well under a microsecond each.
 
-`StoreLink.send` only appends to a bounded buffer. A feeder thread hands the buffer on at most every FEED_SECONDS
-(and sleeps while there is nothing to hand on, so an idle proxy is not woken 40 times a second), either
+`StoreLink.send` only puts into a bounded Inbox (store.inbox). A feeder thread hands the buffer on at most every
+FEED_SECONDS (and sleeps while there is nothing to hand on, so an idle proxy is not woken 40 times a second), either
 to a store process (`python -m clickwatch.store.worker`, the default: decoding, judging and SQLite then never hold the
 proxy's GIL) or to a StoreService in a thread of the proxy process. If the store process dies, what it had not
 confirmed is counted as dropped, and a new one is started (or, when it dies within seconds of starting, the
 store continues in a thread of the proxy process). Nothing here ever blocks the proxy.
+
+The link counts nothing for metrics itself: with each hand-over that has news it sends a Counts of what the
+proxy counted since the previous one (flows, addon errors, drops), and keeps it until the store reports it
+written; a replacement store is handed again those it had not reported, and skips any the dead one wrote.
 """
 
 from __future__ import annotations
@@ -19,21 +23,22 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any, Protocol
 
 import clickwatch
-from clickwatch.store.wire import ANSWER, CONFIG, COUNTERS, TAKE_OVER, WEBHOOK, Message, count_observations, shed_answer
+from clickwatch.store.inbox import Inbox
+from clickwatch.store.wire import Control, Counts, Message, Observed, count_observations, is_observed, pack
 from clickwatch.store.worker import FRAME, StoreService
-from clickwatch.store.writer import ANSWER_OVERFLOW_LIMIT, OVERFLOW_NOTE
 
 log = logging.getLogger("clickwatch.store")
 
 # How long messages gather in the proxy before they are handed on: a hard kill of the proxy loses at most these,
 # as the store process writes everything it received when its pipe closes.
 FEED_SECONDS = 0.05
-# With nothing to hand on, the feeder still sends the proxy's counters this often (the store writes them each second).
+# Counts go with every hand-over of observations, and at least this often when there are only counts to send.
 IDLE_SECONDS = 1.0
 # A store process that dies sooner than this after starting is not restarted: the proxy writes itself instead.
 MIN_PROCESS_LIFETIME = 10.0
@@ -43,16 +48,37 @@ FEED_BUFFER_MIN = 10000
 # Extra seconds, beyond the shutdown timeout, for the store process to exit after writing.
 EXIT_GRACE_SECONDS = 5.0
 
-LiveCounters = Callable[[], dict[str, int]]
+# The proxy's own running totals ("proxy_flows", "addon_errors"), read by the feeder thread.
+ProxyCounts = Callable[[], Mapping[str, int]]
 
 
-class LiveStore(Protocol):
-    """What an in-process dashboard reads for up-to-the-moment proxy metrics."""
+class Link(Protocol):
+    """What the addon needs of its store link (a StoreLink, or an in-process stand-in in tests)."""
+
+    path: str
 
     @property
-    def waiting(self) -> int: ...
+    def mode(self) -> str: ...
 
-    def metric_counters(self) -> dict[str, float]: ...
+    def send(self, message: Observed) -> bool: ...
+
+    def control(self, message: Control) -> None: ...
+
+    def close(self, timeout: float | None = None) -> bool: ...
+
+
+class LinkFactory(Protocol):
+    """Opens a store link: StoreLink's signature."""
+
+    def __call__(
+        self,
+        path: str,
+        *,
+        queue_size: int,
+        shutdown_timeout: float,
+        use_process: bool,
+        proxy_counts: ProxyCounts | None = None,
+    ) -> Link: ...
 
 
 class _Backend(Protocol):
@@ -140,7 +166,7 @@ class _ProcessBackend:
         self._reader.start()
 
     def deliver(self, batch: list[Message]) -> None:
-        payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(pack(batch), protocol=pickle.HIGHEST_PROTOCOL)
         self._pipe.write(FRAME.pack(len(payload)))
         self._pipe.write(payload)
         self._pipe.flush()
@@ -196,7 +222,7 @@ class _ProcessBackend:
 
 
 class StoreLink:
-    """Bounded hand-off from the proxy's hooks to the store; counts what it has to drop."""
+    """Bounded hand-off from the proxy's hooks to the store; sends the proxy's counts with it."""
 
     def __init__(
         self,
@@ -205,26 +231,33 @@ class StoreLink:
         queue_size: int = 10000,
         shutdown_timeout: float = 10.0,
         use_process: bool = True,
-        live_counters: LiveCounters | None = None,
+        proxy_counts: ProxyCounts | None = None,
         buffer_size: int | None = None,
     ) -> None:
         self.path = path
         self.queue_size = queue_size
-        self.buffer_size = buffer_size if buffer_size is not None else max(queue_size, FEED_BUFFER_MIN)
         self.shutdown_timeout = shutdown_timeout
-        self._buffer: deque[Message] = deque()
-        self._controls: dict[str, Message] = {}
-        self._live = live_counters or (lambda: {})
-        # Dropped on the event loop (send) and in the feeder thread: one counter each, no lock needed.
-        self._dropped_sending = 0
+        self._inbox = Inbox(
+            buffer_size if buffer_size is not None else max(queue_size, FEED_BUFFER_MIN),
+            lambda: "store cannot keep up: observations wait in the proxy",
+        )
+        # Called on the event loop for every observation: the inbox's own method, no call in between.
+        self.send = self._inbox.put
+        self._controls: dict[type, Control] = {}
+        # Drops in the feeder thread (the inbox counts those on the event loop): one counter per thread.
         self._dropped_feeding = 0
-        self._last_metrics: dict[str, float] = {}
+        # What goes into Counts: the proxy's running totals, as last sent (a new link starts from the current
+        # ones: what was counted before belongs to the store the previous link fed).
+        self._proxy_counts = proxy_counts or (lambda: {})
+        self._sent_totals = self._totals()
+        self._last_waiting = 0
+        self._last_counts = 0.0
+        self.source = uuid.uuid4().hex
+        self._seq = 0
+        self._unconfirmed: deque[Counts] = deque()
         self._sent = 0  # observations handed to the current backend
-        self._last_drop_log = 0.0
-        self._stopping = False
+        self._stopping = threading.Event()
         self._closed = False
-        self._wake = threading.Event()
-        self._idle = False  # the feeder sleeps until send() wakes it
         self._backend: _Backend = self._new_backend(use_process)
         self._feeder = threading.Thread(target=self._feed, name="clickwatch-store-feed", daemon=True)
         self._feeder.start()
@@ -237,64 +270,24 @@ class StoreLink:
     @property
     def dropped(self) -> int:
         """Observations this proxy dropped, or handed to a store process that died before writing them."""
-        return self._dropped_sending + self._dropped_feeding
+        return self._inbox.dropped + self._dropped_feeding
 
-    def send(self, message: Message) -> None:
-        """Hand on an observation; never blocks. When the buffer is full it is dropped and counted."""
-        buffered = len(self._buffer)
-        if buffered < self.buffer_size:
-            self._buffer.append(message)
-            if self._idle:
-                self._idle = False
-                self._wake.set()
-            return
-        if message[0] == ANSWER and buffered < self.buffer_size + ANSWER_OVERFLOW_LIMIT:
-            # An answer completes a request already handed on: keep its verdict, shed its bulk (as the store does).
-            self._buffer.append(shed_answer(message, OVERFLOW_NOTE))
-            return
-        self._dropped_sending += 1
-        now = time.monotonic()
-        if now - self._last_drop_log >= 5.0:
-            self._last_drop_log = now
-            log.error(
-                "clickwatch store cannot keep up (%d observations waiting in the proxy): %d dropped so far",
-                buffered,
-                self.dropped,
-            )
-
-    def control(self, message: Message) -> None:
-        """Hand on a setting (CONFIG, WEBHOOK); never dropped, and given again to a restarted store."""
+    def control(self, message: Control) -> None:
+        """Hand on a setting (Config, Webhook); never dropped, and given again to a restarted store."""
         # A new dict, not an update: the feeder thread may be reading the old one.
-        self._controls = {**self._controls, message[0]: message}
-        self._buffer.append(message)
-        self._wake.set()
+        self._controls = {**self._controls, type(message): message}
+        self._inbox.put_control(message)
 
     @property
     def waiting(self) -> int:
         """Observations not written yet, here and in the store."""
-        return len(self._buffer) + int(self._backend.status().get("waiting", 0))
-
-    def metric_counters(self) -> dict[str, float]:
-        """Counter totals across restarts: what the store holds from earlier plus this process's counts."""
-        status = self._backend.status()
-        base = status.get("base") or {}
-        own = self._counters()
-        current = {
-            "proxy_flows": own["proxy_flows"],
-            "addon_errors": own["addon_errors"] + int(status.get("errors", 0)),
-            "store_dropped": own["store_dropped"] + int(status.get("dropped", 0)),
-        }
-        totals = {name: float(base.get(name, 0.0)) + value for name, value in current.items()}
-        # Counters never go down: right after a store restart its base may not be known yet.
-        totals = {name: max(value, self._last_metrics.get(name, 0.0)) for name, value in totals.items()}
-        self._last_metrics = totals
-        return totals
+        return len(self._inbox) + int(self._backend.status().get("waiting", 0))
 
     def close(self, timeout: float | None = None) -> bool:
         """Hand on everything, let the store write it (at most `timeout` s); True if nothing was lost."""
         timeout = self.shutdown_timeout if timeout is None else timeout
-        self._stopping = True
-        self._wake.set()
+        self._stopping.set()
+        self._inbox.wake()
         self._feeder.join(timeout + EXIT_GRACE_SECONDS)
         # From here on a failing hand-over is the end, not a reason to start another store.
         self._closed = True
@@ -306,18 +299,42 @@ class StoreLink:
         ok = self._backend.close(timeout) and not stuck
         if self.dropped:
             log.error("clickwatch store: %d observation(s) were dropped in the proxy in all", self.dropped)
-        return ok and self.dropped == 0 and not self._buffer
+        return ok and self.dropped == 0 and not self._inbox
 
     # --- feeder thread -------------------------------------------------------------------------------
 
-    def _counters(self) -> dict[str, int]:
-        """This process's lifetime counts: every store adds them to the base it continues from."""
-        live = self._live()
+    def _totals(self) -> dict[str, int]:
+        counts = self._proxy_counts()
         return {
-            "proxy_flows": live.get("proxy_flows", 0),
-            "addon_errors": live.get("addon_errors", 0),
+            "proxy_flows": int(counts.get("proxy_flows", 0)),
+            "addon_errors": int(counts.get("addon_errors", 0)),
             "store_dropped": self.dropped,
         }
+
+    def _counts(self, due: bool) -> Counts | None:
+        """What was counted since the last Counts, when `due` or the last was a while ago and there is news."""
+        now = time.monotonic()
+        if not due and now - self._last_counts < IDLE_SECONDS:
+            return None
+        totals = self._totals()
+        sent, self._sent_totals = self._sent_totals, totals
+        increments = {name: max(0, value - sent[name]) for name, value in totals.items()}
+        waiting = len(self._inbox)
+        if not any(increments.values()) and waiting == self._last_waiting:
+            return None
+        self._last_counts = now
+        self._last_waiting = waiting
+        self._seq += 1
+        counts = Counts(self.source, self._seq, waiting=waiting, **increments)
+        self._unconfirmed.append(counts)
+        return counts
+
+    def _confirmed(self, status: dict[str, Any]) -> int:
+        """The last Counts the store reported written; those before it need not be kept."""
+        seq = int((status.get("counted") or {}).get(self.source, 0))
+        while self._unconfirmed and self._unconfirmed[0].seq <= seq:
+            self._unconfirmed.popleft()
+        return seq
 
     def _new_backend(self, use_process: bool, take_over: bool = False) -> _Backend:
         self._sent = 0
@@ -334,25 +351,20 @@ class StoreLink:
         return _ThreadBackend(self.path, self.queue_size, take_over)
 
     def _feed(self) -> None:
+        inbox = self._inbox
         while True:
             batch: list[Message] = []
             try:
-                if not self._buffer:
-                    self._idle = True
-                    self._wake.clear()
-                    # Checked again after clear(): a send() or close() just before it must not be slept through.
-                    if not self._buffer and not self._stopping:
-                        self._wake.wait(IDLE_SECONDS)
-                    self._idle = False
+                if not inbox and not self._stopping.is_set():
+                    inbox.wait(IDLE_SECONDS)
                 # Let a batch gather: one hand-over (and one wake-up of this thread) per interval under load.
-                if not self._stopping:
-                    self._wake.clear()
-                    self._wake.wait(FEED_SECONDS)
-                stopping = self._stopping
-                batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
+                if inbox and not self._stopping.is_set():
+                    self._stopping.wait(FEED_SECONDS)
+                stopping = self._stopping.is_set()
+                batch = inbox.take()
                 self._deliver(batch)
                 batch = []
-                if stopping and not self._buffer:
+                if stopping and not inbox:
                     return
             except Exception:
                 # Never let this thread die: the proxy would buffer into nothing. What was in hand is counted.
@@ -361,8 +373,13 @@ class StoreLink:
                 time.sleep(FEED_SECONDS)
 
     def _deliver(self, batch: list[Message]) -> None:
-        counters = self._counters()
-        batch.append((COUNTERS, {**counters, "store_waiting": len(self._buffer)}))
+        self._confirmed(self._backend.status())
+        # The last hand-over before the link closes takes the last counts, however recent the previous ones.
+        counts = self._counts(due=bool(batch) or self._stopping.is_set())
+        if counts is not None:
+            batch.append(counts)
+        if not batch:
+            return
         try:
             self._backend.deliver(batch)
             self._sent += count_observations(batch)
@@ -402,14 +419,10 @@ class StoreLink:
         if isinstance(old, _ProcessBackend):
             old.discard()
         self._backend = self._new_backend(use_process, take_over=True)
-        # The new store continues the old one's totals: its base (or the database's, if it never read one) plus
-        # what it counted itself; the proxy's own counts come with every hand-over, as before.
-        carry = {"addon_errors": float(status.get("errors", 0)), "store_dropped": float(status.get("dropped", 0))}
-        replay = [
-            (TAKE_OVER, status.get("base"), carry),
-            *self._controls.values(),
-            *(m for m in undelivered if m[0] not in (CONFIG, WEBHOOK, COUNTERS)),
-        ]
+        # The settings again, what was not handed on, and every Counts the old store did not report written
+        # (the new one skips any it did write).
+        self._confirmed(status)
+        replay = [*self._controls.values(), *(m for m in undelivered if is_observed(m)), *self._unconfirmed]
         try:
             self._backend.deliver(replay)
             self._sent += count_observations(replay)

@@ -1,4 +1,5 @@
-"""Monotonic totals behind the Prometheus metrics, kept by triggers so they survive restarts and resets.
+"""Monotonic totals behind the Prometheus metrics, so they survive restarts and resets: per delivery, finding
+and duration kept by triggers; the proxy's and the store's counters (metric_counters) added by the writer.
 
 Unlike delivery_counts (which a reset empties), these only ever grow: a Prometheus counter must not go down.
 """
@@ -11,6 +12,8 @@ from clickwatch.core.model import Kind
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, float("inf"))
 FINAL_VERDICTS = ("delivered", "rejected", "failed")
 COUNTERS = ("proxy_flows", "store_dropped", "addon_errors")
+# A gauge kept beside the counters in metric_counters: observations waiting, in the proxy and in the store.
+QUEUE_DEPTH = "store_queue_depth"
 _INF = 1e308  # SQLite has no infinity literal; every duration is below this
 
 _FINALISED = """

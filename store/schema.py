@@ -247,8 +247,15 @@ def _datalayer(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations(name="0011_counter_feeds")
+def _counter_feeds(db: sqlite_utils.Database) -> None:
+    # Per proxy link, the last Counts added to metric_counters: a Counts handed again to a replacement store is
+    # skipped, not added twice. The counters hold increments from now on; what they hold already stays.
+    db.executescript("CREATE TABLE counter_feeds (source TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at REAL);")
+
+
 # The last migration: a store without it is still being created or upgraded, and readers wait for it.
-LATEST_MIGRATION = "0010_datalayer"
+LATEST_MIGRATION = "0011_counter_feeds"
 
 
 def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:

@@ -1,44 +1,150 @@
-"""The messages the proxy hands to the store: plain tuples, cheap to build on the event loop and to pickle.
+"""The messages that cross from the proxy to the store: one named tuple per message, cheap to build and to pickle.
 
 The proxy's hooks build these and nothing more; decoding header bytes, building the typed observations and
 everything after happens on the store side (a worker process, or a thread in the proxy when asked for).
+Each class is its message's one constructor; docs/store.md lists who sends which.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+from typing import Any, NamedTuple
 
-from clickwatch.core.model import (
-    Answer,
-    BrowserReport,
-    Kind,
-    ObserverBlocked,
-    ObserverRejected,
-    RequestSeen,
-    StorefrontSeen,
-)
+from clickwatch.core import model
 from clickwatch.core.pipeline import Observation
 
 # Header fields as mitmproxy holds them: (name, value) byte pairs.
 RawHeaders = tuple[tuple[bytes, bytes], ...]
 
-REQUEST = "q"  # (REQUEST, uid, run, kind, target, method, url, host, path, client_addr, fields, body, sent_at)
-ANSWER = "a"  # (ANSWER, uid, kind, sent_at, ended_at, status_code, fields, body, error[, note])
-# (STOREFRONT, run, addr, ua, request_at, response_at, cookie, anon, set_cookies, page, repeats, last
-#  [, consent_reference, logged_in])
-STOREFRONT = "s"
-BROWSER = "b"  # (BROWSER, run, addr, ua, received_at, body): an observe request from the data-layer observer
-BLOCKED = "x"  # (BLOCKED, run, addr, ua, at, url, reason): the page's CSP would block the observer
-REJECTED = "r"  # (REJECTED, {reason: count}): observe requests the proxy answered and dropped
-CONFIG = "config"  # (CONFIG, {"config_file": str, "overrides": {field: value}, "expected_status": str})
-WEBHOOK = "webhook"  # (WEBHOOK, url, min_interval_seconds)
-COUNTERS = "counters"  # (COUNTERS, {"proxy_flows": n, "addon_errors": n, "store_dropped": n})
-# To a store replacing one that died: (TAKE_OVER, its counter base or None, {counter: what it counted itself})
-TAKE_OVER = "take_over"
 
-OBSERVATIONS = frozenset((REQUEST, ANSWER, STOREFRONT, BROWSER, BLOCKED, REJECTED))
+class Request(NamedTuple):
+    """A tracking call on its way to the tenant (`Clickwatch.request`); its verdict waits for its Answer."""
 
-Message = tuple[Any, ...]
+    uid: str
+    run: str
+    kind: str
+    target: str | None
+    method: str
+    url: str
+    host: str
+    path: str
+    client_addr: str
+    fields: RawHeaders
+    body: bytes
+    sent_at: float
+
+
+class Answer(NamedTuple):
+    """How a tracking call ended (`Clickwatch.response`, `error`, `done`): a status with headers and body, or an
+    error. `note` says why headers and body are missing when a full queue shed them."""
+
+    uid: str
+    kind: str
+    sent_at: float
+    ended_at: float
+    status_code: int | None
+    fields: RawHeaders
+    body: bytes
+    error: str | None
+    note: str | None = None
+
+
+class Storefront(NamedTuple):
+    """What storefront traffic said about consent, sign-in and page loads (`Clickwatch._storefront`,
+    `_flush_pages`); `repeats` more page loads, the last at `last_at`, were folded into this one. The fields of
+    core.model.StorefrontSeen, in its order."""
+
+    run: str
+    client_addr: str
+    user_agent: str
+    request_at: float
+    response_at: float | None
+    cookie: str
+    anonymous_consents_header: str | None
+    set_cookies: tuple[str, ...]
+    page_load: bool
+    repeats: int = 0
+    last_at: float | None = None
+    consent_reference: bool = False
+    logged_in: bool | None = None
+
+
+class Browser(NamedTuple):
+    """An observe request from the data-layer observer in a page (`ObserverSide.request`), its body unread."""
+
+    run: str
+    client_addr: str
+    user_agent: str
+    received_at: float
+    body: bytes
+
+
+class Blocked(NamedTuple):
+    """A page whose Content-Security-Policy would block the observer (`ObserverSide.add_to_page`)."""
+
+    run: str
+    client_addr: str
+    user_agent: str
+    at: float
+    url: str
+    reason: str
+
+
+class Rejected(NamedTuple):
+    """Observe requests the proxy answered and dropped since it last said, as (reason, how many) pairs
+    (`ObserverSide.flush`)."""
+
+    counts: tuple[tuple[str, int], ...]
+
+
+class Config(NamedTuple):
+    """The settings to judge by (`Clickwatch.configure`): the keyword arguments of `core.config.build_config`."""
+
+    spec: dict[str, Any]
+
+
+class Webhook(NamedTuple):
+    """Where to notify of failed and rejected deliveries, and how often at most (`Clickwatch.configure`)."""
+
+    url: str
+    min_interval: float
+
+
+class Counts(NamedTuple):
+    """What the proxy counted since its previous Counts (`StoreLink`, with every hand-over that has news).
+
+    The store adds the increments to its counters and records `seq` for `source` (one per StoreLink) in the
+    same transaction, so a Counts handed again to a store that replaces a dead one is added once. `waiting`
+    is not an increment: it is how many observations wait in the proxy's buffer now.
+    """
+
+    source: str
+    seq: int
+    proxy_flows: int
+    addon_errors: int
+    store_dropped: int
+    waiting: int
+
+
+type Observed = Request | Answer | Storefront | Browser | Blocked | Rejected
+type Control = Config | Webhook | Counts
+type Message = Observed | Control
+
+# Pickling a NamedTuple costs over twice what a plain tuple does (it goes through copyreg): a batch crosses the
+# pipe as plain tuples and one byte per message naming its class, both made in C loops (docs/store.md, "Cost").
+_CLASSES: tuple[type[Message], ...] = (Request, Answer, Storefront, Browser, Blocked, Rejected, Config, Webhook, Counts)
+_TAGS = {cls: tag for tag, cls in enumerate(_CLASSES)}
+_PLAIN = operator.itemgetter(slice(None))  # a tuple subclass sliced is a plain tuple, and faster than tuple()
+
+
+def pack(batch: list[Message]) -> tuple[bytes, list[tuple[Any, ...]]]:
+    """A batch as plain values for pickling: its classes (one byte each) and its tuples."""
+    return bytes(map(_TAGS.__getitem__, map(type, batch))), list(map(_PLAIN, batch))
+
+
+def unpack(tags: bytes, values: list[tuple[Any, ...]]) -> list[Message]:
+    """The batch `pack` was given."""
+    return list(map(tuple.__new__, map(_CLASSES.__getitem__, tags), values))
 
 
 def header_text(value: bytes) -> str:
@@ -51,14 +157,19 @@ def decode_headers(fields: RawHeaders) -> tuple[tuple[str, str], ...]:
     return tuple((header_text(name), header_text(value)) for name, value in fields)
 
 
-def shed_answer(message: Message, note: str) -> Message:
-    """An ANSWER without its headers and body (kept when a queue is full); `note` says why, if there was a status."""
-    return (*message[:6], (), b"", message[8], note if message[5] else None)
+def shed_answer(message: Answer, note: str) -> Answer:
+    """An Answer without its headers and body (kept when a queue is full); `note` says why, if there was a status."""
+    return message._replace(fields=(), body=b"", note=note if message.status_code else None)
+
+
+def is_observed(message: Message) -> bool:
+    """Whether a message is an observation (not a setting or counts)."""
+    return not isinstance(message, (Config, Webhook, Counts))
 
 
 def count_observations(messages: list[Message]) -> int:
-    """How many of these messages are observations (not settings or counters)."""
-    return sum(1 for message in messages if message[0] in OBSERVATIONS)
+    """How many of these messages are observations."""
+    return sum(1 for message in messages if is_observed(message))
 
 
 def header_value(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
@@ -67,64 +178,44 @@ def header_value(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
     return ", ".join(values) if values else None
 
 
-def observation(message: Message) -> Observation:
-    """The typed observation a REQUEST, ANSWER or STOREFRONT message stands for."""
-    tag = message[0]
-    if tag == REQUEST:
-        _, uid, run, kind, target, method, url, host, path, addr, fields, body, sent_at = message
-        headers = decode_headers(fields)
-        return RequestSeen(
-            uid=uid,
-            run=run,
-            kind=Kind(kind),
-            target=Kind(target) if target else None,
-            method=method,
-            url=url,
-            host=host,
-            path=path,
-            client_addr=addr,
-            user_agent=header_value(headers, "user-agent") or "",
-            headers=headers,
-            raw_body=body,
-            sent_at=sent_at,
-        )
-    if tag == ANSWER:
-        _, uid, kind, sent_at, ended_at, status_code, fields, body, error, *note = message
-        return Answer(
-            uid=uid,
-            kind=Kind(kind),
-            sent_at=sent_at,
-            ended_at=ended_at,
-            status_code=status_code,
-            headers=decode_headers(fields),
-            raw_body=body,
-            error=error,
-            note=note[0] if note else None,
-        )
-    if tag == STOREFRONT:
-        _, run, addr, agent, request_at, response_at, cookie, anon, set_cookies, page, repeats, last_at, *more = message
-        reference, logged_in = more if more else (False, None)
-        return StorefrontSeen(
-            run=run,
-            client_addr=addr,
-            user_agent=agent,
-            request_at=request_at,
-            response_at=response_at,
-            cookie=cookie,
-            anonymous_consents_header=anon,
-            set_cookies=tuple(set_cookies),
-            page_load=page,
-            repeats=repeats,
-            last_at=last_at,
-            consent_reference=reference,
-            logged_in=logged_in,
-        )
-    if tag == BROWSER:
-        _, run, addr, agent, received_at, body = message
-        return BrowserReport(run, addr, agent, received_at, body)
-    if tag == BLOCKED:
-        _, run, addr, agent, at, url, reason = message
-        return ObserverBlocked(run, addr, agent, at, url, reason)
-    if tag == REJECTED:
-        return ObserverRejected(tuple((str(reason), int(n)) for reason, n in message[1].items()))
-    raise ValueError(f"not an observation message: {tag!r}")
+def observation(message: Observed) -> Observation:
+    """The typed observation an observed message stands for."""
+    match message:
+        case Request():
+            headers = decode_headers(message.fields)
+            return model.RequestSeen(
+                uid=message.uid,
+                run=message.run,
+                kind=model.Kind(message.kind),
+                target=model.Kind(message.target) if message.target else None,
+                method=message.method,
+                url=message.url,
+                host=message.host,
+                path=message.path,
+                client_addr=message.client_addr,
+                user_agent=header_value(headers, "user-agent") or "",
+                headers=headers,
+                raw_body=message.body,
+                sent_at=message.sent_at,
+            )
+        case Answer():
+            return model.Answer(
+                uid=message.uid,
+                kind=model.Kind(message.kind),
+                sent_at=message.sent_at,
+                ended_at=message.ended_at,
+                status_code=message.status_code,
+                headers=decode_headers(message.fields),
+                raw_body=message.body,
+                error=message.error,
+                note=message.note,
+            )
+        case Storefront():
+            return model.StorefrontSeen(*message)
+        case Browser():
+            return model.BrowserReport(*message)
+        case Blocked():
+            return model.ObserverBlocked(*message)
+        case Rejected():
+            return model.ObserverRejected(tuple((str(reason), int(n)) for reason, n in message.counts))
+    raise ValueError(f"not an observation message: {message!r}")

@@ -1,11 +1,12 @@
 """The store side of clickwatch: judges and writes what the proxy hands on, in a process of its own.
 
-`StoreService` takes the proxy's wire messages (store.wire) and feeds the StoreWriter and the webhook notifier.
-`python -m clickwatch.store.worker --db PATH` runs one in a separate process, so that decoding, judging and SQLite never
-compete with mitmproxy's event loop for the proxy's GIL. It reads length-prefixed pickled batches of messages
-on stdin (a private pipe from its own parent) and writes JSON lines on stdout: its status several times a second
-and its log records, which the proxy logs as its own. It ignores SIGINT and SIGTERM: it stops when the proxy
-closes the pipe (or dies), after writing everything it holds.
+`StoreService` owns the store's lifecycle: it takes the proxy's wire messages (store.wire) and feeds the
+StoreWriter (observations and counts) and the webhook notifier, and reports its progress.
+`python -m clickwatch.store.worker --db PATH` runs one in a separate process, so that decoding, judging and SQLite
+never compete with mitmproxy's event loop for the proxy's GIL. It reads length-prefixed pickled batches of
+messages (wire.pack) on stdin, a private pipe from its own parent, and writes JSON lines on stdout: its status
+several times a second and its log records, which the proxy logs as its own. It ignores SIGINT and SIGTERM: it
+stops when the proxy closes the pipe (or dies), after writing everything it holds.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from typing import IO, Any
 
 from clickwatch.core.config import build_config
 from clickwatch.core.pipeline import Notice
+from clickwatch.core.settings import BY_NAME
+from clickwatch.store import wire
 from clickwatch.store.notify import WebhookNotifier
-from clickwatch.store.wire import CONFIG, COUNTERS, OBSERVATIONS, TAKE_OVER, WEBHOOK, Message
 from clickwatch.store.writer import StoreWriter
 
 log = logging.getLogger("clickwatch.store")
@@ -41,38 +43,40 @@ class StoreService:
     """A StoreWriter and a webhook notifier driven by wire messages."""
 
     def __init__(self, path: str, *, queue_size: int = 10000, take_over: bool = False) -> None:
-        self.proxy_counters: dict[str, int] = {}
         self.notifier: WebhookNotifier | None = None
         self.received = 0
+        # A store that takes over from one that died while its proxy runs on leaves pending deliveries pending:
+        # their answers are still on their way.
         self.writer = StoreWriter(
-            path,
-            queue_size=queue_size,
-            live_counters=lambda: self.proxy_counters,
-            on_notices=self._notify,
-            fail_stale_pending=not take_over,
+            path, queue_size=queue_size, on_notices=self._notify, fail_stale_pending=not take_over
         )
 
     def start(self) -> None:
         """Start writing."""
         self.writer.start()
 
-    def handle(self, message: Message) -> None:
+    def handle(self, message: wire.Message) -> None:
         """Act on one message; a bad one is logged and counted, never raised."""
         try:
-            tag = message[0]
-            if tag in OBSERVATIONS:
-                self.received += 1
-                self.writer.submit(message)
-            elif tag == COUNTERS:
-                self.proxy_counters = message[1]
-            elif tag == CONFIG:
-                self.writer.config = build_config(**message[1])
-            elif tag == WEBHOOK:
-                self._open_webhook(message[1], message[2])
-            elif tag == TAKE_OVER:
-                self.writer.take_over_counters(message[1], message[2])
-            else:
-                raise ValueError(f"unknown message {tag!r}")
+            match message:
+                case (
+                    wire.Request()
+                    | wire.Answer()
+                    | wire.Storefront()
+                    | wire.Browser()
+                    | wire.Blocked()
+                    | wire.Rejected()
+                ):
+                    self.received += 1
+                    self.writer.submit(message)
+                case wire.Counts():
+                    self.writer.count(message)
+                case wire.Config():
+                    self.writer.config = build_config(**message.spec)
+                case wire.Webhook():
+                    self._open_webhook(message.url, message.min_interval)
+                case _:
+                    raise ValueError(f"unknown message {message!r}")
         except Exception:
             self.writer.stats.errors += 1
             log.exception("clickwatch store: could not handle a message from the proxy; it is skipped")
@@ -90,16 +94,17 @@ class StoreService:
             notifier.notify(notices)
 
     def status(self) -> dict[str, Any]:
-        """What the proxy shows and counts: progress, losses, what still waits, and the stored counter base."""
+        """What the proxy needs to know: progress, losses, what still waits, and which Counts were written."""
         stats = self.writer.stats
         return {
+            "connected": self.writer.connected,
             "received": self.received,
             "written": stats.written,
-            "dropped": stats.dropped,
+            "dropped": self.writer.dropped,
             "errors": stats.errors,
             "waiting": self.writer.waiting,
             "last_error": stats.last_error,
-            "base": self.writer.counter_base,
+            "counted": dict(self.writer.confirmed),
         }
 
     def close(self, timeout: float) -> bool:
@@ -186,7 +191,7 @@ def serve(
     try:
         for payload in read_batches(source):
             try:
-                messages = pickle.loads(payload)
+                messages = wire.unpack(*pickle.loads(payload))
             except Exception:
                 service.writer.stats.errors += 1
                 log.exception("clickwatch store: a batch from the proxy could not be read; it is skipped")
@@ -202,18 +207,25 @@ def serve(
     return ok
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the store process (started by the addon, not by people)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The store process's arguments."""
     parser = argparse.ArgumentParser(prog="python -m clickwatch.store.worker", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--queue-size", type=int, default=10000)
-    parser.add_argument("--shutdown-timeout", type=float, default=10.0)
+    # The addon's settings of the same names (core.settings), handed on by the proxy.
+    parser.add_argument("--db", required=True, help=BY_NAME["db"].help)
+    queue, timeout = BY_NAME["queue_size"], BY_NAME["shutdown_timeout"]
+    parser.add_argument("--queue-size", type=int, default=queue.default, help=queue.help)
+    parser.add_argument("--shutdown-timeout", type=float, default=float(timeout.default), help=timeout.help)
     parser.add_argument(
         "--take-over",
         action="store_true",
         help="replace a store process that died while the proxy runs on: leave pending deliveries pending",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the store process (started by the addon, not by people)."""
+    args = build_parser().parse_args(argv)
     # Ctrl-C reaches the whole process group: the proxy decides when to stop, by closing the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -1,27 +1,30 @@
-"""One thread owns the write connection: it judges and writes the wire messages the store process (or, in thread
-mode, the proxy) hands it, so nobody upstream ever waits on the disk."""
+"""The store's writer: one thread owns the write connection, judges the wire messages handed to it (by the store
+process, or by the proxy in thread mode) and writes them with the counters, so nobody upstream waits on the disk.
+
+It owns the counters (`metric_counters`): each batch adds the increments it has (the proxy's Counts, its own
+errors and drops) in the same transaction as the rows it writes, and records each Counts' sequence number, so
+counts handed again after a store died are added once.
+"""
 
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
 
 from clickwatch.core.config import Config
-from clickwatch.core.model import Answer
-from clickwatch.core.pipeline import Notice, Observation, Pipeline, StoreOps
+from clickwatch.core.pipeline import Notice, Pipeline, StoreOps
 from clickwatch.store.apply import apply_ops
-from clickwatch.store.metrics_schema import COUNTERS
+from clickwatch.store.inbox import Inbox
+from clickwatch.store.metrics_schema import COUNTERS, QUEUE_DEPTH
 from clickwatch.store.schema import open_database
-from clickwatch.store.wire import ANSWER, Message, observation, shed_answer
+from clickwatch.store.wire import Counts, Observed, observation
 
 log = logging.getLogger("clickwatch.store")
 
@@ -37,9 +40,6 @@ _DATA_ERRORS = (
 )
 
 STALE_PENDING_ERROR = "clickwatch stopped before an answer was seen"
-# Answers shed to their verdict are a few hundred bytes: this many is a few MB at most.
-ANSWER_OVERFLOW_LIMIT = 50000
-OVERFLOW_NOTE = "response headers and body not kept: the store queue was full"
 EVALUATE_EVERY_SECONDS = 1.0
 # How long the writer lets observations gather before a commit: a hard kill loses at most this much.
 GATHER_SECONDS = 0.1
@@ -50,7 +50,6 @@ class WriterStats:
     """Counters a monitor can read at any time (plain ints: safe to read under the GIL)."""
 
     written: int = 0
-    dropped: int = 0
     errors: int = 0
     failed_writes: int = 0
     last_error: str | None = None
@@ -69,10 +68,6 @@ class _Blocked(Exception):
         self.error = error
 
 
-def _typed(item: Observation | Message) -> Observation:
-    return observation(item) if isinstance(item, tuple) else item
-
-
 def _singles(ops: StoreOps) -> Iterator[StoreOps]:
     for name in ("inserts", "answers", "consent", "findings", "signals", "pushes", "links", "rejected"):
         for row in getattr(ops, name):
@@ -83,6 +78,30 @@ def _singles(ops: StoreOps) -> Iterator[StoreOps]:
         yield StoreOps(visitors={key: row})
     if ops.counters:
         yield StoreOps(counters=ops.counters)
+
+
+class _Tally:
+    """Counter increments not written yet, and the last Counts taken from each source."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.increments = dict.fromkeys(COUNTERS, 0)
+        self.fed: dict[str, int] = {}
+        # Per source, the last Counts taken (None until read from the database: a replacement store must not add
+        # again what the store it replaces had written); counts that come sooner wait in `early`.
+        self.taken: dict[str, int] | None = None
+        self.early: list[Counts] = []
+        self.proxy_waiting = 0
+
+    def add(self, counts: Counts) -> None:
+        """Take one Counts, unless it was taken (and written) before; call with the lock held."""
+        assert self.taken is not None
+        if counts.seq <= self.taken.get(counts.source, 0):
+            return
+        self.taken[counts.source] = self.fed[counts.source] = counts.seq
+        self.increments["proxy_flows"] += counts.proxy_flows
+        self.increments["addon_errors"] += counts.addon_errors
+        self.increments["store_dropped"] += counts.store_dropped
 
 
 class StoreWriter:
@@ -98,7 +117,6 @@ class StoreWriter:
         gather_seconds: float = GATHER_SECONDS,
         retry_max_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
-        live_counters: Callable[[], dict[str, int]] | None = None,
         on_notices: Callable[[list[Notice]], None] | None = None,
         fail_stale_pending: bool = True,
     ) -> None:
@@ -109,25 +127,23 @@ class StoreWriter:
         self.retry_max_seconds = retry_max_seconds
         self.clock = clock
         self.stats = WriterStats()
-        self._queue: queue.Queue[Observation | Message] = queue.Queue(maxsize=queue_size)
+        self._inbox = Inbox(queue_size, self._why_full)
         self._stopping = threading.Event()
         self._deadline = float("inf")
         self._thread = threading.Thread(target=self._run, name="clickwatch-store-writer", daemon=True)
         self._db: sqlite_utils.Database | None = None
-        self._last_drop_log = 0.0
         self._last_reject_log = 0.0
         self._rejected_since_log = 0
         self._next_evaluation = 0.0
-        self._answers_overflow: deque[Answer | Message] = deque()
-        # Process-lifetime counts from the proxy (flows, addon errors), added to what earlier runs stored.
-        self._live_counters = live_counters or (lambda: {})
-        self._counter_base: dict[str, float] | None = None
+        self._tally = _Tally()
+        self._counted_errors = 0
+        self._counted_drops = 0
+        # Per source, the last Counts committed: what a proxy may forget.
+        self.confirmed: dict[str, int] = {}
         self._on_notices = on_notices
         # False for a store that takes over from one that died while its proxy runs on: answers to the
         # requests it left pending are still on their way.
         self._fail_stale_pending = fail_stale_pending
-        self._counter_carry: dict[str, float] = {}
-        self._counter_lock = threading.Lock()
 
     @property
     def config(self) -> Config:
@@ -141,83 +157,55 @@ class StoreWriter:
     @property
     def queue_depth(self) -> int:
         """Observations waiting to be written (not counting a batch being retried)."""
-        return self._queue.qsize()
+        return len(self._inbox)
 
     @property
     def waiting(self) -> int:
-        """Observations not written yet: queued, answers kept aside, and a batch being retried."""
-        return self._queue.qsize() + len(self._answers_overflow) + self.stats.held
+        """Observations not written yet: queued, and a batch being retried."""
+        return len(self._inbox) + self.stats.held
 
     @property
-    def counter_base(self) -> dict[str, float] | None:
-        """The counter totals earlier processes stored (None until the database was first opened)."""
-        return dict(self._counter_base) if self._counter_base is not None else None
+    def dropped(self) -> int:
+        """Observations dropped because the queue was full."""
+        return self._inbox.dropped
 
-    def take_over_counters(self, base: dict[str, float] | None, carry: dict[str, float]) -> None:
-        """Continue the counter totals of a store that died: its base (None: read the database) plus what it
-        counted itself and may not have written (`carry`)."""
-        with self._counter_lock:
-            if base is not None:
-                self._counter_base = {name: float(base.get(name, 0.0)) + carry.get(name, 0.0) for name in COUNTERS}
-            elif self._counter_base is not None:
-                self._counter_base = {name: value + carry.get(name, 0.0) for name, value in self._counter_base.items()}
-            else:
-                self._counter_carry = dict(carry)
-
-    def metric_counters(self) -> dict[str, float]:
-        """Cumulative counters across restarts: what earlier processes stored plus this process's counts."""
-        live = {"proxy_flows": 0, "addon_errors": 0, "store_dropped": 0, **self._live_counters()}
-        # A bug met while decoding, judging or writing one observation counts like one in the addon's hooks.
-        live["addon_errors"] += self.stats.errors
-        # Drops before this writer's queue (a store process's feed) count with the ones here.
-        live["store_dropped"] += self.stats.dropped
-        base = self._counter_base or {}
-        return {name: base.get(name, 0.0) + float(live.get(name, 0)) for name in COUNTERS}
+    @property
+    def connected(self) -> bool:
+        """Whether the database was opened (and its schema is in place)."""
+        return self._db is not None
 
     def start(self) -> None:
         """Start the writer thread."""
         self._thread.start()
 
-    def submit(self, item: Observation | Message) -> bool:
-        """Queue an observation (or its wire message) without blocking; count and report it when the queue is full."""
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
-            pass
-        if len(self._answers_overflow) < ANSWER_OVERFLOW_LIMIT:
-            # An answer completes a row already queued or written: keep its verdict, shed its bulk,
-            # so no delivery is left pending for want of room.
-            if isinstance(item, Answer):
-                note = OVERFLOW_NOTE if item.status_code else None
-                self._answers_overflow.append(replace(item, headers=(), raw_body=b"", note=note))
-                return True
-            if isinstance(item, tuple) and item[0] == ANSWER:
-                self._answers_overflow.append(shed_answer(item, OVERFLOW_NOTE))
-                return True
-        self.stats.dropped += 1
-        now = time.monotonic()
-        if now - self._last_drop_log >= 5.0:
-            self._last_drop_log = now
-            log.error(
-                "clickwatch store queue is full (%d waiting; database %s): %d observation(s) dropped so far",
-                self._queue.maxsize,
-                self.stats.last_error or "busy or slow",
-                self.stats.dropped,
-            )
-        return False
+    def submit(self, message: Observed) -> bool:
+        """Queue an observation without blocking; False if the queue was full and it was dropped (and counted)."""
+        return self._inbox.put(message)
+
+    def count(self, counts: Counts) -> None:
+        """Add a proxy's Counts to the counters with the next batch written."""
+        tally = self._tally
+        with tally.lock:
+            tally.proxy_waiting = counts.waiting
+            if tally.taken is None:
+                tally.early.append(counts)
+            else:
+                tally.add(counts)
+
+    def _why_full(self) -> str:
+        return f"store queue is full (database {self.stats.last_error or 'busy or slow'})"
 
     def close(self, timeout: float = 10.0) -> bool:
         """Write everything queued and the final decisions, waiting at most `timeout` s; True if nothing was lost."""
         self._deadline = time.monotonic() + timeout
         self._stopping.set()
+        self._inbox.wake()
         if self._thread.is_alive():
             self._thread.join(timeout + 1.0)
-        left = self._queue.qsize() + len(self._answers_overflow) + self.stats.held
-        if self.stats.dropped:
+        left = len(self._inbox) + self.stats.held
+        if self.dropped:
             log.error(
-                "clickwatch store: %d observation(s) were dropped in all because the queue was full",
-                self.stats.dropped,
+                "clickwatch store: %d observation(s) were dropped in all because the queue was full", self.dropped
             )
         if left:
             log.error(
@@ -242,10 +230,10 @@ class StoreWriter:
         while True:
             if ops is None:
                 ops, held = self._next_ops()
-                if self._stopping.is_set() and self._queue.empty() and not self._answers_overflow and not final_done:
+                if self._stopping.is_set() and not self._inbox and not final_done:
                     # Shutdown decides what still waited on a window: no later evidence will come.
                     ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock(), final=True)))
-                    ops.counters = self._counter_rows()
+                    ops.counters += self._counter_rows(gauge=True)
                     final_done = True
                 if not ops:
                     ops = None
@@ -269,6 +257,7 @@ class StoreWriter:
                 log.exception("clickwatch store: unexpected error writing a batch; it is skipped")
             else:
                 self._note_success(held)
+                self.confirmed.update((row["source"], row["seq"]) for row in ops.counters if "source" in row)
                 if ops.notices and self._on_notices is not None:
                     self._on_notices(ops.notices)
             ops, held = None, 0
@@ -280,34 +269,22 @@ class StoreWriter:
     def _next_ops(self) -> tuple[StoreOps, int]:
         ops = StoreOps()
         count = 0
-        try:
-            first = self._queue.get(timeout=0.1)
-        except queue.Empty:
-            pass
-        else:
-            if not self._stopping.is_set():
-                # Let a batch gather: one wake-up and one commit per interval instead of one per request,
-                # which is what keeps this thread from competing with the proxy's event loop for the GIL.
-                self._stopping.wait(self.gather_seconds)
-            batch = [first]
-            while len(batch) < self.batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            # Overflowed answers go only after the queue is drained: their requests were queued before them.
-            if self._queue.empty():
-                while self._answers_overflow:
-                    batch.append(self._answers_overflow.popleft())
+        if not self._stopping.is_set() and self._inbox.wait(0.1):
+            # Let a batch gather: one wake-up and one commit per interval instead of one per request,
+            # which is what keeps this thread from competing with the proxy's event loop for the GIL.
+            self._stopping.wait(self.gather_seconds)
+        batch = self._inbox.take(self.batch_size)
+        if batch:
             count = len(batch)
             for item in batch:
-                ops.extend(self._guarded(lambda i=item: self.pipeline.process(_typed(i))))  # type: ignore[misc]
+                ops.extend(self._guarded(lambda i=item: self.pipeline.process(observation(i))))  # type: ignore[misc]
             if ops.rejected:
                 self._log_rejected(ops.rejected)
-        if time.monotonic() >= self._next_evaluation:
+        gauge = time.monotonic() >= self._next_evaluation
+        if gauge:
             self._next_evaluation = time.monotonic() + EVALUATE_EVERY_SECONDS
             ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock())))
-            ops.counters = self._counter_rows()
+        ops.counters += self._counter_rows(gauge)
         return ops, count
 
     def _log_rejected(self, rejected: list[tuple[str, int, str]]) -> None:
@@ -324,20 +301,30 @@ class StoreWriter:
             )
             self._rejected_since_log = 0
 
-    def _counter_rows(self) -> list[dict[str, Any]]:
-        if self._counter_base is None:
-            return []  # not connected yet: the base is unknown, and writing would lose earlier runs' counts
+    def _counter_rows(self, gauge: bool) -> list[dict[str, Any]]:
+        """Rows for apply_ops: counter increments taken now, the sources they came from, and (if `gauge`) the
+        queue depth; none before the database was read (a replacement store must know what was written)."""
+        tally = self._tally
+        with tally.lock:
+            if tally.taken is None:
+                return []
+            increments, tally.increments = tally.increments, dict.fromkeys(COUNTERS, 0)
+            fed, tally.fed = tally.fed, {}
+            proxy_waiting = tally.proxy_waiting
+        # A bug met while decoding, judging or writing one observation counts like one in the addon's hooks.
+        errors, drops = self.stats.errors, self.dropped
+        increments["addon_errors"] += errors - self._counted_errors
+        increments["store_dropped"] += drops - self._counted_drops
+        self._counted_errors, self._counted_drops = errors, drops
         now = time.time()
-        values = self.metric_counters()
-        rows = [{"name": name, "value": value, "updated_at": now} for name, value in values.items()]
-        rows.append(
-            {
-                "name": "store_queue_depth",
-                # What waits here, and what waits before this writer (in a proxy feeding a store process).
-                "value": float(self.waiting + self._live_counters().get("store_waiting", 0)),
-                "updated_at": now,
-            }
-        )
+        rows: list[dict[str, Any]] = [
+            {"name": name, "add": float(n), "updated_at": now} for name, n in increments.items() if n
+        ]
+        rows += [{"source": source, "seq": seq, "updated_at": now} for source, seq in fed.items()]
+        if gauge:
+            # What waits here, and what waits before this writer (in a proxy feeding a store process).
+            waiting = float(self.waiting + proxy_waiting)
+            rows.append({"name": QUEUE_DEPTH, "set": waiting, "updated_at": now})
         return rows
 
     def _guarded(self, step: Callable[[], StoreOps]) -> StoreOps:
@@ -361,15 +348,16 @@ class StoreWriter:
                             "ended_at = COALESCE(ended_at, sent_at) WHERE verdict = 'pending'",
                             (STALE_PENDING_ERROR,),
                         )
-                stored = dict(db.conn.execute("SELECT name, value FROM metric_counters").fetchall())
+                feeds = db.conn.execute("SELECT source, seq FROM counter_feeds").fetchall()
             except sqlite3.Error:
                 db.conn.close()
                 raise
-            with self._counter_lock:
-                if self._counter_base is None:
-                    self._counter_base = {
-                        name: float(stored.get(name, 0.0)) + self._counter_carry.get(name, 0.0) for name in COUNTERS
-                    }
+            tally = self._tally
+            with tally.lock:
+                tally.taken = {str(source): int(seq) for source, seq in feeds}
+                for counts in tally.early:
+                    tally.add(counts)
+                tally.early = []
             self._db = db
         return self._db
 
@@ -409,7 +397,7 @@ class StoreWriter:
                 self.path,
                 message,
                 held,
-                self._queue.qsize(),
+                len(self._inbox),
             )
         self.stats.last_error = message
         if self.stats.blocked_since is None:

@@ -1,3 +1,4 @@
+import base64
 import sqlite3
 
 import pytest
@@ -5,7 +6,34 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 
 from clickwatch.addon.capture import STOPPED_ERROR, Clickwatch
-from clickwatch.store.wire import observation
+from clickwatch.store import wire
+from clickwatch.store.link import StoreLink
+
+
+class RecordingLink:
+    """The store link for these tests: a StoreLink writing in a thread of this process (no store process), which
+    also keeps every message the addon hands it."""
+
+    def __init__(self, path: str, **options) -> None:
+        self.link = StoreLink(path, **{**options, "use_process": False})
+        self.path = path
+        self.sent: list[wire.Observed] = []
+        self.controls: list[wire.Control] = []
+
+    @property
+    def mode(self) -> str:
+        return self.link.mode
+
+    def send(self, message: wire.Observed) -> bool:
+        self.sent.append(message)
+        return self.link.send(message)
+
+    def control(self, message: wire.Control) -> None:
+        self.controls.append(message)
+        self.link.control(message)
+
+    def close(self, timeout: float | None = None) -> bool:
+        return self.link.close(timeout)
 
 
 def clickstream_flow(resp: bool = True, status: int = 201, path: str = "/edge/clickstreamEvents"):
@@ -38,7 +66,7 @@ def stored(path) -> list[sqlite3.Row]:
 
 @pytest.fixture
 def addon_ctx(tmp_path):
-    addon = Clickwatch()
+    addon = Clickwatch(open_link=RecordingLink)
     with taddons.context(addon) as tctx:
         tctx.configure(addon, clickwatch_db=str(tmp_path / "cw.db"))
         yield addon, tctx, str(tmp_path / "cw.db")
@@ -46,7 +74,7 @@ def addon_ctx(tmp_path):
 
 
 def test_every_option_has_the_prefix_and_a_real_help_text():
-    addon = Clickwatch()
+    addon = Clickwatch(open_link=RecordingLink)
     with taddons.context(addon) as tctx:
         ours = [
             name
@@ -132,6 +160,66 @@ async def test_the_run_header_is_taken_out_and_recorded(addon_ctx):
     assert stored(db)[0]["run"] == "nightly-42"
 
 
+def basic(credentials: bytes) -> str:
+    return "Basic " + base64.b64encode(credentials).decode()
+
+
+@pytest.mark.parametrize(
+    ("authorization", "run"),
+    [
+        (basic(b"alice:secret"), "alice"),
+        (basic(b"alice:"), "alice"),
+        ("basic " + base64.b64encode(b"al:ice:x").decode(), "al"),  # the user name ends at the first colon
+        (basic(b"bob%2Fci:x"), "bob/ci"),  # percent-encoded as in http://bob%2Fci@proxy
+        (basic("jürgen:x".encode()), "jürgen"),
+        (basic(b"  spaced  :x"), "spaced"),
+        (basic(b"tab\there:x"), "tabhere"),  # unprintable characters are dropped
+        (basic(b"x" * 150 + b":y"), "x" * 100),
+        # Not a run name: the default run (mitmproxy's parse_http_basic_auth refuses them).
+        (basic(b":secret"), "default"),
+        (basic(b"no-colon"), "default"),
+        ("Bearer abc", "default"),
+        ("Basic !!!", "default"),
+        ("Basic", "default"),
+        ("Basic a b", "default"),
+        ("", "default"),
+    ],
+)
+def test_proxy_credentials_name_the_run_and_go_no_further(addon_ctx, authorization, run):
+    addon, _tctx, _db = addon_ctx
+    flow = tflow.tflow()
+    flow.request.headers["Proxy-Authorization"] = authorization
+    addon.requestheaders(flow)
+    assert flow.metadata["clickwatch_run"] == run
+    assert "Proxy-Authorization" not in flow.request.headers
+
+
+def test_credentials_on_connect_name_the_run_of_the_tunnel_and_the_header_wins(addon_ctx):
+    addon, _tctx, _db = addon_ctx
+    connect = tflow.tflow()
+    connect.request.headers["Proxy-Authorization"] = basic(b"tunnel:x")
+    addon.http_connect(connect)
+    inside = tflow.tflow(client_conn=connect.client_conn)
+    addon.requestheaders(inside)
+    assert inside.metadata["clickwatch_run"] == "tunnel"
+    headed = tflow.tflow(client_conn=connect.client_conn)
+    headed.request.headers["X-Clickwatch-Run"] = "carol"
+    addon.requestheaders(headed)
+    assert headed.metadata["clickwatch_run"] == "carol"
+    addon.client_disconnected(connect.client_conn)
+    after = tflow.tflow(client_conn=connect.client_conn)
+    addon.requestheaders(after)
+    assert after.metadata["clickwatch_run"] == "default"
+
+
+def test_mitmproxy_proxyauth_names_the_run_when_it_checked_the_credentials(addon_ctx):
+    addon, _tctx, _db = addon_ctx
+    flow = tflow.tflow()
+    flow.metadata["proxyauth"] = ("dave", "pw")  # what mitmproxy's proxyauth=any leaves, the header taken out
+    addon.requestheaders(flow)
+    assert flow.metadata["clickwatch_run"] == "dave"
+
+
 async def test_unanswered_request_fails_at_shutdown(addon_ctx):
     addon, _tctx, db = addon_ctx
     flow = clickstream_flow(resp=False)
@@ -148,7 +236,7 @@ async def test_internal_error_fails_open(addon_ctx, monkeypatch, caplog):
     def broken_send(message):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(addon.writer, "send", broken_send)
+    monkeypatch.setattr(addon.link, "send", broken_send)
     flow = clickstream_flow()
     before = traffic(flow)
     await tctx.cycle(addon, flow)
@@ -172,7 +260,7 @@ async def test_internal_error_fails_open(addon_ctx, monkeypatch, caplog):
     ],
 )
 def test_bad_option_values_raise_options_error(tmp_path, option, value, message):
-    addon = Clickwatch()
+    addon = Clickwatch(open_link=RecordingLink)
     with taddons.context(addon) as tctx:
         tctx.configure(addon, clickwatch_db=str(tmp_path / "cw.db"))
         with pytest.raises(exceptions.OptionsError, match=message):
@@ -181,7 +269,7 @@ def test_bad_option_values_raise_options_error(tmp_path, option, value, message)
 
 
 def test_db_that_is_a_directory_is_refused(tmp_path):
-    addon = Clickwatch()
+    addon = Clickwatch(open_link=RecordingLink)
     with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match="is a directory"):
         tctx.configure(addon, clickwatch_db=str(tmp_path))
 
@@ -201,15 +289,13 @@ def page_flow(cookie: str):
 async def test_unchanged_page_loads_are_folded_but_all_counted(addon_ctx):
     addon, tctx, db = addon_ctx
     given = "anonymous-consents=%5B%7B%22templateCode%22%3A%22PROFILE%22%2C%22consentState%22%3A%22GIVEN%22%7D%5D"
-    submitted = []
-    real_send = addon.writer.send
-    addon.writer.send = lambda message: submitted.append(observation(message)) or real_send(message)
+    link = addon.link
     for _ in range(25):
         await tctx.cycle(addon, page_flow(given))
-    assert len(submitted) == 1  # the first page; the other 24 wait folded
+    assert len(link.sent) == 1  # the first page; the other 24 wait folded
     addon.done()
-    assert len(submitted) == 2
-    assert submitted[1].repeats == 23
+    assert [type(message) for message in link.sent] == [wire.Storefront, wire.Storefront]
+    assert link.sent[1].repeats == 23
     conn = sqlite3.connect(db)
     page_loads, consent = conn.execute("SELECT page_loads, consent FROM visitors").fetchone()
     conn.close()
@@ -227,3 +313,20 @@ async def test_a_replayed_flow_is_a_delivery_of_its_own(addon_ctx):
     rows = stored(db)
     assert [row["verdict"] for row in rows] == ["rejected", "delivered"]
     assert rows[0]["uid"] != rows[1]["uid"]
+
+
+async def test_each_tracking_call_is_a_request_and_an_answer_and_every_flow_is_counted(addon_ctx):
+    addon, tctx, db = addon_ctx
+    link = addon.link
+    await tctx.cycle(addon, clickstream_flow(status=201))
+    await tctx.cycle(addon, tflow.tflow(resp=True))  # not a tracking call: counted, not handed on
+    addon.done()
+    request, answer = link.sent
+    assert isinstance(request, wire.Request) and isinstance(answer, wire.Answer)
+    assert (request.uid, request.kind, request.method) == (answer.uid, "clickstream", "POST")
+    assert (answer.status_code, answer.body, answer.error) == (201, b'{"ok":true}', None)
+    assert [type(message) for message in link.controls] == [wire.Config]
+    conn = sqlite3.connect(db)
+    counters = dict(conn.execute("SELECT name, value FROM metric_counters").fetchall())
+    conn.close()
+    assert (counters["proxy_flows"], counters.get("addon_errors", 0)) == (2, 0)

@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 
-from clickwatch.core import matching
+from clickwatch.core import matching, settings
 from clickwatch.core.config import (
     BUILTIN_SCHEMAS,
     DOCUMENTED_KEYS,
@@ -11,6 +11,7 @@ from clickwatch.core.config import (
     config_fields,
     config_from_mapping,
     load_config,
+    read_file,
 )
 from clickwatch.core.findings import DEFAULT_SEVERITY, FindingKind, Severity
 from clickwatch.core.matching import Match
@@ -239,9 +240,10 @@ def test_every_documented_scalar_key_can_be_set():
         elif section == "severity":
             assert config_from_mapping({section: {key: "info"}}).severity[FindingKind(key)] is Severity.INFO
         elif section in ("store", "up"):
+            # Not the judge's: accepted by the file, read by the commands (core.settings), absent from Config.
             value = {"proxy_port": 9090, "dashboard_port": 9091, "upstream_insecure": True, "quiet": True}.get(key, "x")
-            config = config_from_mapping({section: {key: value}})
-            assert value in vars(config).values()
+            assert config_from_mapping({section: {key: value}}) == Config()
+            assert value in settings.from_mapping({section: {key: value}}).values()
         elif section == "observer":
             value = {"enabled": False}.get(key, 2.5)
             assert value in vars(config_from_mapping({section: {key: value}})).values()
@@ -261,6 +263,18 @@ def test_every_documented_scalar_key_can_be_set():
 def test_bad_up_and_store_values(section, key, value, message):
     with pytest.raises(ConfigError, match=message):
         config_from_mapping({section: {key: value}})
+
+
+def test_ports_and_token_are_not_the_judges(tmp_path):
+    path = write(
+        tmp_path, "[up]\nproxy_port = 9090\ntoken = 's3cret'\n[store]\ndb = 'x.db'\n[consent]\ngrace_seconds = 3\n"
+    )
+    config, values = read_file(path)
+    assert values == {"proxy_port": 9090, "token": "s3cret", "db": "x.db", "grace_seconds": 3.0}
+    assert config == Config(grace_seconds=3.0)
+    assert not {"db", "proxy_port", "dashboard_port", "listen_host", "upstream_insecure", "token", "quiet"} & set(
+        config_fields()
+    )
 
 
 def test_config_fields_name_every_setting():

@@ -1,6 +1,6 @@
 import pytest
 
-from clickwatch.core.matching import Match, PatternError, Patterns
+from clickwatch.core.matching import Match, PatternError, Patterns, is_page_load
 from clickwatch.core.model import Kind
 
 DEFAULT = Patterns.compile()
@@ -55,3 +55,25 @@ def test_empty_pattern_disables_a_kind():
 def test_bad_pattern_names_the_setting():
     with pytest.raises(PatternError, match=r"clickstream path: '\(' is not a valid regular expression"):
         Patterns.compile(clickstream_path="(")
+
+
+@pytest.mark.parametrize(
+    ("method", "dest", "accept", "content_type", "expected"),
+    [
+        ("GET", b"document", b"text/html", b"text/html; charset=utf-8", True),
+        ("get", b"Document", b"", b"TEXT/HTML", True),
+        ("GET", b"iframe", b"*/*", b"text/html", True),
+        # Sec-Fetch-Dest decides when it is there; Accept only for browsers that do not send it.
+        ("GET", b"empty", b"text/html", b"text/html", False),
+        ("GET", b"script", b"text/html", b"text/html", False),
+        ("GET", None, b"text/html,application/xhtml+xml", b"text/html", True),
+        ("GET", None, b"*/*", b"text/html", False),
+        # Only an HTML answer to a GET is a page.
+        ("GET", b"document", b"text/html", b"application/pdf", False),
+        ("GET", b"document", b"text/html", b"", False),
+        ("POST", b"document", b"text/html", b"text/html", False),
+        ("HEAD", b"document", b"text/html", b"text/html", False),
+    ],
+)
+def test_is_page_load(method, dest, accept, content_type, expected):
+    assert is_page_load(method, dest, accept, content_type) is expected

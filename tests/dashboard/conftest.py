@@ -11,9 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clickwatch.core.config import Config
-from clickwatch.core.model import Answer, BrowserReport, Kind, RequestSeen, StorefrontSeen
+from clickwatch.core.model import Kind
 from clickwatch.dashboard.main import create_app
 from clickwatch.dashboard.settings import DashboardSettings
+from clickwatch.store import wire
 from clickwatch.store.writer import StoreWriter
 
 UA = "Mozilla/5.0 (X11; Linux x86_64) dashboard-test"
@@ -22,7 +23,7 @@ T0 = 1_790_000_000.0
 
 @dataclass
 class StoreBuilder:
-    """Writes observations through the real pipeline; `close()` flushes and decides open windows."""
+    """Writes wire messages through the real writer and pipeline; `close()` flushes and decides open windows."""
 
     writer: StoreWriter
     path: Path
@@ -47,39 +48,40 @@ class StoreBuilder:
         self.count += 1
         uid = f"uid{self.count:06d}"
         payload = json.dumps(body if body is not None else {"productSku": str(self.count)}).encode()
+        fields = (
+            ("User-Agent", ua),
+            ("hybris-schema", f"context/commerce/{schema}"),
+            ("consent-reference", "cr-1"),
+            ("content-type", "application/json"),
+            ("Authorization", "Bearer secret-token-value"),
+            *headers,
+        )
         self.writer.submit(
-            RequestSeen(
+            wire.Request(
                 uid=uid,
                 run=run,
-                kind=kind,
-                target=Kind.CLICKSTREAM if kind is Kind.PREFLIGHT else None,
+                kind=kind.value,
+                target=Kind.CLICKSTREAM.value if kind is Kind.PREFLIGHT else None,
                 method="OPTIONS" if kind is Kind.PREFLIGHT else "POST",
                 url=f"https://acme.api.us.context.cloud.sap{path}",
                 host="acme.api.us.context.cloud.sap",
                 path=path,
                 client_addr=ip,
-                user_agent=ua,
-                headers=(
-                    ("hybris-schema", f"context/commerce/{schema}"),
-                    ("consent-reference", "cr-1"),
-                    ("content-type", "application/json"),
-                    ("Authorization", "Bearer secret-token-value"),
-                    *headers,
-                ),
-                raw_body=payload,
+                fields=tuple((name.encode(), value.encode()) for name, value in fields),
+                body=payload,
                 sent_at=at,
             )
         )
         if status is not None or error is not None:
             self.writer.submit(
-                Answer(
+                wire.Answer(
                     uid=uid,
-                    kind=kind,
+                    kind=kind.value,
                     sent_at=at,
                     ended_at=at + duration,
                     status_code=status,
-                    headers=(("content-type", "application/json"),) if status else (),
-                    raw_body=b'{"ok":true}' if status else b"",
+                    fields=((b"content-type", b"application/json"),) if status else (),
+                    body=b'{"ok":true}' if status else b"",
                     error=error,
                 )
             )
@@ -91,7 +93,7 @@ class StoreBuilder:
             value = json.dumps([{"templateCode": "PROFILE", "templateVersion": 1, "consentState": consent}])
             cookie = "anonymous-consents=" + value.replace('"', "%22").replace(",", "%2C")
         self.writer.submit(
-            StorefrontSeen(
+            wire.Storefront(
                 run=run,
                 client_addr="127.0.0.1",
                 user_agent=ua,
@@ -127,7 +129,7 @@ class StoreBuilder:
                 for e in events
             ],
         }
-        self.writer.submit(BrowserReport(run, ip, ua, at, json.dumps(batch).encode()))
+        self.writer.submit(wire.Browser(run, ip, ua, at, json.dumps(batch).encode()))
 
     def push(self, name: str, data: object = None, *, at: float, consent: bool | None = None, **where: object) -> None:
         """One data-layer push (after a ConsentChanged push when `consent` is given), as the observer reports it."""

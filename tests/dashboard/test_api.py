@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
+from clickwatch.dashboard import models
 from clickwatch.dashboard.main import InsecureListen, create_app
 from clickwatch.dashboard.settings import DashboardSettings
+from clickwatch.store import export
 from tests.dashboard.conftest import T0, StoreBuilder
 
 ITEM_FIELDS = {
@@ -207,6 +210,12 @@ def test_export_formats(client: TestClient) -> None:
     assert client.get("/api/export?format=xml").status_code == 422
 
 
+def test_export_names_the_file_in_ascii_whatever_the_run(client: TestClient) -> None:
+    answer = client.get("/api/export?format=csv&run=Ā-run")
+    assert answer.status_code == 200
+    assert answer.headers["content-disposition"] == 'attachment; filename="clickwatch-_-run.csv"'
+
+
 def test_csv_export_defuses_formula_cells(store_builder: Callable[..., StoreBuilder], client_for) -> None:
     store = store_builder()
     store.event(at=T0, status=None, error='=HYPERLINK("http://evil.example")')
@@ -224,6 +233,42 @@ def test_reset_all_and_one_run(client: TestClient) -> None:
     assert body["deliveries"] == {"delivered": 0, "rejected": 0, "failed": 0, "pending": 0}
     assert all(n == 0 for n in body["findings"].values())
     assert client.get("/api/visitors").json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "model"),
+    [
+        ("/api/deliveries?limit=500", models.DeliveryPage),
+        ("/api/findings?limit=500", models.FindingList),
+        ("/api/visitors?limit=500", models.VisitorList),
+        ("/api/visitors/{visitor}", models.Timeline),
+        ("/api/deliveries/1", models.Delivery),
+        ("/api/deliveries/3", models.Delivery),
+        ("/api/summary", models.Summary),
+        ("/api/funnel", models.Funnel),
+        ("/healthz", models.Health),
+    ],
+)
+def test_answers_are_what_their_model_says(client: TestClient, path: str, model: type[BaseModel]) -> None:
+    """Strictly, and unchanged by it: the long lists skip validation at run time, so this holds them to it."""
+    visitor = client.get("/api/visitors").json()["items"][-1]["visitor"]
+    body = client.get(path.format(visitor=visitor)).json()
+    parsed = model.model_validate_json(json.dumps(body), strict=True)
+    assert parsed.model_dump(mode="json", by_alias=True) == body
+
+
+def test_openapi_states_each_answer(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    visitor = paths["/api/visitors"]["get"]["responses"]
+    assert visitor["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/VisitorList"}
+    assert visitor["503"]["content"]["application/json"]["schema"]["required"] == ["detail"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["DeliveryItem"]["additionalProperties"] is False
+    assert "null" in [t.get("type") for t in schemas["DeliveryItem"]["properties"]["status_code"]["anyOf"]]
+    assert set(paths["/api/export"]["get"]["responses"]["200"]["content"]) == set(export.FORMATS.values())
+    assert "text/event-stream" in paths["/api/stream"]["get"]["responses"]["200"]["content"]
+    assert "/metrics" in paths
 
 
 def test_openapi_documents_the_contract(client: TestClient) -> None:

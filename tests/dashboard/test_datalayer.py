@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from clickwatch.cli.check import gather, parse_fail_on
 from clickwatch.cli.sources import ApiSource, StoreSource
 from clickwatch.core.model import Kind
-from clickwatch.dashboard.pages import CSP
+from clickwatch.dashboard.pages.common import CSP
 from tests.dashboard.browser_fixtures import serve_dashboard
 from tests.dashboard.conftest import T0, StoreBuilder
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
@@ -12,8 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clickwatch.core.config import BUILTIN_SCHEMAS, Config
 from clickwatch.core.findings import FindingKind, Severity
-from clickwatch.core.model import BrowserReport, Kind, ObserverRejected
+from clickwatch.core.model import Kind
 from clickwatch.dashboard.metrics import StoreCollector, registry_for
+from clickwatch.store import wire
 from clickwatch.store.writer import StoreWriter
 from tests.dashboard.conftest import T0, UA, StoreBuilder
 
@@ -89,11 +91,11 @@ def test_values_follow_the_deliveries(
 
 def test_counters_survive_a_restart_and_a_reset(tmp_path: Path, client_for: Callable[..., TestClient]) -> None:
     path = tmp_path / "cw.db"
-    flows = {"proxy_flows": 0, "addon_errors": 0}
     for run in range(2):
-        writer = StoreWriter(str(path), live_counters=lambda: dict(flows))
+        writer = StoreWriter(str(path))
         writer.start()
-        flows["proxy_flows"], flows["addon_errors"] = 10, 1  # this process's own counts
+        # What one proxy counted while it ran: the store adds it to what earlier runs left.
+        writer.count(wire.Counts(f"proxy-{run}", 1, proxy_flows=10, addon_errors=1, store_dropped=0, waiting=0))
         store = StoreBuilder(writer, path, count=run * 100)
         store.event(at=T0 + run)
         store.close()
@@ -108,21 +110,26 @@ def test_counters_survive_a_restart_and_a_reset(tmp_path: Path, client_for: Call
     assert value(after, "clickwatch_proxy_flows_total") == 20
 
 
-def test_an_in_process_dashboard_reads_the_live_writer(tmp_path: Path) -> None:
-    from clickwatch.dashboard.main import create_app
-    from clickwatch.dashboard.settings import DashboardSettings
-
-    writer = StoreWriter(str(tmp_path / "cw.db"), live_counters=lambda: {"proxy_flows": 7})
-    writer.stats.dropped = 3
+def test_a_running_store_shows_what_it_has_written(tmp_path: Path, client_for: Callable[..., TestClient]) -> None:
+    # No live numbers from the proxy: the metrics read the file, which the store writes with every batch.
+    writer = StoreWriter(str(tmp_path / "cw.db"), queue_size=1)
     writer.start()
     try:
-        app = create_app(DashboardSettings(db=str(tmp_path / "cw.db")), live_writer=lambda: writer)
-        client = TestClient(app, base_url="http://127.0.0.1:8000")
+        writer.count(wire.Counts("proxy", 1, proxy_flows=7, addon_errors=0, store_dropped=2, waiting=0))
+        store = StoreBuilder(writer, tmp_path / "cw.db")
+        store.event(at=T0)
+        store.event(at=T0 + 1)  # finds the queue full (or not, if the first was taken already)
+        client = client_for(tmp_path / "cw.db")
+        deadline = time.monotonic() + 10
+        while value(scrape(client), "clickwatch_proxy_flows_total") != 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
         samples = scrape(client)
         assert value(samples, "clickwatch_proxy_flows_total") == 7
-        assert value(samples, "clickwatch_store_dropped_total") == 3
+        assert value(samples, "clickwatch_store_dropped_total") >= 2
     finally:
         writer.close()
+    dropped = value(scrape(client), "clickwatch_store_dropped_total")
+    assert dropped == 2 + writer.dropped  # the proxy's drops and the store's own, each counted once
 
 
 def test_datalayer_metrics_follow_the_pushes_and_the_rejections(
@@ -136,9 +143,9 @@ def test_datalayer_metrics_follow_the_pushes_and_the_rejections(
     store.push("ProductDetailsPageViewed", {"productSku": "2"}, at=T0 + 2, consent=False)  # counted all the same
     store.push("WishlistAdded", {"productSku": "3"}, at=T0 + 3)
     store.push("HomePageViewed", at=T0 + 4)  # not mapped: the tag sends nothing for it, not counted
-    store.writer.submit(BrowserReport("default", "127.0.0.1", UA, T0 + 5, b"{not json"))
-    store.writer.submit(BrowserReport("default", "127.0.0.1", UA, T0 + 5, b'{"v": 2}'))
-    store.writer.submit(ObserverRejected((("flood", 3), ("too_large", 1))))
+    store.writer.submit(wire.Browser("default", "127.0.0.1", UA, T0 + 5, b"{not json"))
+    store.writer.submit(wire.Browser("default", "127.0.0.1", UA, T0 + 5, b'{"v": 2}'))
+    store.writer.submit(wire.Rejected((("flood", 3), ("too_large", 1))))
     store.close()
     client = client_for(store.path)
     samples = scrape(client)

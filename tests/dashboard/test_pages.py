@@ -11,7 +11,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from clickwatch.dashboard.pages import CSP, PAGE_SIZE
+from clickwatch.dashboard.pages.common import CSP
+from clickwatch.dashboard.pages.live import PAGE_SIZE
 from tests.dashboard.conftest import T0, StoreBuilder
 
 HOSTILE_NAME = "<script>alert(1)</script><img src=x onerror=alert(2)>"

@@ -1,4 +1,4 @@
-"""The store process beside a real mitmdump: how it starts, what survives a hard kill, how Ctrl-C ends both."""
+"""The store process beside a real mitmdump: how it starts, what survives a hard kill of either, how Ctrl-C stops it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import Proxy, Upstream, wait_until
+from .conftest import Proxy, Upstream, query, wait_until
 
 BODY = {"productSku": "300938", "productName": "Camera"}
 HEADERS = {"hybris-schema": "context/commerce/ProductView", "consent-reference": "cr-1"}
@@ -93,3 +93,30 @@ def test_ctrl_c_to_the_whole_process_group_still_writes_everything(
     assert len(rows) == 40
     assert {row["verdict"] for row in rows} == {"delivered"}
     assert _gone(child)
+
+
+def _counter(db: Path, name: str) -> float:
+    rows = query(db, "SELECT value FROM metric_counters WHERE name = ?", name)
+    return float(rows[0]["value"]) if rows else 0.0
+
+
+def test_counters_go_on_exactly_when_the_store_process_is_killed(proxy: Proxy, upstream: Upstream) -> None:
+    (child,) = wait_until(lambda: _children(proxy.process.pid), 10.0, "the store process")
+    _post(proxy, upstream, 5, "before")
+    wait_until(lambda: _counter(proxy.db_path, "proxy_flows") == 5, 10.0, "the first flows to be counted")
+    time.sleep(0.5)  # the store's next report tells the proxy they are written
+    os.kill(child, signal.SIGKILL)
+    seen = [_counter(proxy.db_path, "proxy_flows")]
+    for n in range(5):
+        _post(proxy, upstream, 1, f"after{n}")
+        seen.append(_counter(proxy.db_path, "proxy_flows"))
+        time.sleep(0.1)
+    assert proxy.stop() == 0, proxy.log()
+    assert "store process ended unexpectedly" in proxy.log()
+    seen.append(_counter(proxy.db_path, "proxy_flows"))
+    assert seen == sorted(seen)  # never lower, while the store was replaced
+    assert seen[-1] == 10  # every flow counted once: none lost with the dead store, none counted twice
+    assert _counter(proxy.db_path, "store_dropped") == 0
+    rows = proxy.deliveries()
+    assert len(rows) == 10
+    assert {row["verdict"] for row in rows} == {"delivered"}

@@ -1,32 +1,37 @@
-"""Observations for store tests: a clickstream request and its answer, as the proxy would hand them on."""
+"""Wire messages for store tests: a clickstream request and its answer, as the proxy would hand them on."""
 
-from clickwatch.core.model import Answer, Kind, RequestSeen
+from clickwatch.store import wire
 
 
-def seen(uid: str, body: bytes = b'{"productSku":"1"}') -> RequestSeen:
-    return RequestSeen(
+def seen(uid: str, body: bytes = b'{"productSku":"1"}') -> wire.Request:
+    return wire.Request(
         uid=uid,
         run="default",
-        kind=Kind.CLICKSTREAM,
+        kind="clickstream",
         target=None,
         method="POST",
         url="https://t.example/edge/clickstreamEvents",
         host="t.example",
         path="/edge/clickstreamEvents",
         client_addr="127.0.0.1",
-        user_agent="pytest",
-        headers=(("hybris-schema", "context/commerce/ProductView"), ("content-type", "application/json")),
-        raw_body=body,
+        fields=(
+            (b"User-Agent", b"pytest"),
+            (b"hybris-schema", b"context/commerce/ProductView"),
+            (b"content-type", b"application/json"),
+        ),
+        body=body,
         sent_at=1000.0,
     )
 
 
-def answered(uid: str, status: int | None = 201) -> Answer:
-    return Answer(
+def answered(uid: str, status: int | None = 201) -> wire.Answer:
+    return wire.Answer(
         uid=uid,
-        kind=Kind.CLICKSTREAM,
+        kind="clickstream",
         sent_at=1000.0,
         ended_at=1000.25,
         status_code=status,
+        fields=(),
+        body=b"",
         error=None if status else "connection reset",
     )

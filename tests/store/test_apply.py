@@ -5,6 +5,7 @@ import sqlite3
 from clickwatch.core.model import Verdict
 from clickwatch.core.pipeline import StoreOps
 from clickwatch.core.record import answer_row, request_body, request_row
+from clickwatch.store import wire
 from clickwatch.store.apply import apply_ops
 from clickwatch.store.schema import open_database
 
@@ -12,7 +13,7 @@ from .observations import answered, seen
 
 
 def insert(uid: str) -> dict:
-    request = seen(uid)
+    request = wire.observation(seen(uid))
     return request_row(request, request_body(request, 1000))
 
 
@@ -29,7 +30,7 @@ def test_new_rows_carry_their_change_numbers_and_later_changes_get_new_ones(tmp_
     conn = open_database(str(tmp_path / "cw.db")).conn
     write(conn, StoreOps(inserts=[insert("a"), insert("b")]))
     assert seqs(conn) == {"a": 1, "b": 2}
-    answer = answer_row(answered("a"), Verdict.DELIVERED, 1000)
+    answer = answer_row(wire.observation(answered("a")), Verdict.DELIVERED, 1000)
     write(conn, StoreOps(inserts=[insert("c")], answers=[answer]))
     # The new row first, then the row its answer changed: both after everything before.
     assert seqs(conn) == {"a": 4, "b": 2, "c": 3}

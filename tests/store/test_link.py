@@ -16,9 +16,8 @@ from clickwatch.store.link import StoreLink
 HEADERS = ((b"Host", b"acme.api.us.context.cloud.sap"), (b"User-Agent", b"Mozilla/5.0 link"))
 
 
-def request(uid: str, body: bytes = b'{"productSku":"1"}') -> wire.Message:
-    return (
-        wire.REQUEST,
+def request(uid: str, body: bytes = b'{"productSku":"1"}') -> wire.Request:
+    return wire.Request(
         uid,
         "default",
         "clickstream",
@@ -34,9 +33,40 @@ def request(uid: str, body: bytes = b'{"productSku":"1"}') -> wire.Message:
     )
 
 
-def answer(uid: str, status: int = 201) -> wire.Message:
+def answer(uid: str, status: int = 201) -> wire.Answer:
     now = time.time()
-    return (wire.ANSWER, uid, "clickstream", now - 0.01, now, status, (), b"{}", None)
+    return wire.Answer(uid, "clickstream", now - 0.01, now, status, (), b"{}", None)
+
+
+def counters(db) -> dict[str, float]:
+    """What the store wrote to its counters so far (nothing while it is still creating the file)."""
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT name, value FROM metric_counters").fetchall())
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        conn.close()
+
+
+class CountingProxy:
+    """A StoreLink fed by running totals the test sets, as the addon's hooks would count them."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+        self.counts = {"proxy_flows": 0, "addon_errors": 0}
+        self.link = StoreLink(str(db), proxy_counts=lambda: dict(self.counts))
+
+    def flows(self, total: int, uid: str) -> None:
+        """The proxy has seen `total` flows so far, the last a tracking call `uid`."""
+        self.counts["proxy_flows"] = total
+        self.link.send(request(uid))
+
+
+@pytest.fixture
+def counting(tmp_path, monkeypatch) -> CountingProxy:
+    monkeypatch.setattr(link_module, "MIN_PROCESS_LIFETIME", 0.0)  # a killed store is replaced by another process
+    return CountingProxy(tmp_path / "cw.db")
 
 
 def verdicts(db) -> dict[str, str]:
@@ -82,30 +112,32 @@ def test_store_process_runs_apart_and_exits_with_the_link(tmp_path):
     assert backend.process.returncode == 0
 
 
-def test_metric_counters_join_proxy_counts_with_the_store_process(tmp_path):
+def test_the_proxys_counts_reach_the_store_with_its_observations(tmp_path):
     counts = {"proxy_flows": 0, "addon_errors": 0}
     db = tmp_path / "cw.db"
-    link = StoreLink(str(db), live_counters=lambda: dict(counts))
+    link = StoreLink(str(db), proxy_counts=lambda: dict(counts))
     counts["proxy_flows"] = 40
     counts["addon_errors"] = 2
     link.send(request("a"))
-    wait_for(lambda: link._backend.status().get("base") is not None)
-    assert link.metric_counters() == {"proxy_flows": 40.0, "addon_errors": 2.0, "store_dropped": 0.0}
+    wait_for(lambda: counters(db).get("proxy_flows") == 40)
+    assert counters(db)["addon_errors"] == 2
+    counts["proxy_flows"] = 41  # no observation to go with it: handed on within a second all the same
+    wait_for(lambda: counters(db).get("proxy_flows") == 41)
     assert link.close(5)
-    # The store process wrote the proxy's counts; a later proxy adds its own to them.
-    counts2 = {"proxy_flows": 5, "addon_errors": 0}
-    again = StoreLink(str(db), live_counters=lambda: dict(counts2))
-    wait_for(lambda: again._backend.status().get("base") is not None)
-    assert again.metric_counters()["proxy_flows"] == 45.0
-    assert again.metric_counters()["addon_errors"] == 2.0
+    # A later proxy's store adds its own counts to them; one started later counts from there.
+    counts2 = {"proxy_flows": 3, "addon_errors": 0}
+    again = StoreLink(str(db), proxy_counts=lambda: dict(counts2))
+    counts2["proxy_flows"] = 8
     assert again.close(5)
+    assert counters(db)["proxy_flows"] == 46.0
+    assert counters(db)["addon_errors"] == 2.0
 
 
 def test_a_stalled_store_process_fills_the_bound_and_drops_are_counted(tmp_path, caplog):
     db = tmp_path / "cw.db"
     link = StoreLink(str(db), queue_size=10, buffer_size=10)
     process = link._backend.process
-    wait_for(lambda: link._backend.status().get("base") is not None)
+    wait_for(lambda: link._backend.status().get("connected"))
     os.kill(process.pid, signal.SIGSTOP)  # a store process that reads nothing more
     try:
         big = b"x" * 1_000_000  # larger than a pipe holds: the feeder blocks on it
@@ -118,7 +150,6 @@ def test_a_stalled_store_process_fills_the_bound_and_drops_are_counted(tmp_path,
         link.send(answer("first"))  # finds the buffer full: kept, without its headers and body
         assert link.dropped == 30
         assert link.waiting >= 11
-        assert link.metric_counters()["store_dropped"] == 30.0
         assert "cannot keep up" in caplog.text
     finally:
         os.kill(process.pid, signal.SIGCONT)
@@ -168,7 +199,7 @@ def test_a_killed_store_process_is_replaced_and_only_unconfirmed_work_counts_as_
 def test_closing_with_a_stalled_store_process_ends_in_bounded_time(tmp_path, caplog):
     link = StoreLink(str(tmp_path / "cw.db"), shutdown_timeout=1)
     process = link._backend.process
-    wait_for(lambda: link._backend.status().get("base") is not None)
+    wait_for(lambda: link._backend.status().get("connected"))
     os.kill(process.pid, signal.SIGSTOP)  # never reads again: the hand-over blocks on the full pipe
     link.send(request("big", b"x" * 1_000_000))
     link.send(request("after"))
@@ -226,28 +257,59 @@ def test_a_replacement_store_leaves_in_flight_deliveries_to_their_answers(tmp_pa
 
 
 def test_counters_never_go_back_across_a_store_restart(tmp_path):
-    counts = {"proxy_flows": 0, "addon_errors": 0}
-    db = tmp_path / "cw.db"
-    link = StoreLink(str(db), live_counters=lambda: dict(counts))
-    counts["proxy_flows"] = 250
-    link.send(request("a"))
-    wait_for(lambda: link._backend.status().get("base") is not None)
-    seen = [link.metric_counters()["proxy_flows"]]
+    counting = CountingProxy(tmp_path / "cw.db")
+    db, link = counting.db, counting.link
+    counting.flows(250, "a")
+    wait_for(lambda: counters(db).get("proxy_flows") == 250)
+    wait_for(lambda: link._backend.status().get("written", 0) >= 1)  # and the proxy knows "a" is written
+    seen = [counters(db)["proxy_flows"]]
     first = link._backend
     first.process.kill()
-    counts["proxy_flows"] = 252
-    link.send(request("b"))
+    counting.flows(252, "b")
     wait_for(lambda: link._backend is not first)
     for _ in range(20):
-        seen.append(link.metric_counters()["proxy_flows"])
+        seen.append(counters(db)["proxy_flows"])
         time.sleep(0.05)
-    assert seen == sorted(seen)  # monotonic, also while the new store has not reported its base yet
-    assert seen[-1] == 252.0
+    assert seen == sorted(seen)  # monotonic: the store only ever adds
     assert link.close(10)
-    conn = sqlite3.connect(db)
-    (stored,) = conn.execute("SELECT value FROM metric_counters WHERE name = 'proxy_flows'").fetchone()
-    conn.close()
-    assert stored == 252.0  # every flow the proxy saw, none lost with the dead store
+    assert counters(db)["proxy_flows"] == 252.0  # every flow the proxy saw, none lost with the dead store
+
+
+def test_counts_a_killed_store_never_wrote_are_handed_to_its_replacement(counting):
+    db, link = counting.db, counting.link
+    counting.flows(10, "a")
+    wait_for(lambda: counters(db).get("proxy_flows") == 10)
+    first = link._backend
+    wait_for(lambda: first.status().get("written", 0) >= 1)  # and the proxy knows "a" is written
+    os.kill(first.process.pid, signal.SIGSTOP)  # it takes the next batch into its pipe and never writes it
+    counting.flows(17, "b")
+    wait_for(lambda: link._unconfirmed and link._unconfirmed[-1].proxy_flows == 7)
+    time.sleep(0.3)
+    assert counters(db)["proxy_flows"] == 10
+    first.process.kill()  # SIGKILL, while stopped: what it held is gone
+    link.send(request("c"))
+    wait_for(lambda: link._backend is not first)
+    assert link.close(10) is False  # "b" was lost, and close says so
+    assert counters(db)["proxy_flows"] == 17  # the increment it never wrote came again, once
+    assert counters(db)["store_dropped"] == link.dropped == 1  # "b" was in its pipe: counted as dropped
+
+
+def test_counts_a_killed_store_wrote_but_never_reported_are_not_added_twice(counting, monkeypatch):
+    db, link = counting.db, counting.link
+    first = link._backend
+    wait_for(lambda: first.status().get("connected"))
+    # Injected fault: the store's reports stop reaching the proxy (as when it dies right after a commit).
+    stale = dict(first.status())
+    monkeypatch.setattr(first, "status", lambda: stale)
+    for flows in (5, 9, 12):
+        counting.flows(flows, f"at{flows}")
+        wait_for(lambda flows=flows: counters(db).get("proxy_flows") == flows)
+    assert len(link._unconfirmed) >= 3  # the proxy has no word that any was written
+    first.process.kill()
+    counting.flows(13, "after")
+    wait_for(lambda: link._backend is not first)
+    link.close(10)  # False: without reports, the observations it had are counted as lost (it wrote them)
+    assert counters(db)["proxy_flows"] == 13  # handed again to the new store, which skipped what was written
 
 
 def test_the_store_process_is_out_of_reach_of_a_terminal_ctrl_c_and_yields_to_the_proxy(tmp_path):
@@ -256,7 +318,7 @@ def test_the_store_process_is_out_of_reach_of_a_terminal_ctrl_c_and_yields_to_th
     # Its own process group: the terminal's SIGINT goes to the proxy's group only.
     assert os.getpgid(pid) == pid != os.getpgrp()
     # And at a lower priority than the proxy: on a busy machine the proxy's traffic comes first.
-    wait_for(lambda: link._backend.status().get("base") is not None)
+    wait_for(lambda: link._backend.status().get("connected"))
     with open(f"/proc/{pid}/stat") as stat:
         niceness = int(stat.read().rsplit(")", 1)[1].split()[16])
     assert niceness == os.getpriority(os.PRIO_PROCESS, 0) + 10

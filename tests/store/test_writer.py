@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from clickwatch.store import schema
+from clickwatch.store import schema, wire
 from clickwatch.store.writer import STALE_PENDING_ERROR, StoreWriter
 
 from .observations import answered, seen
@@ -106,8 +106,8 @@ def test_full_queue_drops_and_counts_but_loses_nothing_committed(db_path):
     locker = sqlite3.connect(db_path, isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
     accepted = sum(writer.submit(seen(f"u{i}")) for i in range(20))
-    assert writer.stats.dropped == 20 - accepted
-    assert writer.stats.dropped >= 13  # at most 5 queued plus a 2-row batch held
+    assert writer.dropped == 20 - accepted
+    assert writer.dropped >= 13  # at most 5 queued plus a 2-row batch held
     locker.execute("COMMIT")
     locker.close()
     assert writer.close()
@@ -238,7 +238,7 @@ def test_answers_that_find_the_queue_full_keep_their_verdict(db_path):
     stored = rows(db_path)
     assert [(r["uid"], r["verdict"]) for r in stored] == [(f"u{i}", "delivered") for i in range(3)]
     assert all("queue was full" in r["response_body_note"] for r in stored)
-    assert writer.stats.dropped == 1
+    assert writer.dropped == 1
 
 
 def test_database_failing_during_row_by_row_retry_keeps_the_writer_alive(db_path, monkeypatch):
@@ -261,3 +261,57 @@ def test_database_failing_during_row_by_row_retry_keeps_the_writer_alive(db_path
     assert wait_for(lambda: writer.stats.failed_writes >= 1)
     assert writer.close()
     assert [(r["uid"], r["verdict"]) for r in rows(db_path)] == [(f"u{i}", "rejected") for i in range(3)]
+
+
+def counter(path, name: str) -> float:
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT value FROM metric_counters WHERE name = ?", (name,)).fetchone()
+        return float(row[0]) if row else 0.0
+    finally:
+        conn.close()
+
+
+def counts(seq: int, flows: int, source: str = "proxy-a", dropped: int = 0) -> wire.Counts:
+    return wire.Counts(source, seq, proxy_flows=flows, addon_errors=0, store_dropped=dropped, waiting=0)
+
+
+def test_counts_are_added_once_even_when_handed_again_to_a_replacement(db_path):
+    writer = StoreWriter(db_path)
+    writer.count(counts(1, 10))  # before the database is open: it waits for what was written before
+    writer.start()
+    writer.submit(seen("a"))
+    writer.count(counts(2, 5))
+    assert wait_for(lambda: writer.confirmed.get("proxy-a") == 2)
+    assert counter(db_path, "proxy_flows") == 15
+    writer.count(counts(2, 5))  # the same Counts again: skipped
+    assert writer.close()
+    assert counter(db_path, "proxy_flows") == 15
+    # A store that replaces a dead one is handed every Counts the proxy has no confirmation of: it skips those
+    # the dead one wrote, and adds the rest; another proxy's are its own.
+    replacement = StoreWriter(db_path, fail_stale_pending=False)
+    for again in (counts(1, 10), counts(2, 5), counts(3, 1), counts(1, 100, source="proxy-b")):
+        replacement.count(again)
+    replacement.start()
+    assert replacement.close()
+    assert counter(db_path, "proxy_flows") == 116
+    assert replacement.confirmed == {"proxy-a": 3, "proxy-b": 1}
+
+
+def test_the_store_counts_its_own_drops_and_errors_with_the_proxys(db_path):
+    schema.open_database(db_path).conn.close()
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    writer = StoreWriter(db_path, queue_size=2, retry_max_seconds=0.1)
+    writer.start()
+    writer.count(counts(1, 3, dropped=4))
+    for i in range(5):
+        writer.submit(seen(f"u{i}"))
+    assert writer.dropped >= 1
+    assert counter(db_path, "store_dropped") == 0  # nothing is written while the database is locked
+    locker.execute("COMMIT")
+    locker.close()
+    assert writer.close()
+    assert counter(db_path, "store_dropped") == 4 + writer.dropped
+    assert counter(db_path, "proxy_flows") == 3
+    assert counter(db_path, "addon_errors") == 0

@@ -1,0 +1,199 @@
+"""Read what ordinary storefront traffic says about consent, sign-in and page loads.
+
+Owns the storefront signals — consent cookies sent and set, the X-Anonymous-Consents header, Commerce API calls
+carrying X-Consent-Reference, signed-in hints and page loads (by the one rule, `core.matching.is_page_load`) — for
+live capture and HAR import alike, and the folding of a browser's repeated page loads that the proxy applies before
+handing them on. Plain values in, plain values out: header fields are (name, value) byte pairs, as a proxy holds them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from clickwatch.core.consent import (
+    ANONYMOUS_CONSENTS,
+    CONSENT_GIVEN_SUFFIX,
+    TRACKING_PAUSE,
+    has_consent_cookie,
+    signed_in,
+)
+from clickwatch.core.matching import is_page_load
+
+# Header fields as a proxy holds them: (name, value) byte pairs, in the order they were sent.
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+# One browser as the proxy tells them apart: (run, client address, user agent).
+Browser = tuple[str, str, str]
+
+_CONSENT_COOKIE_NAMES = tuple(name.encode() for name in (ANONYMOUS_CONSENTS, CONSENT_GIVEN_SUFFIX, TRACKING_PAUSE))
+_READ = frozenset(
+    (
+        b"cookie",
+        b"user-agent",
+        b"accept",
+        b"sec-fetch-dest",
+        b"x-anonymous-consents",
+        b"authorization",
+        b"x-consent-reference",
+    )
+)
+MAX_REMEMBERED_BROWSERS = 10000
+# A browser sends the same Cookie header request after request, and parsing it costs microseconds: remember the
+# answer for the headers seen last (the rule stays `has_consent_cookie`, by cookie names only).
+_has_consent_cookie = functools.lru_cache(maxsize=1024)(has_consent_cookie)
+
+
+class Signals(NamedTuple):
+    """What one storefront exchange says; `telling` is False for an asset that says nothing about consent."""
+
+    user_agent: str
+    cookie: str
+    anonymous_consents_header: str | None
+    consent_reference: bool  # a Commerce API call carrying X-Consent-Reference (its value is not kept)
+    logged_in: bool | None  # signed in (True), anonymous (False), or no sign (None)
+    set_cookies: tuple[str, ...]  # only those whose cookie name holds a consent cookie name
+    page_load: bool
+    telling: bool
+
+
+# What Signals(...) does, without the Python-level __new__ it wraps: a third of a microsecond per request.
+_new_signals = tuple.__new__
+
+
+def read_exchange(method: str, path: str, request: RawHeaders, response: RawHeaders | None) -> Signals:
+    """The signals of one storefront request and its answer (None: no answer came)."""
+    # One pass over the raw fields: a case-insensitive lookup per header would cost a scan each. Decoding is
+    # header_text's, written out: this runs for every storefront request the proxy passes.
+    cookies: list[bytes] = []
+    anonymous: bytes | None = None
+    dest: bytes | None = None
+    accept = b""
+    agent: bytes | None = None
+    authorization: bytes | None = None
+    reference = False
+    for name, value in request:
+        lowered = name.lower()
+        if lowered not in _READ:
+            continue  # most fields: one set lookup instead of a comparison per header read
+        if lowered == b"cookie":
+            cookies.append(value)
+        elif lowered == b"user-agent":
+            agent = value if agent is None else agent + b", " + value
+        elif lowered == b"accept":
+            accept = value if not accept else accept + b", " + value
+        elif lowered == b"sec-fetch-dest":
+            dest = value if dest is None else dest + b", " + value
+        elif lowered == b"x-anonymous-consents":
+            anonymous = value if anonymous is None else anonymous + b", " + value
+        elif lowered == b"authorization":
+            authorization = value
+        elif lowered == b"x-consent-reference":
+            reference = reference or bool(value.strip())
+    set_cookies: list[str] = []
+    page_load = False
+    if response is not None:
+        content_type: bytes | None = None
+        for name, value in response:
+            lowered = name.lower()
+            if lowered == b"set-cookie":
+                if any(cookie in value.split(b"=", 1)[0] for cookie in _CONSENT_COOKIE_NAMES):
+                    set_cookies.append(value.decode("utf-8", "surrogateescape"))
+            elif lowered == b"content-type" and content_type is None:
+                content_type = value
+        if content_type is not None:
+            page_load = is_page_load(method, dest, accept, content_type)
+    cookie = (cookies[0] if len(cookies) == 1 else b"; ".join(cookies)).decode("utf-8", "surrogateescape")
+    query = path.find("?")
+    logged_in = signed_in(
+        path[:query] if query >= 0 else path,
+        authorization.decode("utf-8", "surrogateescape") if authorization is not None else None,
+        cookie,
+        page_load,
+    )
+    return _new_signals(
+        Signals,
+        (
+            agent.decode("utf-8", "surrogateescape") if agent is not None else "",
+            cookie,
+            anonymous.decode("utf-8", "surrogateescape") if anonymous is not None else None,
+            reference,
+            logged_in,
+            tuple(set_cookies),
+            page_load,
+            page_load
+            or bool(set_cookies)
+            or anonymous is not None
+            or reference
+            or logged_in is not None
+            or _has_consent_cookie(cookie),
+        ),
+    )
+
+
+@dataclass(slots=True)
+class FoldedPages:
+    """Page loads of one browser with unchanged consent headers (those of `signals`), not handed on yet."""
+
+    browser: Browser
+    first_at: float
+    last_at: float
+    count: int
+    signals: Signals
+
+
+_NOTHING_FOLDED: tuple[FoldedPages, ...] = ()
+
+
+class PageFolding:
+    """Per browser, the consent headers last handed on: what changes is handed on, unchanged page loads are folded.
+
+    Ordinary browsing then costs the store one message per browser and interval, not one per page or asset.
+    """
+
+    def __init__(self, max_browsers: int = MAX_REMEMBERED_BROWSERS) -> None:
+        self._last: OrderedDict[Browser, Signals] = OrderedDict()
+        self._folded: dict[Browser, FoldedPages] = {}
+        self._max_browsers = max_browsers
+
+    def note(self, browser: Browser, signals: Signals, at: float) -> Signals | None:
+        """The signals of a telling exchange to hand on now, after `flush(browser)`; None when nothing is new.
+
+        None when they repeat the browser's last (then a page load is folded); a message that says nothing about
+        sign-in keeps the browser's last sign-in state.
+        """
+        last = self._last.get(browser)
+        if last is not None:
+            if (
+                not signals.set_cookies
+                and signals.cookie == last.cookie
+                and signals.anonymous_consents_header == last.anonymous_consents_header
+                and signals.consent_reference == last.consent_reference
+                and (signals.logged_in is None or signals.logged_in == last.logged_in)
+            ):
+                if signals.page_load:
+                    folded = self._folded.get(browser)
+                    if folded is None:
+                        page = last._replace(set_cookies=(), page_load=True)
+                        self._folded[browser] = FoldedPages(browser, at, at, 1, page)
+                    else:
+                        folded.last_at = at
+                        folded.count += 1
+                return None
+            if signals.logged_in is None and last.logged_in is not None:
+                signals = signals._replace(logged_in=last.logged_in)
+        self._last[browser] = signals
+        self._last.move_to_end(browser)
+        if len(self._last) > self._max_browsers:
+            self._last.popitem(last=False)
+        return signals
+
+    def flush(self, browser: Browser | None = None) -> tuple[FoldedPages, ...]:
+        """Take the folded page loads of one browser, or of all."""
+        if browser is not None:
+            folded = self._folded.pop(browser, None)
+            return (folded,) if folded is not None else _NOTHING_FOLDED
+        taken = tuple(self._folded.values())
+        self._folded.clear()
+        return taken
