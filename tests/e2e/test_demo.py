@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -74,7 +75,12 @@ def test_demo_without_journey_serves_until_interrupted(tmp_path: Path) -> None:
     proxy_port, dashboard_port = free_port(), free_port()
     command = [str(CLICKWATCH), "demo", "--proxy-port", str(proxy_port), "--dashboard-port", str(dashboard_port)]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HOME": str(tmp_path)}
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HOME": str(tmp_path), "PYTHONFAULTHANDLER": "1"},
+        start_new_session=True,  # its own group, so that a hang can be cleared up whole
     )
     try:
         assert process.stdout is not None
@@ -92,9 +98,22 @@ def test_demo_without_journey_serves_until_interrupted(tmp_path: Path) -> None:
             assert "Stand-in Electronics" in through_proxy.get(storefront[1]).text
         assert httpx.get(f"http://127.0.0.1:{dashboard_port}/healthz", trust_env=False).status_code == 200
         process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=30)
+        try:
+            rest, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Say what it was doing: SIGABRT makes the demo and its `clickwatch up` child dump every thread's
+            # stack (PYTHONFAULTHANDLER) into the output.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGABRT)
+            try:
+                rest = process.communicate(timeout=10)[0]
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"clickwatch demo did not stop within 30 s of SIGINT:\n{banner}{rest}")
         assert process.returncode == 0, banner + rest
     finally:
         if process.poll() is None:
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
