@@ -57,6 +57,14 @@ class StoreCollector(Collector):
             return []  # an older store without metric tables: the zeros still describe it
 
     def _families(self, conn: sqlite3.Connection | None) -> Iterator[Metric]:
+        yield from self._deliveries(conn)
+        yield from self._events(conn)
+        yield from self._findings(conn)
+        yield self._durations(conn)
+        yield from self._counters(conn)
+
+    def _deliveries(self, conn: sqlite3.Connection | None) -> Iterator[Metric]:
+        """Deliveries by kind and final verdict, when the last of each ended, and those still pending."""
         kinds = [k.value for k in Kind]
         totals = {(r["kind"], r["verdict"]): r for r in self._rows(conn, "SELECT * FROM metric_deliveries")}
         deliveries = CounterMetricFamily(
@@ -86,6 +94,8 @@ class StoreCollector(Collector):
             pending.add_metric([kind], float(pending_by_kind.get(kind, 0)))
         yield pending
 
+    def _events(self, conn: sqlite3.Connection | None) -> Iterator[Metric]:
+        """Clickstream events by schema and verdict, data-layer pushes by schema, observer reports dropped."""
         events: dict[tuple[str, str], float] = {
             (s, v): 0.0 for s in [*self.schemas, OTHER_SCHEMA] for v in FINAL_VERDICTS
         }
@@ -121,6 +131,8 @@ class StoreCollector(Collector):
             rejected,
         )
 
+    def _findings(self, conn: sqlite3.Connection | None) -> Iterator[Metric]:
+        """Findings by kind and severity."""
         found = {(k.value, s.value): 0.0 for k in FindingKind for s in Severity}
         for row in self._rows(conn, "SELECT * FROM metric_findings"):
             if (row["kind"], row["severity"]) in found:
@@ -132,6 +144,9 @@ class StoreCollector(Collector):
             findings.add_metric([finding, severity], value)
         yield findings
 
+    def _durations(self, conn: sqlite3.Connection | None) -> Metric:
+        """Time from request to response of answered deliveries, by kind."""
+        kinds = [k.value for k in Kind]
         buckets: dict[str, dict[float, float]] = {k: dict.fromkeys(DURATION_BUCKETS, 0.0) for k in kinds}
         for row in self._rows(conn, "SELECT kind, le, n FROM metric_durations"):
             le = float("inf") if row["le"] >= 1e308 else float(row["le"])
@@ -149,8 +164,10 @@ class StoreCollector(Collector):
                 buckets=[("+Inf" if le == float("inf") else repr(le), n) for le, n in buckets[kind].items()],
                 sum_value=sums.get(kind, 0.0),
             )
-        yield histogram
+        return histogram
 
+    def _counters(self, conn: sqlite3.Connection | None) -> Iterator[Metric]:
+        """The proxy's and the store's own counters, and the store's queue depth, as the store wrote them."""
         stored = {r["name"]: float(r["value"]) for r in self._rows(conn, "SELECT name, value FROM metric_counters")}
         for name in COUNTERS:
             counter = CounterMetricFamily(f"clickwatch_{name}", _COUNTER_HELP[name])
