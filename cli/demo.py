@@ -225,7 +225,7 @@ def _check_journey_tools(options: DemoOptions) -> None:
         raise DemoUsageError("the scripted journey needs Playwright (pip install playwright)") from None
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
@@ -235,7 +235,9 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
 
     if options.journey:
         _check_journey_tools(options)
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # SIGINT too, explicitly: a shell script's `clickwatch demo &` starts with SIGINT ignored, and `kill -INT`
+    # must still stop it (and its `clickwatch up` child) cleanly.
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     with tempfile.TemporaryDirectory(prefix="clickwatch-demo-") as scratch:
         state = Path(scratch)
         db = os.path.abspath(options.db) if options.db else str(state / "demo.db")
@@ -261,4 +263,5 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
             out.write("clickwatch demo: stopped\n")
             return 0
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

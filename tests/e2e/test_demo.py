@@ -71,7 +71,13 @@ def test_demo_usage_errors_exit_2_before_anything_starts(tmp_path: Path, args: l
     assert message in result.stderr
 
 
-def test_demo_without_journey_serves_until_interrupted(tmp_path: Path) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["terminal", "started-with-sigint-ignored"])
+def test_demo_without_journey_serves_until_interrupted(tmp_path: Path, background: bool) -> None:
+    # A shell script's `clickwatch demo &` starts with SIGINT ignored; `kill -INT` must stop it all the same.
     proxy_port, dashboard_port = free_port(), free_port()
     command = [str(CLICKWATCH), "demo", "--proxy-port", str(proxy_port), "--dashboard-port", str(dashboard_port)]
     process = subprocess.Popen(
@@ -81,6 +87,7 @@ def test_demo_without_journey_serves_until_interrupted(tmp_path: Path) -> None:
         text=True,
         env={**os.environ, "HOME": str(tmp_path), "PYTHONFAULTHANDLER": "1"},
         start_new_session=True,  # its own group, so that a hang can be cleared up whole
+        preexec_fn=_ignore_sigint if background else None,
     )
     try:
         assert process.stdout is not None
