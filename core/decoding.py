@@ -44,10 +44,24 @@ def _inflate(data: bytes, wbits: int) -> bytes:
 
 
 def _brotli(data: bytes) -> bytes:
-    return bytes(brotli.decompress(data))
+    # Bounded as it goes: an 841-byte brotli body can decode to gigabytes.
+    decompressor = brotli.Decompressor()
+    out = decompressor.process(data, output_buffer_limit=MAX_DECODED_BYTES + 1)
+    if len(out) > MAX_DECODED_BYTES:
+        raise DecodeError(f"decoded body exceeds {MAX_DECODED_BYTES} bytes")
+    if not decompressor.is_finished():
+        raise brotli.error("incomplete or truncated stream")
+    return bytes(out)
 
 
 def _zstd(data: bytes) -> bytes:
+    # zstandard ignores max_output_size when the frame states its size: check the stated size first (a frame
+    # that decodes to another size than it states is an error in zstd itself).
+    size = zstandard.frame_content_size(data)
+    if size < 0:  # not stated: read up to the cap, to say "exceeds" rather than "corrupt"
+        size = len(zstandard.ZstdDecompressor().stream_reader(data).read(MAX_DECODED_BYTES + 1))
+    if size > MAX_DECODED_BYTES:
+        raise DecodeError(f"decoded body exceeds {MAX_DECODED_BYTES} bytes")
     return bytes(zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_DECODED_BYTES))
 
 

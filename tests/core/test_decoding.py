@@ -1,13 +1,14 @@
 import base64
 import gzip
 import json
+import tracemalloc
 import zlib
 
 import brotli
 import pytest
 import zstandard
 
-from clickwatch.core.decoding import BINARY_PREFIX_BYTES, decode_body, undo_content_encoding
+from clickwatch.core.decoding import BINARY_PREFIX_BYTES, MAX_DECODED_BYTES, decode_body, undo_content_encoding
 from clickwatch.core.model import BodyKind
 
 EVENT = {"productSku": "300938", "productName": "Photosmart E317", "productPrice": 114.12}
@@ -114,12 +115,37 @@ def test_truncated_gzip_is_reported_not_half_decoded():
     assert body.note is not None
 
 
-def test_decompression_bomb_is_bounded():
-    bomb = gzip.compress(b"\0" * (70 * 1024 * 1024))
-    body = decode_body(bomb, "gzip", "application/json")
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("br", lambda b: brotli.compress(b, quality=1)),
+        # The frame states its size: zstandard's own max_output_size does not hold then.
+        ("zstd", lambda b: zstandard.ZstdCompressor(level=1).compress(b)),
+        ("zstd", lambda b: zstandard.ZstdCompressor(level=1, write_content_size=False).compress(b)),
+    ],
+    ids=["gzip", "br", "zstd-sized", "zstd-unsized"],
+)
+def test_decompression_bomb_is_bounded(encoding, compress):
+    bomb = compress(b"\0" * (300 * 1024 * 1024))
+    assert len(bomb) < 1_000_000
+    tracemalloc.start()
+    try:
+        body = decode_body(bomb, encoding, "application/json")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert body.kind is BodyKind.BINARY
     assert body.note is not None
     assert "exceeds" in body.note
+    # A few times the cap at most: the 300 MB body is never built.
+    assert peak < 3 * MAX_DECODED_BYTES
+
+
+def test_truncated_brotli_is_reported_not_half_decoded():
+    body = decode_body(brotli.compress(EVENT_BYTES)[:-3], "br", "application/json")
+    assert body.kind is BodyKind.BINARY
+    assert body.note is not None
 
 
 def test_undo_content_encoding_order_is_last_applied_first():
