@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any, Protocol
 
 import clickwatch
+from clickwatch.core.settings import default
 from clickwatch.store.inbox import Inbox
 from clickwatch.store.wire import Control, Counts, Message, Observed, count_observations, is_observed, pack
 from clickwatch.store.worker import FRAME, StoreService
@@ -228,7 +229,7 @@ class StoreLink:
         self,
         path: str,
         *,
-        queue_size: int = 10000,
+        queue_size: int = default("queue_size"),
         shutdown_timeout: float = 10.0,
         use_process: bool = True,
         proxy_counts: ProxyCounts | None = None,

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from clickwatch.core.config import build_config
 from clickwatch.core.pipeline import Notice
-from clickwatch.core.settings import BY_NAME
+from clickwatch.core.settings import BY_NAME, default
 from clickwatch.store import wire
 from clickwatch.store.notify import WebhookNotifier
 from clickwatch.store.writer import StoreWriter
@@ -42,7 +42,7 @@ NICENESS = 10
 class StoreService:
     """A StoreWriter and a webhook notifier driven by wire messages."""
 
-    def __init__(self, path: str, *, queue_size: int = 10000, take_over: bool = False) -> None:
+    def __init__(self, path: str, *, queue_size: int = default("queue_size"), take_over: bool = False) -> None:
         self.notifier: WebhookNotifier | None = None
         self.received = 0
         # A store that takes over from one that died while its proxy runs on leaves pending deliveries pending:

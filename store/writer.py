@@ -20,6 +20,7 @@ import sqlite_utils
 
 from clickwatch.core.config import Config
 from clickwatch.core.pipeline import Notice, Pipeline, StoreOps
+from clickwatch.core.settings import default
 from clickwatch.store.apply import apply_ops
 from clickwatch.store.inbox import Inbox
 from clickwatch.store.metrics_schema import COUNTERS, QUEUE_DEPTH
@@ -112,7 +113,7 @@ class StoreWriter:
         path: str,
         config: Config | None = None,
         *,
-        queue_size: int = 10000,
+        queue_size: int = default("queue_size"),
         batch_size: int = 2000,
         gather_seconds: float = GATHER_SECONDS,
         retry_max_seconds: float = 2.0,
