@@ -255,7 +255,7 @@ def _counter_feeds(db: sqlite_utils.Database) -> None:
 
 
 # The last migration: a store without it is still being created or upgraded, and readers wait for it.
-LATEST_MIGRATION = "0011_counter_feeds"
+LATEST_MIGRATION: str = migrations._migrations[-1].name
 
 
 def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:
