@@ -2,7 +2,9 @@
 
 Owns the hooks: which run a flow belongs to (proxy credentials, read by mitmproxy's own proxyauth parser, or the
 X-Clickwatch-Run header), tracking calls handed on as they happen, and storefront traffic handed on as
-`core.storefront` reads and folds it. Judging happens in the store.
+`core.storefront` reads and folds it. Judging happens in the store. What is not judged stays out of the way: large
+or open-ended bodies and server-sent events pass through as streams, and with storefront hosts given
+(`clickwatch_storefront`) the addon sets mitmproxy's `allow_hosts`, so other HTTPS hosts are tunnelled untouched.
 
 Load it into an existing mitmproxy with `mitmdump -s "$(clickwatch addon-path)"`, or run `clickwatch up`.
 """
@@ -10,9 +12,11 @@ Load it into an existing mitmproxy with `mitmdump -s "$(clickwatch addon-path)"`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -21,9 +25,11 @@ from urllib.parse import unquote
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addons import proxyauth
+from mitmproxy.proxy import layers
+from mitmproxy.proxy.layer import NextLayer
 
 from clickwatch.addon.observer import OWN_METADATA, ObserverSide, is_own
-from clickwatch.core import matching, settings, storefront
+from clickwatch.core import intercept, matching, settings, storefront
 from clickwatch.core.config import Config, ConfigError, build_config
 from clickwatch.core.verdict import StatusSpecError
 from clickwatch.store import wire
@@ -35,11 +41,21 @@ log = logging.getLogger("clickwatch.addon")
 DEFAULT_RUN = "default"
 RUN_HEADER = "X-Clickwatch-Run"
 RUN_METADATA = "clickwatch_run"
+# A plain-HTTP request to a host that is neither a storefront nor a tracking host: forwarded, never read.
+PASSTHROUGH_METADATA = "clickwatch_passthrough"
 MAX_RUN_LENGTH = 100
 PAGE_FOLD_SECONDS = 1.0
 STOPPED_ERROR = "clickwatch stopped before the answer arrived"
-_RUN_HEADERS = frozenset((b"proxy-authorization", RUN_HEADER.lower().encode()))
+_RUN, _LENGTH, _CHUNKED = "run", "length", "chunked"
+# The request fields requestheaders reads: the run's (credentials, the run header) and the body's length.
+_REQUEST_READ = {
+    b"proxy-authorization": _RUN,
+    RUN_HEADER.lower().encode(): _RUN,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _CHUNKED,
+}
 _MAX_REMEMBERED_ORIGINS = 4096
+_EVENT_STREAM = b"text/event-stream"
 
 # Options of judged settings: unset (None) unless given; given, even as the default, they override the config file.
 _OPTION_FIELDS = {s.option: s for s in settings.SETTINGS if s.option and s.judged}
@@ -80,6 +96,14 @@ class Clickwatch:
         self._flush_timer: asyncio.TimerHandle | None = None
         self.flows_seen = 0
         self.addon_errors = 0
+        self.passthrough = 0
+        self.stream_bytes: int = settings.default("stream_bytes")
+        # With storefront hosts given: every host intercepted (mitmproxy's allow_hosts, compiled as it compiles
+        # them), and the storefront hosts alone (pages the observer is added to). None: every host.
+        self._allowed: list[re.Pattern[str]] | None = None
+        self._storefronts: list[re.Pattern[str]] | None = None
+        self.interception: intercept.Interception | None = None
+        self._allow_hosts_set = False
         self.observer = ObserverSide(self._send)
 
     def _send(self, message: wire.Observed) -> None:
@@ -104,6 +128,12 @@ class Clickwatch:
             self._config_message = wire.Config(spec)
             if self.link is not None:
                 self.link.control(self._config_message)
+        if updated & {"clickwatch_storefront", *_CONFIG_OPTIONS}:
+            self._intercept(opts.clickwatch_storefront)
+        if "allow_hosts" in updated:
+            self._allowed = [re.compile(x, re.IGNORECASE) for x in opts.allow_hosts] or None
+        if "clickwatch_stream_bytes" in updated:
+            self.stream_bytes = opts.clickwatch_stream_bytes
         if updated & {"clickwatch_webhook", "clickwatch_webhook_interval"}:
             self._check_webhook(opts.clickwatch_webhook)
             self._webhook_message = wire.Webhook(opts.clickwatch_webhook, opts.clickwatch_webhook_interval)
@@ -111,6 +141,26 @@ class Clickwatch:
                 self.link.control(self._webhook_message)
         if updated & {"clickwatch_db", "clickwatch_store_process"} or self.link is None:
             self._open_store(opts.clickwatch_db, opts.clickwatch_queue_size)
+
+    def _intercept(self, storefronts: list[str]) -> None:
+        """With storefront hosts: intercept those and the tracking hosts only, through mitmproxy's allow_hosts."""
+        try:
+            plan = intercept.interception(storefronts, self.config.tenant_host, self.config.tag_pattern)
+        except intercept.HostPatternError as exc:
+            raise exceptions.OptionsError(f"clickwatch_storefront: {exc}") from None
+        self.interception = plan
+        if plan is None:
+            self._storefronts = None
+            if self._allow_hosts_set:
+                self._allow_hosts_set = False
+                ctx.options.update(allow_hosts=[])
+            return
+        self._storefronts = [re.compile(x, re.IGNORECASE) for x in plan.storefront]
+        for note in plan.notes:
+            log.info("clickwatch: %s", note)
+        self._allow_hosts_set = True
+        if list(ctx.options.allow_hosts) != list(plan.allow_hosts):
+            ctx.options.update(allow_hosts=list(plan.allow_hosts))
 
     def _check_webhook(self, url: str) -> None:
         if url:
@@ -160,9 +210,14 @@ class Clickwatch:
         self.link = self.open_link(
             path,
             queue_size=queue_size,
+            queue_bytes=opts.clickwatch_queue_bytes,
             shutdown_timeout=opts.clickwatch_shutdown_timeout,
             use_process=use_process,
-            proxy_counts=lambda: {"proxy_flows": self.flows_seen, "addon_errors": self.addon_errors},
+            proxy_counts=lambda: {
+                "proxy_flows": self.flows_seen,
+                "addon_errors": self.addon_errors,
+                "passthrough_connections": self.passthrough,
+            },
         )
         self._store_opened = (path, use_process)
         self.link.control(self._config_message)
@@ -184,25 +239,94 @@ class Clickwatch:
     @fail_open
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.flows_seen += 1
-        if is_own(flow.request.path):
+        req = flow.request
+        own = is_own(req.path)
+        if own:
             self.observer.requestheaders(flow)
         metadata = flow.metadata
-        if "proxyauth" not in metadata:
-            for name, _ in flow.request.headers.fields:
-                if name.lower() in _RUN_HEADERS:
-                    break
+        run_headers = "proxyauth" in metadata
+        body: bytes | None = None  # a declared length, or b"chunked"
+        for name, value in req.headers.fields:
+            read = _REQUEST_READ.get(name.lower())  # most fields: this one lookup
+            if read is None:
+                continue
+            if read is _RUN:
+                run_headers = True
             else:
-                # The common case: nothing for clickwatch in this request's headers.
-                runs = self._connection_runs
-                metadata[RUN_METADATA] = runs.get(flow.client_conn.id, DEFAULT_RUN) if runs else DEFAULT_RUN
-                return
-        headers = flow.request.headers
-        run = _run_from_credentials(flow) or self._connection_runs.get(flow.client_conn.id)
-        if RUN_HEADER in headers:
-            # Meant for clickwatch, not for the storefront or the tenant: it goes no further.
-            run = headers[RUN_HEADER] or run
-            del headers[RUN_HEADER]
-        metadata[RUN_METADATA] = clean_run(run)
+                body = value if read is _LENGTH else b"chunked"
+        if run_headers:
+            headers = req.headers
+            run = _run_from_credentials(flow) or self._connection_runs.get(flow.client_conn.id)
+            if RUN_HEADER in headers:
+                # Meant for clickwatch, not for the storefront or the tenant: it goes no further.
+                run = headers[RUN_HEADER] or run
+                del headers[RUN_HEADER]
+            metadata[RUN_METADATA] = clean_run(run)
+        else:
+            # The common case: nothing for clickwatch in this request's headers.
+            runs = self._connection_runs
+            metadata[RUN_METADATA] = runs.get(flow.client_conn.id, DEFAULT_RUN) if runs else DEFAULT_RUN
+        if own:
+            return
+        if self._allowed is not None and req.scheme == "http" and not self._intercepted(req):
+            metadata[PASSTHROUGH_METADATA] = True
+            self.passthrough += 1
+            req.stream = True
+            return
+        if body is not None and (body == b"chunked" or not body.isdigit() or int(body) > self.stream_bytes):
+            host, _ = self._origin(req)
+            if self.patterns.classify(req.method, host, req.path) is None:
+                req.stream = True  # not a tracking call, and large or open-ended: nothing here reads it
+
+    def _intercepted(self, req: http.Request) -> bool:
+        """Whether a plain-HTTP request goes to a storefront or tracking host, by mitmproxy's allow_hosts rule."""
+        assert self._allowed is not None
+        return intercept.allowed(self._allowed, req.host, req.port, req.pretty_host)
+
+    @fail_open
+    def next_layer(self, data: NextLayer) -> None:
+        # mitmproxy decides first when this addon runs after its NextLayer (clickwatch up); loaded as a script,
+        # this runs before it, so look once the decision is made.
+        if data.layer is not None:
+            self._count_tunnel(data)
+        elif self._allowed is not None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon(self._count_tunnel, data)
+
+    def _count_tunnel(self, data: NextLayer) -> None:
+        layer = data.layer
+        if isinstance(layer, layers.TCPLayer) and layer.flow is None:  # mitmproxy's ignored connection
+            self.passthrough += 1
+
+    @fail_open
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        resp = flow.response
+        if resp is None or flow.id in self.inflight or OWN_METADATA in flow.metadata:
+            return  # a tracking call is read whole, and clickwatch's own answers are small
+        if PASSTHROUGH_METADATA in flow.metadata:
+            resp.stream = True
+            return
+        length: bytes | None = None
+        content_type = b""
+        for name, value in resp.headers.fields:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = value
+            elif lowered == b"content-type" and not content_type:
+                content_type = value
+        if content_type[:17].lower() == _EVENT_STREAM:
+            resp.stream = True
+            return
+        if length is not None and length.strip().isdigit() and int(length) <= self.stream_bytes:
+            return
+        req = flow.request
+        headers = req.headers
+        dest = headers.get("sec-fetch-dest")
+        accept = headers.get("accept", "")
+        if not matching.is_page_load(
+            req.method, dest.encode("latin-1") if dest is not None else None, accept.encode("latin-1"), content_type
+        ):
+            resp.stream = True  # a page is read whole: consent signals, and the observer added to it
 
     def client_disconnected(self, client: Any) -> None:
         self._connection_runs.pop(client.id, None)
@@ -223,8 +347,11 @@ class Clickwatch:
     @fail_open
     def request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        if OWN_METADATA in flow.metadata:
-            self.observer.request(flow, flow.metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow))
+        metadata = flow.metadata
+        if OWN_METADATA in metadata:
+            self.observer.request(flow, metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow))
+            return
+        if PASSTHROUGH_METADATA in metadata:
             return
         host, origin = self._origin(req)
         match = self.patterns.classify(req.method, host, req.path)
@@ -254,15 +381,17 @@ class Clickwatch:
 
     @fail_open
     def response(self, flow: http.HTTPFlow) -> None:
-        if OWN_METADATA in flow.metadata:
+        metadata = flow.metadata
+        if OWN_METADATA in metadata or PASSTHROUGH_METADATA in metadata:
             return
         started = self.inflight.pop(flow.id, None)
         resp = flow.response
         if self.link is None or resp is None:
             return
         if started is None:
+            # A streamed answer has no body here: its headers still say what they say about consent.
             page = self._storefront(flow, resp)
-            if page is not None:
+            if page is not None and (self._storefronts is None or self._on_storefront(flow.request)):
                 self.observer.add_to_page(flow, *page)
             return
         uid, kind, sent_at = started
@@ -281,7 +410,8 @@ class Clickwatch:
 
     @fail_open
     def error(self, flow: http.HTTPFlow) -> None:
-        if OWN_METADATA in flow.metadata:
+        metadata = flow.metadata
+        if OWN_METADATA in metadata or PASSTHROUGH_METADATA in metadata:
             return
         started = self.inflight.pop(flow.id, None)
         if self.link is None:
@@ -292,6 +422,11 @@ class Clickwatch:
         uid, kind, sent_at = started
         message = flow.error.msg if flow.error else "connection ended without an answer"
         self.link.send(wire.Answer(uid, kind, sent_at, time.time(), None, (), b"", message))
+
+    def _on_storefront(self, req: http.Request) -> bool:
+        """Whether a request went to one of the given storefront hosts (not a tracking host)."""
+        assert self._storefronts is not None
+        return intercept.allowed(self._storefronts, req.host, req.port, req.pretty_host)
 
     def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> storefront.Browser | None:
         """Hand on what storefront traffic says about consent, sign-in and page loads; most of it says nothing new.

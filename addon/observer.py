@@ -15,6 +15,7 @@ from importlib import resources
 from mitmproxy import http
 
 from clickwatch.core import csp
+from clickwatch.core.decoding import DecodeError, undo_content_encoding
 from clickwatch.core.inject import inject
 from clickwatch.core.observer import MAX_BODY_BYTES, OBSERVE_PATH, OBSERVER_PATH_PREFIX, OBSERVER_SCRIPT_PATH
 from clickwatch.store import wire
@@ -147,9 +148,10 @@ class ObserverSide:
             content = resp.raw_content
         else:
             try:
-                content = resp.get_content(strict=True) or b""
-            except ValueError:
-                return  # an encoding mitmproxy cannot undo: the page goes through as it came
+                # clickwatch's decoder, not mitmproxy's get_content (which inflates without a cap).
+                content = undo_content_encoding(resp.raw_content, encoding.decode("latin-1"))
+            except DecodeError:
+                return  # an encoding we cannot undo, or a bomb: the page goes through as it came
         start = content[:65536]
         if b"quiv" in start or b"QUIV" in start or b"Quiv" in start:  # http-equiv, in any usual case
             policies += csp.meta_policies(content)

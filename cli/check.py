@@ -3,115 +3,34 @@
 from __future__ import annotations
 
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from clickwatch.cli.sources import Source
-from clickwatch.core.findings import FindingKind, Severity
 
-VERDICT_TOKENS = ("rejected", "failed")
-DEFAULT_FAIL_ON = "rejected,failed,error"
+# The rules themselves live in the store package, where the evidence bundle uses them too.
+from clickwatch.store.check import (
+    DEFAULT_FAIL_ON,
+    VERDICT_TOKENS,
+    CheckUsageError,
+    Expectation,
+    Report,
+    gather,
+    junit_xml,
+    parse_fail_on,
+)
 
-
-class CheckUsageError(ValueError):
-    """A bad --fail-on or --expect value."""
-
-
-def parse_fail_on(text: str) -> frozenset[str]:
-    """'rejected,failed,error' -> tokens; each a verdict, a severity or a finding kind."""
-    known = {*VERDICT_TOKENS, *(s.value for s in Severity), *(k.value for k in FindingKind)}
-    tokens = frozenset(t.strip() for t in text.split(",") if t.strip())
-    unknown = sorted(tokens - known)
-    if unknown:
-        raise CheckUsageError(
-            f"--fail-on: unknown {', '.join(unknown)} (use verdicts rejected, failed; severities error, warning, "
-            "info; or finding kinds)"
-        )
-    return tokens
-
-
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """At least `minimum` delivered clickstream events of one schema."""
-
-    schema: str
-    minimum: int = 1
-
-    @classmethod
-    def parse(cls, text: str) -> Expectation:
-        """'ProductView' or 'AddedToCart:2'."""
-        schema, sep, count = text.partition(":")
-        if not schema.strip():
-            raise CheckUsageError(f"--expect {text!r}: name a schema, e.g. ProductView or AddedToCart:2")
-        if not sep:
-            return cls(schema.strip())
-        try:
-            minimum = int(count)
-        except ValueError:
-            raise CheckUsageError(f"--expect {text!r}: {count!r} is not a whole number") from None
-        if minimum < 1:
-            raise CheckUsageError(f"--expect {text!r}: the minimum count must be at least 1")
-        return cls(schema.strip(), minimum)
-
-
-@dataclass
-class Report:
-    """What a check found."""
-
-    summary: dict[str, Any]
-    expectations: list[tuple[Expectation, int]]
-    failing: list[tuple[dict[str, Any], list[str]]]
-    loose_findings: list[dict[str, Any]]
-    waited_out: bool
-    reasons: list[str] = field(default_factory=list)
-
-    @property
-    def healthy(self) -> bool:
-        """No counted problem and every expectation met."""
-        return not self.reasons
-
-
-def _counted(finding: dict[str, Any], fail_on: frozenset[str]) -> bool:
-    return finding["kind"] in fail_on or finding["severity"] in fail_on
-
-
-def gather(source: Source, filters: dict[str, Any], fail_on: frozenset[str], expectations: list[Expectation]) -> Report:
-    """Read the source once and judge."""
-    summary = source.summary(**filters)
-    met = [
-        (e, int(source.summary(**filters, kind="clickstream", schema=e.schema)["deliveries"]["delivered"]))
-        for e in expectations
-    ]
-    failing: dict[int, tuple[dict[str, Any], list[str]]] = {}
-    for verdict in VERDICT_TOKENS:
-        if verdict in fail_on and summary["deliveries"][verdict]:
-            for item in source.deliveries(**filters, verdict=verdict):
-                failing[item["id"]] = (item, [f"{verdict} ({item['status_code'] or item.get('error') or 'no answer'})"])
-    finding_kinds = [k for k, n in summary["findings"].items() if n]
-    for kind in finding_kinds:
-        for item in source.deliveries(**filters, finding=kind):
-            reasons = [f"{f['kind']}: {f['message']}" for f in item["findings"] if _counted(f, fail_on)]
-            if reasons:
-                entry = failing.setdefault(item["id"], (item, []))
-                entry[1].extend(r for r in reasons if r not in entry[1])
-    # Findings about a visitor rather than a delivery (event_not_sent, no_events_after_consent, ...): asked for
-    # as such, so that a run's many delivery findings cannot push them out of the page (a dashboard that does
-    # not know `visitor_level` answers with every finding: those about a delivery are left out here).
-    loose = [
-        f
-        for f in source.findings(run=filters.get("run"), since=filters.get("since"), visitor_level=True)
-        if f["delivery_id"] is None and _counted(f, fail_on)
-    ]
-    report = Report(summary, met, sorted(failing.values(), key=lambda p: p[0]["sent_at"]), loose, waited_out=False)
-    for item, reasons in report.failing:
-        report.reasons.append(f"delivery {item['id']}: {'; '.join(reasons)}")
-    for finding in loose:
-        report.reasons.append(f"{finding['kind']}: {finding['message']}")
-    for expectation, count in met:
-        if count < expectation.minimum:
-            report.reasons.append(f"expected {expectation.minimum}+ delivered {expectation.schema}, saw {count}")
-    return report
+__all__ = [
+    "DEFAULT_FAIL_ON",
+    "VERDICT_TOKENS",
+    "CheckUsageError",
+    "Expectation",
+    "Report",
+    "gather",
+    "junit_xml",
+    "parse_fail_on",
+    "print_report",
+    "run_check",
+]
 
 
 def run_check(
@@ -167,37 +86,3 @@ def print_report(report: Report, out: TextIO) -> None:
     if pending and not report.waited_out:
         out.write(f"note: {pending} delivery/decision(s) still pending; --wait SECONDS waits for them\n")
     out.write(("HEALTHY" if report.healthy else "UNHEALTHY: " + report.reasons[0]) + "\n")
-
-
-def junit_xml(report: Report) -> bytes:
-    """JUnit XML: one test case per expectation and per failing delivery (and per visitor-level finding)."""
-    suite = ET.Element("testsuite", name="clickwatch")
-    cases = 0
-    failures = 0
-
-    def case(name: str, classname: str, failure: str | None) -> None:
-        nonlocal cases, failures
-        element = ET.SubElement(suite, "testcase", name=name, classname=classname)
-        cases += 1
-        if failure is not None:
-            failures += 1
-            ET.SubElement(element, "failure", message=failure[:500]).text = failure
-
-    for expectation, count in report.expectations:
-        ok = count >= expectation.minimum
-        message = f"expected at least {expectation.minimum} delivered {expectation.schema}, saw {count}"
-        case(f"expect {expectation.schema}", "clickwatch.expectations", None if ok else message)
-    for item, reasons in report.failing:
-        case(f"delivery {item['id']} {item['kind']} {item['schema'] or ''}".strip(), "clickwatch.deliveries",
-             f"{item['method']} {item['url']}\n" + "\n".join(reasons))  # fmt: skip
-    for finding in report.loose_findings:
-        case(f"visitor {finding['visitor']} {finding['kind']}", "clickwatch.visitors", finding["message"])
-    pending = report.summary["deliveries"]["pending"] + report.summary.get("pending_decisions", 0)
-    if report.waited_out and pending:
-        case("pending decisions", "clickwatch.pending", f"{pending} delivery/decision(s) still pending")
-    if cases == 0:
-        case("healthy", "clickwatch", None)
-    suite.set("tests", str(cases))
-    suite.set("failures", str(failures))
-    suite.set("errors", "0")
-    return ET.tostring(suite, encoding="utf-8", xml_declaration=True)

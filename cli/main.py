@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import socket
 import sys
@@ -14,9 +15,12 @@ from typing import Any
 
 from clickwatch.core import settings
 from clickwatch.core.config import Config, ConfigError, read_file
+from clickwatch.core.diff import DEFAULT_FAIL_ON as DIFF_FAIL_ON
+from clickwatch.core.diff import DEFAULT_TOLERANCE as DIFF_TOLERANCE
 from clickwatch.core.findings import FindingKind
 from clickwatch.core.model import Kind, Verdict
 from clickwatch.core.settings import CommandSettings, SettingError
+from clickwatch.store.diff import DEFAULT_SAMPLE as DIFF_SAMPLE
 
 EXIT_USAGE = 2
 
@@ -46,6 +50,27 @@ def _check_db_path(path: str) -> None:
         raise UsageError(f"database path {path!r} is not writable")
 
 
+def with_token_file(given: CommandSettings) -> CommandSettings:
+    """The settings with the token read from token_file, when one is given (it wins over token)."""
+    return dataclasses.replace(given, token=_token_from_file(given.token_file)) if given.token_file else given
+
+
+def _token_from_file(path: str) -> str:
+    """The access token a token file holds (its first line, trimmed); UsageError when there is none."""
+    where = f"token file {path!r}"
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as handle:
+            token = handle.readline(4096).strip()
+            mode = os.fstat(handle.fileno()).st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not token:
+        raise UsageError(f"{where}: the file's first line is empty")
+    if mode & 0o077:
+        print(f"clickwatch: warning: {where} can be read by other users (chmod 600 it)", file=sys.stderr)
+    return token
+
+
 def resolve(args: argparse.Namespace) -> tuple[CommandSettings, Config]:
     """What a command runs with, and how it judges: each setting's flag, else environment, else file, else default.
 
@@ -58,6 +83,12 @@ def resolve(args: argparse.Namespace) -> tuple[CommandSettings, Config]:
         values = settings.resolve(args.command, flags, os.environ, file_values)
     except (SettingError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
+    if flags.get("token") is not None:
+        print(
+            "clickwatch: warning: --token is visible to every user of this machine (ps, /proc); "
+            "use --token-file or CLICKWATCH_TOKEN instead",
+            file=sys.stderr,
+        )
     return CommandSettings(**values), config
 
 
@@ -70,14 +101,15 @@ def _given(name: str, args: argparse.Namespace) -> bool:
 def _cmd_up(args: argparse.Namespace) -> int:
     from clickwatch.cli.up import run_up
 
-    given, _ = resolve(args)
+    given = with_token_file(resolve(args)[0])
     from clickwatch.dashboard.settings import is_loopback
 
     _check_db_path(given.db)
     if not is_loopback(given.listen_host) and not given.token:
         token = settings.BY_NAME["token"]
         raise UsageError(
-            f"listening on {given.listen_host} exposes captured traffic: give {token.flag} (or {token.env})"
+            f"listening on {given.listen_host} exposes captured traffic: give --token-file FILE "
+            f"(or {token.env}; {token.flag} shows in ps)"
         )
     _check_port_free(given.listen_host, given.proxy_port)
     _check_port_free(given.listen_host, given.dashboard_port)
@@ -117,7 +149,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.wait < 0:
         raise UsageError("--wait: must be 0 or more seconds")
     filters = _filters(args)
-    given, _ = resolve(args)
+    given = with_token_file(resolve(args)[0])
     try:
         if args.db or (_given("db", args) and not _given("url", args)):
             source: Any = StoreSource(given.db)
@@ -128,8 +160,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     print_report(report, sys.stdout)
     if args.junit:
+        from clickwatch.store.files import open_private
+
         try:
-            with open(args.junit, "wb") as handle:
+            with open_private(args.junit, "wb") as handle:
                 handle.write(junit_xml(report))
         except OSError as exc:
             raise UsageError(f"--junit {args.junit}: {exc.strerror or exc}") from None
@@ -152,11 +186,55 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_bundle(args: argparse.Namespace, db: str) -> int:
+    """`export --bundle FILE.zip --run RUN`: the run's evidence bundle (store/bundle.py)."""
+    from clickwatch.core import __version__
+    from clickwatch.store import bundle, reader
+    from clickwatch.store.files import open_private
+
+    if not args.run:
+        raise UsageError("--bundle needs --run RUN: a bundle holds one whole run")
+    names = ("since", "until", "kind", "verdict", "schema", "finding", "visitor")
+    narrowing = [f"--{name}" for name in names if getattr(args, name)]
+    if args.output != "-":
+        narrowing.append("--output")
+    if narrowing:
+        raise UsageError(f"--bundle writes a whole run: {', '.join(narrowing)} cannot be given with it")
+    try:
+        conn = reader.connect(db)
+    except reader.StoreUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    # Written beside the target and renamed at the end: a failed export never leaves half a zip under its name.
+    partial = f"{args.bundle}.part"
+    try:
+        with open_private(partial, "wb") as handle:
+            manifest = bundle.write_bundle(conn, args.run, handle, version=__version__)
+        os.replace(partial, args.bundle)
+    except bundle.UnknownRun as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--bundle {args.bundle}: {exc.strerror or exc}") from None
+    finally:
+        conn.close()
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+    counts = manifest.counts
+    health = "healthy" if counts["healthy"] else "unhealthy"
+    print(
+        f"wrote the evidence bundle of run {args.run!r} to {args.bundle}: {counts['deliveries']} deliveries, "
+        f"{counts['findings']} findings, {counts['visitors']} visitors ({health})"
+    )
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from clickwatch.core import __version__
     from clickwatch.store import export, reader
+    from clickwatch.store.files import open_private
 
     given, _ = resolve(args)
+    if args.bundle:
+        return _export_bundle(args, given.db)
     filters = _filters(args)
     try:
         conn = reader.connect(given.db)
@@ -175,7 +253,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         with contextlib.ExitStack() as stack:
             out = (
-                stack.enter_context(open(args.output, "w", encoding="utf-8", newline=""))
+                stack.enter_context(open_private(args.output, "w", encoding="utf-8", newline=""))
                 if args.output != "-"
                 else sys.stdout
             )
@@ -186,6 +264,45 @@ def _cmd_export(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     return 0
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from clickwatch.cli.diff import DiffOptions, junit_xml, print_json, print_report, run_diff, save
+    from clickwatch.core.diff import DiffUsageError, check_tolerance, parse_fail_on
+    from clickwatch.store.diff import MAX_SAMPLE, DiffError
+    from clickwatch.store.files import open_private
+
+    given, _ = resolve(args)
+    if not 1 <= args.sample <= MAX_SAMPLE:
+        raise UsageError(f"--sample: give 1-{MAX_SAMPLE} bodies per schema, not {args.sample}")
+    try:
+        if args.save_baseline:
+            if len(args.runs) != 1:
+                raise UsageError("--save-baseline FILE takes one RUN: clickwatch diff --save-baseline FILE.json RUN")
+            save(args.runs[0], given.db, args.save_baseline, args.sample, sys.stdout)
+            return 0
+        if len(args.runs) != 2:
+            raise UsageError("give BASE and NEW: two run names, or a baseline FILE.json and a run name")
+        options = DiffOptions(
+            base=args.runs[0],
+            new=args.runs[1],
+            db=given.db,
+            base_db=args.base_db or given.db,
+            tolerance=check_tolerance(args.count_tolerance),
+            fail_on=parse_fail_on(args.fail_on),
+            sample=args.sample,
+        )
+        diff = run_diff(options)
+    except (DiffUsageError, DiffError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.junit:
+        try:
+            with open_private(args.junit, "wb") as handle:
+                handle.write(junit_xml(diff))
+        except OSError as exc:
+            raise UsageError(f"--junit {args.junit}: {exc.strerror or exc}") from None
+    (print_json if args.format == "json" else print_report)(diff, sys.stdout)
+    return 1 if diff.regressed else 0
 
 
 def _cmd_addon_path(args: argparse.Namespace) -> int:
@@ -236,6 +353,8 @@ def _setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
         if s.type is bool:
             action = "store_false" if s.flag.startswith("--no-") else "store_true"
             parser.add_argument(s.flag, dest=s.name, action=action, default=None, help=help_text)
+        elif s.type is tuple:
+            parser.add_argument(s.flag, dest=s.name, action="append", default=None, metavar="HOST", help=help_text)
         else:
             parser.add_argument(s.flag, dest=s.name, type=s.type, default=None, help=help_text)
 
@@ -300,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_flags(exp, "export")
     exp.add_argument("--format", choices=["har", "jsonl", "csv"], default="jsonl")
     exp.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
+    exp.add_argument(
+        "--bundle",
+        default=None,
+        metavar="FILE.zip",
+        help="write the evidence bundle of one run (needs --run): HAR, JSON lines, findings, JUnit, HTML report",
+    )
     _filter_options(exp, full=True)
     exp.set_defaults(func=_cmd_export)
 
@@ -320,6 +445,41 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--db", default=None, help="SQLite store (default: a temporary file removed at exit)")
     demo.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium for --journey")
     demo.set_defaults(func=_cmd_demo)
+
+    diff = sub.add_parser(
+        "diff",
+        help="what changed in the tracking between two runs (or a saved baseline and a run): exit 1 on a regression",
+    )
+    diff.add_argument(
+        "runs", nargs="*", metavar="BASE NEW", help="two run names; a name ending in .json is a baseline file"
+    )
+    _setting_flags(diff, "diff")
+    diff.add_argument("--base-db", default=None, metavar="PATH", help="the store BASE is read from (default: --db)")
+    diff.add_argument(
+        "--fail-on",
+        default=DIFF_FAIL_ON,
+        help=f"what counts as a regression: changes, verdicts, severities or finding kinds (default {DIFF_FAIL_ON})",
+    )
+    diff.add_argument(
+        "--count-tolerance",
+        type=float,
+        default=DIFF_TOLERANCE,
+        metavar="FRACTION",
+        help=f"report a schema's count per visit when it changed by more than this (default {DIFF_TOLERANCE:g})",
+    )
+    diff.add_argument(
+        "--sample",
+        type=int,
+        default=DIFF_SAMPLE,
+        metavar="N",
+        help=f"read at most N bodies per schema for payload fields (default {DIFF_SAMPLE})",
+    )
+    diff.add_argument("--format", choices=["text", "json"], default="text", help="the report's format (default text)")
+    diff.add_argument("--junit", default=None, metavar="FILE", help="write a JUnit XML report")
+    diff.add_argument(
+        "--save-baseline", default=None, metavar="FILE.json", help="write RUN's tracking profile to FILE.json and stop"
+    )
+    diff.set_defaults(func=_cmd_diff)
 
     addon_path = sub.add_parser("addon-path", help="print the addon script path for `mitmdump -s`")
     addon_path.set_defaults(func=_cmd_addon_path)

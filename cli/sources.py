@@ -7,63 +7,28 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
-from clickwatch.core.findings import FindingKind
-from clickwatch.core.model import Kind, Verdict
 from clickwatch.store import reader
+
+# The store's own source and filter, shared with the evidence bundle; `Source` is what every source answers.
+from clickwatch.store.check import ReaderSource, Source, delivery_filter
+
+__all__ = ["ApiSource", "ReaderSource", "Source", "SourceError", "StoreSource", "delivery_filter"]
 
 
 class SourceError(Exception):
     """The source cannot be read (dashboard unreachable, store missing)."""
 
 
-class Source(Protocol):
-    """What a check needs to know."""
-
-    def summary(self, **filters: Any) -> dict[str, Any]: ...
-
-    def deliveries(self, **filters: Any) -> Iterator[dict[str, Any]]: ...
-
-    def findings(self, **filters: Any) -> list[dict[str, Any]]: ...
-
-
-def delivery_filter(filters: dict[str, Any]) -> reader.DeliveryFilter:
-    """The store filter for the same keyword filters the API takes."""
-    return reader.DeliveryFilter(
-        kind=Kind(filters["kind"]) if filters.get("kind") else None,
-        verdict=Verdict(filters["verdict"]) if filters.get("verdict") else None,
-        schema=filters.get("schema"),
-        finding=FindingKind(filters["finding"]) if filters.get("finding") else None,
-        visitor=filters.get("visitor"),
-        run=filters.get("run"),
-        since=filters.get("since"),
-        until=filters.get("until"),
-    )
-
-
-class StoreSource:
+class StoreSource(ReaderSource):
     """Reads a store file directly (no dashboard needed)."""
 
     def __init__(self, db: str) -> None:
         try:
-            self.conn = reader.connect(db)
+            super().__init__(reader.connect(db))
         except reader.StoreUnavailable as exc:
             raise SourceError(str(exc)) from None
-
-    def summary(self, **filters: Any) -> dict[str, Any]:
-        return reader.summary(self.conn, delivery_filter(filters))
-
-    def deliveries(self, **filters: Any) -> Iterator[dict[str, Any]]:
-        cursor = None
-        while True:
-            items, cursor = reader.list_deliveries(self.conn, delivery_filter(filters), reader.MAX_LIMIT, cursor)
-            yield from items
-            if cursor is None:
-                return
-
-    def findings(self, **filters: Any) -> list[dict[str, Any]]:
-        return reader.list_findings(self.conn, limit=reader.MAX_LIMIT, **filters)
 
 
 class ApiSource:
@@ -73,6 +38,12 @@ class ApiSource:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        # A dashboard on this machine is reached directly, whatever HTTP_PROXY says: in CI that variable often
+        # points at clickwatch's own proxy, which would then capture (and slow) its own API calls.
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        loopback = host == "localhost" or host.startswith("127.") or host == "::1"
+        handlers = [urllib.request.ProxyHandler({})] if loopback else []
+        self._opener = urllib.request.build_opener(*handlers)
 
     def _get(self, path: str, params: dict[str, Any]) -> Any:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
@@ -80,7 +51,7 @@ class ApiSource:
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:300]

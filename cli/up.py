@@ -9,7 +9,9 @@ import sys
 import time
 from typing import TextIO
 
+from clickwatch.cli.graceful import GracefulStop, quiet_cancellation
 from clickwatch.core import settings
+from clickwatch.core.intercept import Interception
 from clickwatch.core.settings import CommandSettings
 from clickwatch.store import reader
 
@@ -54,6 +56,21 @@ async def _progress(db: str, out: TextIO) -> None:
             out.flush()
 
 
+def interception_lines(plan: Interception | None) -> list[str]:
+    """What the proxy decrypts, for the start-up banner: every host, or the storefront and tracking hosts."""
+    if plan is None:
+        return [
+            "intercepting:       every HTTPS host (give --storefront HOST, e.g. --storefront '*.example-shop.com', "
+            "to decrypt only the storefront and tracking hosts and tunnel the rest untouched)"
+        ]
+    lines = [
+        f"intercepting:       storefront {', '.join(plan.storefront_patterns)} and the tracking hosts; "
+        "every other host passes through untouched"
+    ]
+    lines += [f"                    ({note})" for note in plan.notes]
+    return lines
+
+
 def run_up(given: CommandSettings, sets: list[str]) -> int:
     """Run until Ctrl-C or SIGTERM; every captured delivery is written before returning."""
     return asyncio.run(_run(given, sets))
@@ -74,9 +91,10 @@ async def _run(given: CommandSettings, sets: list[str]) -> int:
     from clickwatch.dashboard.settings import DashboardSettings
 
     opts = options.Options(listen_host=given.listen_host, listen_port=given.proxy_port)
-    master = DumpMaster(opts, with_termlog=not given.quiet, with_dumper=False)
-    if not given.quiet:
-        opts.update(termlog_verbosity="warn")  # the progress line says what matters; flows would drown it
+    # --quiet hides the progress line only: warnings and errors (a store process that died, a webhook that
+    # refuses) always reach the terminal. Flows would drown them, and the progress line says the rest.
+    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    opts.update(termlog_verbosity="warn")
     addon = Clickwatch()
     master.addons.add(addon)
     try:
@@ -94,6 +112,8 @@ async def _run(given: CommandSettings, sets: list[str]) -> int:
         token=given.token or None,
         proxy_url=f"http://{host}:{given.proxy_port}",
         confdir=opts.confdir,
+        # What the addon took (a --set clickwatch_storefront counts too), for the setup page.
+        storefront=addon.interception.storefront_patterns if addon.interception else (),
     )
     try:
         dashboard = DashboardServer(dashboard_settings)
@@ -102,8 +122,11 @@ async def _run(given: CommandSettings, sets: list[str]) -> int:
     dashboard.start()
 
     loop = asyncio.get_running_loop()
+    # A signal stops cleanly: no new exchanges, those in flight finish (bounded), every answer seen is written.
+    stop = GracefulStop(master, addon.inflight)
+    master.addons.add(stop)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
+        loop.add_signal_handler(sig, stop.request_stop)
     confdir = os.path.expanduser(opts.confdir)
     print(f"clickwatch proxy:   http://{host}:{given.proxy_port}", flush=True)
     print(f"dashboard:          http://{host}:{given.dashboard_port}/", flush=True)
@@ -115,10 +138,13 @@ async def _run(given: CommandSettings, sets: list[str]) -> int:
         else "off: consent and events are judged from network traffic only"
     )
     print(f"data-layer observer: {observer}", flush=True)
+    for line in interception_lines(addon.interception):
+        print(line, flush=True)
     progress = None if given.quiet else asyncio.create_task(_progress(given.db, sys.stdout))
     try:
         await master.run()
     finally:
+        quiet_cancellation(loop)
         if progress is not None:
             progress.cancel()
         dashboard.stop()

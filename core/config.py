@@ -66,6 +66,8 @@ class Config:
     tag_pattern: str = default("tag_pattern")
     tenant_host: str = default("tenant_host")
     body_limit: int = default("body_limit")
+    body_decode_limit: int = default("body_decode_limit")
+    redact: str = default("redact")
     expected_status: Mapping[Kind, StatusSet] = DEFAULT_EXPECTED
     consent_template: str = default("consent_template")
     grace_seconds: float = default("grace_seconds")

@@ -16,6 +16,9 @@ CONSENT_GIVEN_SUFFIX = "-profile.consent.given"
 TRACKING_PAUSE = "profile.tracking.pause"
 # Set by the accelerator's GUID cookie strategy when a shopper signs in (HTTPS only).
 SIGNED_IN_COOKIE = "acceleratorSecureGUID"
+# A browser keeps a cookie of 4 KB at most; a header is given a little more room. Longer is not read.
+MAX_CONSENTS_CHARS = 16384
+MAX_CONSENTS_VALUES = 200
 
 
 class ConsentState(enum.StrEnum):
@@ -59,11 +62,15 @@ def parse_set_cookie(value: str, now: float | None = None) -> tuple[str, str, bo
             max_age = attr_value.strip()
         elif key == "expires":
             expires = attr_value.strip()
-    # RFC 6265: Max-Age wins over Expires; any Max-Age of zero or less expires the cookie now.
-    if max_age is not None and re.fullmatch(r"-?\d+", max_age):
-        deleted = int(max_age) <= 0
+    # RFC 6265: Max-Age wins over Expires; any Max-Age of zero or less expires the cookie now (ASCII digits only,
+    # read by sign and not by value: a 5,000-digit Max-Age is still a number, and int() refuses it).
+    if max_age is not None and re.fullmatch(r"-?[0-9]+", max_age):
+        deleted = max_age.startswith("-") or not max_age.strip("0")
     elif expires is not None:
-        when = http2time(expires)
+        try:
+            when = http2time(expires[:100])
+        except (ValueError, OverflowError):
+            when = None
         deleted = when is not None and when <= (time.time() if now is None else now)
     else:
         deleted = False
@@ -72,9 +79,16 @@ def parse_set_cookie(value: str, now: float | None = None) -> tuple[str, str, bo
 
 def anonymous_consents_state(raw: str, template: str) -> tuple[ConsentState, str] | None:
     """State of `template` in an anonymous-consents value (URL-encoded JSON array); None if unreadable."""
+    if len(raw) > MAX_CONSENTS_CHARS:
+        return None
+    text = unquote(raw)
+    # The list is flat (objects of strings in an array): deeper nesting, or more values than a list of consents
+    # holds, is not read; json.loads would recurse as deep as the value nests.
+    if text.count("[") + text.count("{") > MAX_CONSENTS_VALUES:
+        return None
     try:
-        consents = json.loads(unquote(raw))
-    except ValueError:
+        consents = json.loads(text)
+    except (ValueError, RecursionError):
         return None
     if not isinstance(consents, list):
         return None
@@ -82,7 +96,8 @@ def anonymous_consents_state(raw: str, template: str) -> tuple[ConsentState, str
         return ConsentState.ABSENT, "no consents in the list"
     for consent in consents:
         if isinstance(consent, dict) and consent.get("templateCode") == template:
-            state = str(consent.get("consentState") or "").upper()
+            raw_state = consent.get("consentState")
+            state = raw_state.upper() if isinstance(raw_state, str) else ""
             if state == "GIVEN":
                 return ConsentState.GIVEN, f"{template} GIVEN"
             if state == "WITHDRAWN":
@@ -109,9 +124,13 @@ def _from_values(
             return ConsentReading(parsed[0], source, parsed[1])
     if given_cookie is not None:
         source, raw = given_cookie
+        # The detail names what the value means, never the value itself: cookie values are not stored.
         if raw.lower() == "true":
-            return ConsentReading(ConsentState.GIVEN, source, "true")
-        return ConsentReading(ConsentState.ABSENT, source, raw[:20] or "empty")
+            return ConsentReading(ConsentState.GIVEN, source, "says given")
+        if raw.lower() == "false":
+            return ConsentReading(ConsentState.ABSENT, source, "says not given")
+        unexpected = "an unexpected value, read as absent"
+        return ConsentReading(ConsentState.ABSENT, source, unexpected if raw else "empty")
     return None
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -34,6 +34,7 @@ class FindingKind(enum.StrEnum):
     EVENT_NOT_SENT = "event_not_sent"
     EVENT_WITHOUT_PUSH = "event_without_push"
     OBSERVER_BLOCKED = "observer_blocked"
+    UNREADABLE_MESSAGE = "unreadable_message"
 
 
 DEFAULT_SEVERITY: Mapping[FindingKind, Severity] = MappingProxyType(
@@ -54,8 +55,26 @@ DEFAULT_SEVERITY: Mapping[FindingKind, Severity] = MappingProxyType(
         FindingKind.EVENT_NOT_SENT: Severity.ERROR,
         FindingKind.EVENT_WITHOUT_PUSH: Severity.INFO,
         FindingKind.OBSERVER_BLOCKED: Severity.INFO,
+        # clickwatch could not read or judge a message: nobody is accused, but the delivery went unjudged.
+        FindingKind.UNREADABLE_MESSAGE: Severity.WARNING,
     }
 )
+
+# The longest text a finding, a consent signal or a note carries: a page of 50 findings stays small whatever was sent.
+MAX_TEXT = 2000
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """`text`, cut to `limit` characters with a note of how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… and {len(text) - limit} more characters"
+
+
+def listed(items: Sequence[str], most: int, separator: str = ", ") -> str:
+    """The first `most` items joined, with how many more there were."""
+    shown = separator.join(items[:most])
+    return f"{shown}… and {len(items) - most} more" if len(items) > most else shown
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import uuid
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from clickwatch.core.findings import clip
 from clickwatch.core.matching import Patterns
 from clickwatch.core.model import Answer, Headers, RequestSeen, StorefrontSeen
 from clickwatch.core.record import header
 from clickwatch.core.storefront import RawHeaders, read_exchange
 
 HAR_CLIENT = "har-import"  # a HAR names no client address; one recording is one browser
+# An entry's total time beyond a day is no browser's measurement.
+MAX_ENTRY_SECONDS = 86400.0
 
 
 class HarError(ValueError):
@@ -47,8 +51,12 @@ def _headers(entry_part: dict[str, Any], where: str) -> Headers:
     return tuple(out)
 
 
-def _text(container: dict[str, Any] | None, where: str) -> bytes:
-    if not container or "text" not in container:
+def _text(container: Any, where: str) -> bytes:
+    if container is None:
+        return b""
+    if not isinstance(container, dict):
+        raise HarError(f"{where}: expected an object, got {type(container).__name__}")
+    if "text" not in container:
         return b""
     text = _get(container, "text", where, str)
     if container.get("encoding") == "base64":
@@ -78,13 +86,61 @@ def _without_encoding(headers: Headers) -> Headers:
 
 def _started(entry: dict[str, Any], where: str) -> float:
     raw = _get(entry, "startedDateTime", where, str)
+    shown = _shown(raw)
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise HarError(f"{where}.startedDateTime: {raw!r} is not an ISO 8601 time") from None
+        raise HarError(f"{where}.startedDateTime: {shown} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
-        raise HarError(f"{where}.startedDateTime: {raw!r} has no time zone")
-    return moment.timestamp()
+        raise HarError(f"{where}.startedDateTime: {shown} has no time zone")
+    try:
+        return moment.timestamp()
+    except (OverflowError, ValueError):
+        raise HarError(f"{where}.startedDateTime: {shown} is out of range") from None
+
+
+def _error(value: Any) -> str | None:
+    # Chrome's own field: a short text; anything else it may hold says nothing we can show.
+    return clip(value, 500) if isinstance(value, str) and value else None
+
+
+def _shown(text: str) -> str:
+    """A HAR value as an error message quotes it: short, and printable whatever it holds (a lone surrogate)."""
+    return ascii(text[:100])
+
+
+def _status(response: dict[str, Any], where: str) -> int:
+    status = _get(response, "status", where, int)
+    # 0: the browser recorded no answer. Anything else outside HTTP's three digits is not a status.
+    if status != 0 and not 100 <= status <= 999:
+        raise HarError(f"{where}.status: {str(status)[:40]} is not an HTTP status (0, or 100-999)")
+    return int(status)
+
+
+def _elapsed(entry: dict[str, Any], where: str) -> float:
+    elapsed = _get(entry, "time", where, (int, float))
+    try:
+        seconds = float(elapsed) / 1000.0
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_ENTRY_SECONDS:
+        raise HarError(
+            f"{where}.time: {str(elapsed)[:40]} is not a time in milliseconds (0 to {MAX_ENTRY_SECONDS * 1000:.0f})"
+        )
+    return seconds
+
+
+def _url(request: dict[str, Any], where: str) -> tuple[str, str, str]:
+    """(url, host, path and query) of an absolute URL."""
+    url = _get(request, "url", where, str)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise HarError(f"{where}.url: {_shown(url)} is not a valid URL ({exc})") from None
+    if not host:
+        raise HarError(f"{where}.url: {_shown(url)} is not an absolute URL")
+    return url, host, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | Answer | StorefrontSeen]:
@@ -97,29 +153,23 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
         request = _get(entry, "request", where, dict)
         response = _get(entry, "response", where, dict)
         method = _get(request, "method", f"{where}.request", str)
-        url = _get(request, "url", f"{where}.request", str)
-        if not urlsplit(url).hostname:
-            raise HarError(f"{where}.request.url: {url[:100]!r} is not an absolute URL")
-        status = _get(response, "status", f"{where}.response", int)
-        elapsed = _get(entry, "time", where, (int, float))
-        if elapsed < 0:
-            raise HarError(f"{where}.time: must not be negative")
+        url, host, path = _url(request, f"{where}.request")
+        status = _status(response, f"{where}.response")
+        elapsed = _elapsed(entry, where)
         parsed.append(
             (
-                _started(entry, where), index, method, url, status, float(elapsed) / 1000.0,
+                _started(entry, where), index, method, (url, host, path), status, elapsed,
                 _headers(request, f"{where}.request"), _headers(response, f"{where}.response"),
                 _text(request.get("postData"), f"{where}.request.postData"),
                 _text(response.get("content"), f"{where}.response.content"),
-                entry.get("_error") or response.get("_error"),
+                _error(entry.get("_error") or response.get("_error")),
             )
         )  # fmt: skip
     parsed.sort(key=lambda p: (p[0], p[1]))
     out: list[RequestSeen | Answer | StorefrontSeen] = []
     answers: list[Answer] = []
-    for started, _, method, url, status, elapsed, req_headers, resp_headers, req_body, resp_body, error in parsed:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    for started, _, method, where_to, status, elapsed, req_headers, resp_headers, req_body, resp_body, error in parsed:
+        url, host, path = where_to
         user_agent = header(req_headers, "user-agent") or ""
         match = patterns.classify(method, host, path)
         ended = started + elapsed
@@ -156,7 +206,7 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
                 uid=uid, kind=match.kind, sent_at=started, ended_at=ended,
                 status_code=status or None, headers=_without_encoding(resp_headers) if status else (),
                 raw_body=resp_body if status else b"",
-                error=None if status else str(error or "no response recorded (status 0)"),
+                error=None if status else error or "no response recorded (status 0)",
             )
         )  # fmt: skip
     # Answers go in at the time they arrived, among the other observations.

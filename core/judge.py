@@ -281,6 +281,11 @@ class Judge:
         flight = self._inflight.get(uid)
         return flight.run if flight else None
 
+    def flight_of(self, uid: str) -> tuple[str, str] | None:
+        """(run, visitor) of a delivery still waiting for its answer."""
+        flight = self._inflight.get(uid)
+        return (flight.run, flight.visitor) if flight else None
+
     def answer(self, answer: Answer, verdict: Verdict) -> Judgement:
         """Judge how a tracking request ended."""
         out = Judgement()
@@ -926,6 +931,17 @@ class Judge:
         )
         for v in quiet[: len(self._visitors) - _MAX_VISITORS]:
             del self._visitors[(v.run, v.key)]
+
+    def forget(self, run: str | None = None) -> None:
+        """Forget the visitors and calls in flight of one run (all when None): its captured data was reset."""
+        if run is None:
+            self._visitors.clear()
+            self._inflight.clear()
+            return
+        for key in [key for key in self._visitors if key[0] == run]:
+            del self._visitors[key]
+        for uid in [uid for uid, flight in self._inflight.items() if flight.run == run]:
+            del self._inflight[uid]
 
     def visitors(self) -> Iterable[VisitorSnapshot]:
         """Snapshots of every visitor currently followed."""

@@ -48,6 +48,7 @@ class Body:
     truncated: bool = False
     note: str | None = None
     parsed: Any = None
+    refused: bool = False  # too large or too deeply nested to read: `note` says which
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from clickwatch.core.config import Config
-from clickwatch.core.findings import Severity
-from clickwatch.core.judge import Judge, Judgement
+from clickwatch.core.decoding import BINARY_PREFIX_BYTES
+from clickwatch.core.findings import DEFAULT_SEVERITY, Finding, FindingKind, Severity, clip
+from clickwatch.core.judge import CONSENT_UNKNOWN, Judge, Judgement
 from clickwatch.core.model import (
     Answer,
+    Body,
+    BodyKind,
     BrowserReport,
     ObserverBlocked,
     ObserverRejected,
@@ -20,7 +24,9 @@ from clickwatch.core.model import (
 )
 from clickwatch.core.observer import ObserveFormatError, parse_batch
 from clickwatch.core.record import answer_row, clean_text, request_body, request_row
+from clickwatch.core.redaction import Redaction
 from clickwatch.core.verdict import verdict_for
+from clickwatch.core.visitor import visitor_key
 
 Observation = RequestSeen | Answer | StorefrontSeen | BrowserReport | ObserverBlocked | ObserverRejected
 # Why an observe request was answered and dropped: a small fixed set (a metric label).
@@ -86,7 +92,7 @@ class StoreOps:
 
 def _judged(ops: StoreOps, judgement: Judgement) -> StoreOps:
     ops.notices.extend(
-        Notice(f.run, f"{f.kind.value} ({f.severity.value})", f.message, f.at)
+        Notice(f.run, f"{f.kind.value} ({f.severity.value})", clip(f.message), f.at)
         for f in judgement.findings
         if f.severity is Severity.ERROR
     )
@@ -98,7 +104,8 @@ def _judged(ops: StoreOps, judgement: Judgement) -> StoreOps:
             "visitor": f.visitor,
             "kind": f.kind.value,
             "severity": f.severity.value,
-            "message": clean_text(f.message),
+            # Bounded whatever the message was built from: a page of findings stays small.
+            "message": clean_text(clip(f.message)),
             "at": f.at,
         }
         for f in judgement.findings
@@ -109,8 +116,8 @@ def _judged(ops: StoreOps, judgement: Judgement) -> StoreOps:
             "visitor": s.visitor,
             "at": s.at,
             "state": s.state.value,
-            "source": s.source,
-            "detail": clean_text(s.detail),
+            "source": clean_text(clip(s.source, 200)),
+            "detail": clean_text(clip(s.detail)),
         }
         for s in judgement.signals
     )
@@ -152,11 +159,76 @@ def _judged(ops: StoreOps, judgement: Judgement) -> StoreOps:
     return ops
 
 
+def _why(exc: BaseException, what: str) -> str:
+    return clip(f"{what} could not be read ({exc.__class__.__name__}: {exc})", 500)
+
+
+def _unreadable(config: Config, run: str, visitor: str, at: float, uid: str, exc: BaseException) -> Finding:
+    """The finding for a message clickwatch failed to read or judge: it names what and why, and accuses nobody."""
+    kind = FindingKind.UNREADABLE_MESSAGE
+    return Finding(
+        kind,
+        config.severity.get(kind, DEFAULT_SEVERITY[kind]),
+        _why(exc, "this delivery was stored but not judged: the message") + "; its verdict is from the status code",
+        visitor,
+        run,
+        at,
+        uid,
+    )
+
+
+def _unread_body(raw: bytes, exc: BaseException) -> Body:
+    prefix = base64.b64encode(raw[:BINARY_PREFIX_BYTES]).decode("ascii")
+    note = _why(exc, "the body")
+    return Body(BodyKind.BINARY, prefix, len(raw), truncated=len(raw) > BINARY_PREFIX_BYTES, note=note, refused=True)
+
+
+def _minimal_request_row(seen: RequestSeen, body: Body) -> dict[str, Any]:
+    # Only what cannot fail: the request's own fields as text, no headers. Same columns as request_row.
+    def text(value: object) -> str:
+        return clean_text(clip(str(value), 2000)) or ""
+
+    return {
+        "uid": text(seen.uid),
+        "run": text(seen.run),
+        "kind": seen.kind.value,
+        "target_kind": seen.target.value if seen.target else None,
+        "verdict": Verdict.PENDING.value,
+        "method": text(seen.method),
+        # Without its query: the redaction list could not be applied, and a query can hold a token.
+        "url": text(seen.url).partition("?")[0],
+        "host": text(seen.host),
+        "path": text(seen.path).partition("?")[0],
+        "client_addr": text(seen.client_addr),
+        "user_agent": text(seen.user_agent),
+        "visitor": visitor_key(text(seen.client_addr), text(seen.user_agent)),
+        "schema": None,
+        "schema_name": None,
+        "consent_reference": None,
+        "origin": None,
+        "sent_at": float(seen.sent_at),
+        "request_headers": "[]",
+        "request_body": body.text,
+        "request_body_kind": body.kind.value,
+        "request_body_size": body.size,
+        "request_body_truncated": int(body.truncated),
+        "request_body_note": body.note,
+    }
+
+
 class Pipeline:
     """Decodes, records and judges observations in the order they happened."""
 
     def __init__(self, config: Config | None = None) -> None:
         self.judge = Judge(config)
+        self._redaction = (self.config.redact, Redaction.from_setting(self.config.redact))
+
+    @property
+    def redaction(self) -> Redaction:
+        """The redaction list in force (rebuilt when the `redact` setting changes)."""
+        if self._redaction[0] != self.config.redact:
+            self._redaction = (self.config.redact, Redaction.from_setting(self.config.redact))
+        return self._redaction[1]
 
     @property
     def config(self) -> Config:
@@ -171,12 +243,10 @@ class Pipeline:
         """The store operations one observation leads to."""
         ops = StoreOps()
         if isinstance(observation, RequestSeen):
-            body = request_body(observation, self.config.body_limit)
-            ops.inserts.append(request_row(observation, body))
-            return _judged(ops, self.judge.request(observation, body))
+            return self._request(observation, ops)
         if isinstance(observation, Answer):
             verdict = verdict_for(observation.kind, observation.status_code, self.config.expected_status)
-            ops.answers.append(answer_row(observation, verdict, self.config.body_limit))
+            ops.answers.append(self._answer_row(observation, verdict))
             if verdict in (Verdict.REJECTED, Verdict.FAILED):
                 code = observation.status_code
                 ops.notices.append(
@@ -187,7 +257,16 @@ class Pipeline:
                         observation.ended_at,
                     )
                 )
-            return _judged(ops, self.judge.answer(observation, verdict))
+            flight = self.judge.flight_of(observation.uid)
+            try:
+                judgement = self.judge.answer(observation, verdict)
+            except Exception as exc:  # a bug met on one hostile answer: the delivery keeps its verdict
+                judgement = Judgement()
+                if flight is not None:
+                    run, visitor = flight
+                    finding = _unreadable(self.config, run, visitor, observation.ended_at, observation.uid, exc)
+                    judgement.findings.append(finding)
+            return _judged(ops, judgement)
         if isinstance(observation, BrowserReport):
             try:
                 seen = parse_batch(
@@ -200,13 +279,48 @@ class Pipeline:
             except ObserveFormatError as exc:
                 ops.rejected.append(("bad_format", 1, str(exc)))
                 return ops
-            return _judged(ops, self.judge.browser(seen))
+            ops = _judged(ops, self.judge.browser(seen))
+            for push in ops.pushes:  # what a page pushed is captured data too: secrets by key never stored
+                if push["data"] is not None:
+                    push["data"] = self.redaction.json_text(push["data"])
+            return ops
         if isinstance(observation, ObserverBlocked):
             return _judged(ops, self.judge.observer_blocked(observation))
         if isinstance(observation, ObserverRejected):
             ops.rejected.extend((reason, n, "answered by the proxy") for reason, n in observation.counts)
             return ops
         return _judged(ops, self.judge.storefront(observation))
+
+    # --- nothing vanishes: whatever one message holds, its delivery is stored -----------------------------------
+
+    def _request(self, seen: RequestSeen, ops: StoreOps) -> StoreOps:
+        try:
+            body = request_body(seen, self.config.body_limit, self.config.body_decode_limit)
+        except Exception as exc:
+            body = _unread_body(seen.raw_body, exc)
+        try:
+            row = request_row(seen, body, self.redaction)
+        except Exception as exc:
+            body = _unread_body(seen.raw_body, exc)
+            row = _minimal_request_row(seen, body)
+        ops.inserts.append(row)
+        try:
+            judgement = self.judge.request(seen, body)
+        except Exception as exc:
+            # Not judged: consent cannot be told, and the finding says why (the delivery is not left pending).
+            judgement = Judgement()
+            judgement.consent.append((seen.uid, CONSENT_UNKNOWN))
+            visitor = visitor_key(seen.client_addr, seen.user_agent)
+            judgement.findings.append(_unreadable(self.config, seen.run, visitor, seen.sent_at, seen.uid, exc))
+        return _judged(ops, judgement)
+
+    def _answer_row(self, answer: Answer, verdict: Verdict) -> dict[str, Any]:
+        try:
+            return answer_row(answer, verdict, self.config.body_limit, self.redaction, self.config.body_decode_limit)
+        except Exception as exc:
+            # The verdict comes from the status code alone; what could not be read is named in the note.
+            bare = replace(answer, headers=(), raw_body=b"", note=_why(exc, "the answer's headers and body"))
+            return answer_row(bare, verdict, self.config.body_limit, self.redaction, self.config.body_decode_limit)
 
     def evaluate(self, now: float, final: bool = False) -> StoreOps:
         """Decisions whose window has passed (all of them when `final`)."""

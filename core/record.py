@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from clickwatch.core.decoding import decode_body
+from clickwatch.core.decoding import DEFAULT_DECODE_LIMIT, decode_body
 from clickwatch.core.model import Answer, Body, BodyKind, Headers, RequestSeen, Verdict
-from clickwatch.core.redaction import redact_headers
+from clickwatch.core.redaction import DEFAULT, Redaction
 from clickwatch.core.visitor import normalise_ip, visitor_key
 
 SCHEMA_PREFIX = "context/commerce/"
@@ -47,22 +47,34 @@ def schema_name(schema: str | None) -> str | None:
     return schema[len(SCHEMA_PREFIX) :] if schema.startswith(SCHEMA_PREFIX) else schema
 
 
-def _body(headers: Headers, raw: bytes, limit: int) -> Body:
+def _body(headers: Headers, raw: bytes, limit: int, max_decoded: int) -> Body:
     return decode_body(
         raw,
         content_encoding=header(headers, "content-encoding") or "",
         content_type=header(headers, "content-type") or "",
         limit=limit,
+        max_decoded=max_decoded,
     )
 
 
-def _headers_json(headers: Headers) -> str:
-    return json.dumps([[clean_text(k), clean_text(v)] for k, v in redact_headers(headers)], ensure_ascii=False)
+def _headers_json(headers: Headers, redaction: Redaction) -> str:
+    return json.dumps([[clean_text(k), clean_text(v)] for k, v in redaction.headers(headers)], ensure_ascii=False)
 
 
-def _body_columns(prefix: str, body: Body) -> dict[str, Any]:
+def _stored_text(body: Body, headers: Headers, redaction: Redaction) -> str | None:
+    # Secrets by key leave JSON at any depth, and urlencoded forms; what else a body holds is kept as sent.
+    text = body.text
+    if not text or body.kind not in (BodyKind.JSON, BodyKind.TEXT):
+        return text
+    if body.kind is BodyKind.JSON or text.lstrip()[:1] in ("{", "["):
+        return redaction.json_text(text)
+    media = (header(headers, "content-type") or "").split(";", 1)[0].strip().lower()
+    return redaction.query(text) if media == "application/x-www-form-urlencoded" else text
+
+
+def _body_columns(prefix: str, body: Body, text: str | None = None) -> dict[str, Any]:
     return {
-        f"{prefix}_body": body.text,
+        f"{prefix}_body": text,
         f"{prefix}_body_kind": body.kind.value,
         f"{prefix}_body_size": body.size,
         f"{prefix}_body_truncated": int(body.truncated),
@@ -70,13 +82,13 @@ def _body_columns(prefix: str, body: Body) -> dict[str, Any]:
     }
 
 
-def request_body(seen: RequestSeen, limit: int) -> Body:
-    """The decoded request body of a tracking call."""
-    return _body(seen.headers, seen.raw_body, limit)
+def request_body(seen: RequestSeen, limit: int, max_decoded: int = DEFAULT_DECODE_LIMIT) -> Body:
+    """The decoded request body of a tracking call (not read past `max_decoded` bytes)."""
+    return _body(seen.headers, seen.raw_body, limit, max_decoded)
 
 
-def request_row(seen: RequestSeen, body: Body) -> dict[str, Any]:
-    """The row for a delivery whose request has been seen: verdict pending."""
+def request_row(seen: RequestSeen, body: Body, redaction: Redaction = DEFAULT) -> dict[str, Any]:
+    """The row for a delivery whose request has been seen: verdict pending; secrets redacted."""
     schema = clean_text(header(seen.headers, "hybris-schema"))
     row: dict[str, Any] = {
         "uid": seen.uid,
@@ -85,9 +97,9 @@ def request_row(seen: RequestSeen, body: Body) -> dict[str, Any]:
         "target_kind": seen.target.value if seen.target else None,
         "verdict": Verdict.PENDING.value,
         "method": clean_text(seen.method),
-        "url": clean_text(seen.url),
+        "url": clean_text(redaction.url(seen.url)),
         "host": clean_text(seen.host),
-        "path": clean_text(seen.path),
+        "path": clean_text(redaction.url(seen.path)),
         "client_addr": normalise_ip(seen.client_addr),
         "user_agent": clean_text(seen.user_agent),
         "visitor": visitor_key(seen.client_addr, seen.user_agent),
@@ -96,14 +108,20 @@ def request_row(seen: RequestSeen, body: Body) -> dict[str, Any]:
         "consent_reference": clean_text(header(seen.headers, "consent-reference")),
         "origin": clean_text(header(seen.headers, "origin")),
         "sent_at": seen.sent_at,
-        "request_headers": _headers_json(seen.headers),
+        "request_headers": _headers_json(seen.headers, redaction),
     }
-    row.update(_body_columns("request", body))
+    row.update(_body_columns("request", body, _stored_text(body, seen.headers, redaction)))
     return row
 
 
-def answer_row(answer: Answer, verdict: Verdict, limit: int) -> dict[str, Any]:
-    """The columns an answer (response or error) sets on its delivery."""
+def answer_row(
+    answer: Answer,
+    verdict: Verdict,
+    limit: int,
+    redaction: Redaction = DEFAULT,
+    max_decoded: int = DEFAULT_DECODE_LIMIT,
+) -> dict[str, Any]:
+    """The columns an answer (response or error) sets on its delivery; secrets redacted."""
     row: dict[str, Any] = {
         "uid": answer.uid,
         "verdict": verdict.value,
@@ -118,8 +136,9 @@ def answer_row(answer: Answer, verdict: Verdict, limit: int) -> dict[str, Any]:
         row["response_headers"] = None
         row.update(dict.fromkeys(_body_columns("response", _NO_BODY)))
     else:
-        row["response_headers"] = _headers_json(answer.headers)
-        row.update(_body_columns("response", _body(answer.headers, answer.raw_body, limit)))
+        row["response_headers"] = _headers_json(answer.headers, redaction)
+        body = _body(answer.headers, answer.raw_body, limit, max_decoded)
+        row.update(_body_columns("response", body, _stored_text(body, answer.headers, redaction)))
         if answer.note:
             row["response_body_note"] = answer.note
     return row

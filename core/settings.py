@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from clickwatch.core import matching
+from clickwatch.core import decoding, matching
 from clickwatch.core.findings import FindingKind
 from clickwatch.core.model import Kind
 
@@ -27,12 +27,13 @@ USED_BY = {
     "check": "`clickwatch check`",
     "import": "`clickwatch import`",
     "export": "`clickwatch export`",
+    "diff": "`clickwatch diff`",
     "addon": "the mitmproxy addon",
     "store": "the store process",
     "judge": "the judge (a field of `core.config.Config`)",
     "dashboard": "the dashboard",
 }
-COMMANDS = ("up", "check", "import", "export")
+COMMANDS = ("up", "check", "import", "export", "diff")
 ENV_PREFIX = "CLICKWATCH_"
 OPTION_PREFIX = "clickwatch_"
 _TRUE = ("1", "true", "yes", "on")
@@ -52,7 +53,7 @@ class Setting:
     """One setting: what it is, its default, and every name it is given by."""
 
     name: str
-    type: type  # str, int, float, bool; dict for an open table of the configuration file
+    type: type  # str, int, float, bool; tuple for a list of strings; dict for an open table of the configuration file
     default: Any
     help: str
     used_by: tuple[str, ...]
@@ -111,6 +112,8 @@ class Setting:
             if not math.isfinite(value):
                 raise SettingError("expected a number")
             return value
+        if self.type is tuple:
+            return tuple(item.strip() for item in text.split(",") if item.strip())
         return text
 
     def from_file(self, value: Any, where: str) -> Any:
@@ -125,6 +128,12 @@ class Setting:
         elif self.type is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        elif self.type is tuple:
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+            value = tuple(value)
         elif not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         if self.type in (int, float) and value < 0:
@@ -146,6 +155,8 @@ class Setting:
             return "the built-in table"
         if isinstance(value, bool):
             return "true" if value else "false"
+        if isinstance(value, tuple):
+            return ", ".join(value) or "empty"
         if value == "":
             return "empty"
         return str(value)
@@ -174,14 +185,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "db", str, "clickwatch.db",
         "Path of the SQLite file clickwatch stores deliveries, findings and consent signals in.",
-        ("up", "check", "import", "export", "addon", "dashboard"),
+        ("up", "check", "import", "export", "diff", "addon", "dashboard"),
         flag="--db", env="CLICKWATCH_DB", key="store.db", option="clickwatch_db",
     ),
     Setting(
         "config", str, "",
         "Path of a clickwatch TOML configuration file (patterns, statuses, consent, windows, schemas, "
         "severities); empty means built-in defaults.",
-        ("up", "check", "import", "export", "addon"),
+        ("up", "check", "import", "export", "diff", "addon"),
         flag="--config", env="CLICKWATCH_CONFIG", option="clickwatch_config",
     ),
     _port("proxy_port", 8080, "Port the proxy listens on.", ("up",)),
@@ -199,12 +210,27 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "token", str, "",
-        "Access token for the dashboard and its API; required when listening beyond loopback.",
+        "Access token for the dashboard and its API; required when listening beyond loopback. A flag shows in "
+        "`ps` to every user of the machine: prefer token_file or the environment.",
         ("up", "check", "dashboard"), flag="--token", env="CLICKWATCH_TOKEN", key="up.token",
     ),
     Setting(
-        "quiet", bool, False, "No live progress line in the terminal.",
+        "token_file", str, "",
+        "Path of a file holding the access token (its first line); wins over token however that is given.",
+        ("up", "check"), flag="--token-file", env="CLICKWATCH_TOKEN_FILE", key="up.token_file",
+    ),
+    Setting(
+        "quiet", bool, False, "No live progress line in the terminal; warnings and errors still show.",
         ("up",), flag="--quiet", env="CLICKWATCH_QUIET", key="up.quiet",
+    ),
+    Setting(
+        "storefront", tuple, (),
+        "Storefront hosts to intercept, beside the tracking hosts (tenant, tag): a host, host:port or pattern "
+        "such as *.example-shop.com; repeatable, comma-separated in the environment. Every other HTTPS connection "
+        "passes through as an opaque tunnel and plain-HTTP requests to other hosts are forwarded unjudged; empty "
+        "intercepts every host.",
+        ("up", "addon", "dashboard"), flag="--storefront", env="CLICKWATCH_STOREFRONT", key="up.storefront",
+        option="clickwatch_storefront",
     ),
     Setting(
         "url", str, "http://127.0.0.1:8000", "The running dashboard `clickwatch check` reads (unless given --db).",
@@ -237,6 +263,21 @@ SETTINGS: tuple[Setting, ...] = (
         "Characters of each decoded request or response body kept in the store; longer bodies are truncated "
         "and flagged.",
         ("addon", "judge"), key="capture.body_limit", option="clickwatch_body_limit", minimum=0, unit="characters",
+    ),
+    Setting(
+        "body_decode_limit", int, decoding.DEFAULT_DECODE_LIMIT,
+        "Bytes a tracking request or response body is decoded to at most (after undoing gzip, br, zstd); a body "
+        "that decodes to more is not read: it is kept as a short base64 prefix, and a clickstream POST gets an "
+        "invalid_payload finding saying it was too big.",
+        ("addon", "judge"), key="capture.body_decode_limit", option="clickwatch_body_decode_limit", minimum=1,
+        unit="bytes",
+    ),
+    Setting(
+        "redact", str, "",
+        "Header, query parameter and JSON key names whose values are stored as <redacted>, comma-separated, added "
+        "to the built-in list (authorization, cookie, set-cookie, x-api-key, token, password, ...: "
+        "docs/operations.md); the built-in list cannot be shortened.",
+        ("addon", "judge"), key="capture.redact", option="clickwatch_redact",
     ),
     Setting(
         "expected_status", dict, None,
@@ -310,9 +351,22 @@ SETTINGS: tuple[Setting, ...] = (
         ("addon", "store"), option="clickwatch_webhook_interval", minimum=0, unit="seconds",
     ),
     Setting(
+        "stream_bytes", int, 1048576,
+        "Answers and request bodies larger than this (or of unknown length), other than tracking calls and "
+        "storefront pages, pass through as a stream instead of being read whole; server-sent events always do.",
+        ("addon",), option="clickwatch_stream_bytes", minimum=0, unit="bytes",
+    ),
+    Setting(
         "queue_size", int, 10000,
         "Observations held in memory while the database cannot be written; beyond it they are dropped and counted.",
         ("addon", "store"), option="clickwatch_queue_size", minimum=1,
+    ),
+    Setting(
+        "queue_bytes", int, 256 * 1024 * 1024,
+        "Bytes of request and response bodies held in memory, on each end of the pipe to the store process, "
+        "while the store cannot keep up; beyond it answers keep only their verdict and other observations are "
+        "dropped and counted.",
+        ("addon", "store"), option="clickwatch_queue_bytes", minimum=1024, unit="bytes",
     ),
     Setting(
         "store_process", bool, True,
@@ -411,7 +465,7 @@ def addon_options() -> tuple[AddonOption, ...]:
         if not s.option:
             continue
         if not s.judged:
-            options.append(AddonOption(s.option, s.type, s.default, s.help, None))
+            options.append(AddonOption(s.option, Sequence[str] if s.type is tuple else s.type, s.default, s.help, None))
             continue
         unset = "none" if s.type is dict else f"the configuration file's {s.key}, else {s.shown()}"
         typespec = str | None if s.type in (bool, dict) else s.type | None
@@ -467,6 +521,8 @@ def resolve(
                 raise SettingError(f"{where}: {exc}") from None
         if value is None:
             value = file_values.get(s.name, s.default)
+        elif s.type is tuple:
+            value = tuple(value)  # a repeatable flag gives a list
         elif (problem := s.problem(value)) is not None:
             raise SettingError(f"{where}: {problem}" + (f", not {value}" if where == s.flag else ""))
         values[s.name] = value
@@ -487,9 +543,11 @@ class CommandSettings:
     listen_host: str = default("listen_host")
     upstream_insecure: bool = default("upstream_insecure")
     token: str = default("token")
+    token_file: str = default("token_file")
     quiet: bool = default("quiet")
     url: str = default("url")
     observer_enabled: bool = default("observer_enabled")
+    storefront: tuple[str, ...] = default("storefront")
 
 
 def _cell(text: str) -> str:
@@ -528,7 +586,7 @@ def markdown() -> str:
         )
     for s in SETTINGS:
         lines += ["", f"## {s.name}", "", s.help, ""]
-        type_name = "table" if s.type is dict else s.type.__name__
+        type_name = "table" if s.type is dict else "list of strings" if s.type is tuple else s.type.__name__
         shown = s.shown()
         lines.append(f"- type: {type_name}; default: {shown if s.type is dict or shown == 'empty' else _code(shown)}")
         if s.flag:

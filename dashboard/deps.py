@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from typing import Annotated
@@ -11,6 +12,7 @@ from fastapi import Depends, HTTPException, Query, Request
 from clickwatch.core import timeparse
 from clickwatch.core.findings import FindingKind
 from clickwatch.core.model import Kind, Verdict
+from clickwatch.dashboard.feed import ChangeFeed
 from clickwatch.dashboard.settings import DashboardSettings
 from clickwatch.store import reader
 
@@ -37,6 +39,18 @@ def get_conn(settings: SettingsDep) -> Iterator[sqlite3.Connection]:
 
 
 ConnDep = Annotated[sqlite3.Connection, Depends(get_conn)]
+
+
+async def get_feed(request: Request, settings: SettingsDep) -> ChangeFeed:
+    """The app's one reader of the change sequence, shared by every live stream of this event loop."""
+    feed: ChangeFeed | None = getattr(request.app.state, "feed", None)
+    if feed is None or feed.loop is not asyncio.get_running_loop():
+        feed = ChangeFeed(settings.db, settings.poll_seconds)
+        request.app.state.feed = feed
+    return feed
+
+
+FeedDep = Annotated[ChangeFeed, Depends(get_feed)]
 
 
 def parse_time(name: str, value: str | None) -> float | None:

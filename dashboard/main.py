@@ -10,9 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from clickwatch.core import __version__
 from clickwatch.dashboard.metrics import StoreCollector, registry_for, render
-from clickwatch.dashboard.pages import delivery, live, login, setup, visitors
-from clickwatch.dashboard.routes import api, health
-from clickwatch.dashboard.security import browser_guard, token_guard
+from clickwatch.dashboard.pages import delivery, diff, live, login, setup, visitors
+from clickwatch.dashboard.routes import api, bundle, health
+from clickwatch.dashboard.routes import diff as diff_api
+from clickwatch.dashboard.security import BodyLimit, Sessions, Throttle, browser_guard, token_guard
 from clickwatch.dashboard.settings import DashboardSettings
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -28,7 +29,7 @@ def create_app(settings: DashboardSettings | None = None) -> FastAPI:
     if settings.needs_token() and not settings.token:
         raise InsecureListen(
             f"listening on {settings.listen_host} exposes captured traffic: set an access token "
-            "(--token or CLICKWATCH_TOKEN), or listen on 127.0.0.1"
+            "(--token-file or CLICKWATCH_TOKEN), or listen on 127.0.0.1"
         )
     app = FastAPI(
         title="clickwatch",
@@ -36,10 +37,14 @@ def create_app(settings: DashboardSettings | None = None) -> FastAPI:
         description="Deliveries of SAP Intelligent Selling Services tracking calls, their verdicts and findings.",
     )
     app.state.settings = settings
+    app.state.throttle = Throttle()
     if settings.token:
-        app.middleware("http")(token_guard(settings.token))
-    # Added last, so it runs first: refuse foreign Hosts and cross-site writes before anything else.
+        app.state.sessions = Sessions(settings.token)
+        app.middleware("http")(token_guard(settings.token, app.state.sessions, app.state.throttle))
+    # Added after, so it runs before: refuse foreign Hosts and cross-origin writes before anything else.
     app.middleware("http")(browser_guard(settings.listen_host, token_required=bool(settings.token)))
+    # Outermost: no request body larger than the dashboard needs is ever read.
+    app.add_middleware(BodyLimit)
     registry = registry_for(StoreCollector(settings.db))
 
     @app.get(
@@ -55,7 +60,9 @@ def create_app(settings: DashboardSettings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(api.router)
-    for page in (live, delivery, visitors, setup, login):
+    app.include_router(diff_api.router)
+    app.include_router(bundle.router)
+    for page in (live, delivery, visitors, diff, setup, login):
         app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -233,6 +233,68 @@ class Reset(Contract):
     run: str | None
 
 
+DiffChangeName = Literal[
+    "schema_missing", "schema_added", "count_down", "count_up", "field_missing", "field_added", "field_type_changed",
+    "new_finding", "verdict_worse",
+]  # fmt: skip
+
+
+class DiffSide(Contract):
+    """One run's clickstream events of a schema."""
+
+    sent: int
+    per_visit: float = Field(description="events sent per visit (per run when the run saw no visitor)")
+    verdicts: dict[str, int]
+    findings: dict[str, int] = Field(description="by finding kind")
+    bodies_sampled: int
+    json_bodies: int = Field(description="sampled bodies that were JSON, read for fields")
+    fields: int = Field(description="field paths seen in those bodies")
+
+
+class DiffChange(Contract):
+    """One difference between BASE and NEW."""
+
+    change: DiffChangeName
+    schema_: str | None = Field(alias="schema", description="null: about the run, not one schema")
+    detail: str
+    field: str | None = Field(description="a payload field's path, e.g. data.products[].code")
+    base: str | None
+    new: str | None
+    about: str | None = Field(description="the verdict or finding kind the change concerns")
+    severity: Severity | None
+    regression: bool = Field(description="counted by fail_on")
+
+
+class DiffRow(Contract):
+    """A schema (or, with schema null, the rest of the run: visitors and other calls) in BASE and NEW."""
+
+    schema_: str | None = Field(alias="schema")
+    base: DiffSide | None = Field(description="null: BASE sent none")
+    new: DiffSide | None = Field(description="null: NEW sent none")
+    changes: list[DiffChange]
+
+
+class DiffRun(Contract):
+    run: str
+    source: str
+    visits: int
+    sample: int = Field(description="at most this many bodies per schema were read for fields")
+    scan_capped: bool = Field(description="only the run's first events were looked at for bodies")
+    run_findings: dict[str, int] = Field(description="findings about no clickstream event, by kind")
+
+
+class DiffReport(Contract):
+    """What changed in the tracking from BASE to NEW, per schema."""
+
+    base: DiffRun
+    new: DiffRun
+    tolerance: float
+    fail_on: list[str]
+    regressed: bool
+    regressions: int
+    schemas: list[DiffRow]
+
+
 def problem(status: int, description: str) -> dict[int | str, dict[str, Any]]:
     """An error answer for a route's `responses=`: JSON `{"detail": ...}` whatever the route's own media type."""
     schema = Problem.model_json_schema()

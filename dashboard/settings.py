@@ -7,8 +7,10 @@ tests/test_settings_table.py checks that it agrees with the table.
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated, Any
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from clickwatch.core.settings import ENV_PREFIX, default
 
@@ -35,6 +37,13 @@ class DashboardSettings(BaseSettings):
     proxy_url: str = default("proxy_url")
     confdir: str = default("confdir")
     poll_seconds: float = default("poll_seconds")
+    # The storefront hosts the proxy intercepts (the setup page says which): comma-separated in the environment.
+    storefront: Annotated[tuple[str, ...], NoDecode] = default("storefront")
+
+    @field_validator("storefront", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        return tuple(h.strip() for h in value.split(",") if h.strip()) if isinstance(value, str) else value
 
     def needs_token(self) -> bool:
         """Anything but loopback must be protected by an access token."""

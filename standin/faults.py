@@ -27,14 +27,23 @@ class FaultName(enum.StrEnum):
     DUPLICATE_EVENTS = "duplicate-events"  # the tag sends every event twice
     NO_CONSENT_REFERENCE = "no-consent-reference"  # the tag omits the consent-reference header
     DROP_EVENT = "drop-event"  # drop-event:<Name>[,<Name>...] - the tag silently never sends those pushes
+    EXTRA_FIELD = "extra-field"  # extra-field:<field>[,<field>...] - the tag adds those fields to every event's body
     # The storefront keeps sending the old consent reference (X-Consent-Reference on OCC calls, consent-reference on
     # strategy calls) after a withdrawal, until the next full page load or a new reference: Spartacus bug 14105.
     STALE_REFERENCE = "stale-reference"
 
 
 TAG_FAULTS = frozenset(
-    {FaultName.TRACK_BEFORE_CONSENT, FaultName.DUPLICATE_EVENTS, FaultName.NO_CONSENT_REFERENCE, FaultName.DROP_EVENT}
+    {
+        FaultName.TRACK_BEFORE_CONSENT,
+        FaultName.DUPLICATE_EVENTS,
+        FaultName.NO_CONSENT_REFERENCE,
+        FaultName.DROP_EVENT,
+        FaultName.EXTRA_FIELD,
+    }
 )
+# What an extra-field fault puts in each field it adds.
+EXTRA_FIELD_VALUE = "stand-in"
 STOREFRONT_FAULTS = frozenset({FaultName.STALE_REFERENCE})
 # Data-layer names the tag sends (its schema map in static/profile-tag.js; a test keeps the two in step).
 TRACKED_EVENTS = (
@@ -53,7 +62,8 @@ HANG_SECONDS = 120.0
 MAX_SLOW_SECONDS = 60.0
 FAULT_HELP = (
     "status:<code>, hang, reset, slow:<seconds>, cors-no-consent-reference, track-before-consent, "
-    "duplicate-events, no-consent-reference, drop-event:<Name>[,<Name>...], stale-reference"
+    "duplicate-events, no-consent-reference, drop-event:<Name>[,<Name>...], stale-reference, "
+    "extra-field:<field>[,<field>...]"
 )
 _EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
@@ -92,6 +102,8 @@ class Fault:
             return cls(name, seconds)
         if name is FaultName.DROP_EVENT:
             return cls(name, text=_event_names(text, argument))
+        if name is FaultName.EXTRA_FIELD:
+            return cls(name, text=_field_names(text, argument))
         if sep:
             raise FaultError(f"fault {text!r}: {name.value} takes no argument")
         return cls(name)
@@ -100,6 +112,11 @@ class Fault:
     def events(self) -> tuple[str, ...]:
         """The data-layer names a drop-event fault names (none for other faults)."""
         return tuple(self.text.split(",")) if self.name is FaultName.DROP_EVENT and self.text else ()
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The body fields an extra-field fault adds (none for other faults)."""
+        return tuple(self.text.split(",")) if self.name is FaultName.EXTRA_FIELD and self.text else ()
 
     def __str__(self) -> str:
         if self.text is not None:
@@ -124,6 +141,16 @@ def _event_names(text: str, argument: str) -> str:
     return ",".join(names)
 
 
+def _field_names(text: str, argument: str) -> str:
+    """extra-field's argument, checked and normalised: plain JSON key names, comma-separated, once each."""
+    names = list(dict.fromkeys(n.strip() for n in argument.split(",") if n.strip()))
+    if not names or not all(_EVENT_NAME.fullmatch(n) for n in names):
+        raise FaultError(
+            f"fault {text!r}: give field names, e.g. extra-field:debugInfo (several: extra-field:debugInfo,variant)"
+        )
+    return ",".join(names)
+
+
 @dataclass(frozen=True, slots=True)
 class Faults:
     """The faults in force; empty means a healthy storefront, tag and tenant."""
@@ -134,12 +161,13 @@ class Faults:
     def parse(cls, texts: Iterable[str]) -> Faults:
         """Several fault names -> Faults.
 
-        A later fault of the same name replaces an earlier one, except drop-event: each one names events of
-        its own, and together they drop all of them.
+        A later fault of the same name replaces an earlier one, except drop-event and extra-field: each one names
+        events (fields) of its own, and together they drop (add) all of them.
         """
         by_key: dict[tuple[FaultName, str | None], Fault] = {}
         for fault in (Fault.parse(t) for t in texts if t.strip()):
-            by_key[(fault.name, fault.text if fault.name is FaultName.DROP_EVENT else None)] = fault
+            named = fault.name in (FaultName.DROP_EVENT, FaultName.EXTRA_FIELD)
+            by_key[(fault.name, fault.text if named else None)] = fault
         return cls(tuple(by_key.values()))
 
     def get(self, name: FaultName) -> Fault | None:
@@ -150,14 +178,21 @@ class Faults:
         """The data-layer names the tag must not send (from every drop-event fault), in the order given."""
         return list(dict.fromkeys(name for f in self.active for name in f.events))
 
+    def extra_fields(self) -> list[str]:
+        """The fields the tag adds to every event body (from every extra-field fault), in the order given."""
+        return list(dict.fromkeys(name for f in self.active for name in f.fields))
+
     def tag_behaviour(self) -> dict[str, bool | list[str]]:
-        """What the tag reads from its configuration."""
-        return {
+        """What the tag reads from its configuration (`extraFields` only while an extra-field fault is on)."""
+        behaviour: dict[str, bool | list[str]] = {
             "trackBeforeConsent": self.get(FaultName.TRACK_BEFORE_CONSENT) is not None,
             "duplicateEvents": self.get(FaultName.DUPLICATE_EVENTS) is not None,
             "omitConsentReference": self.get(FaultName.NO_CONSENT_REFERENCE) is not None,
             "dropEvents": self.dropped_events(),
         }
+        if self.extra_fields():
+            behaviour["extraFields"] = self.extra_fields()
+        return behaviour
 
     def storefront_behaviour(self) -> dict[str, bool]:
         """What the storefront's script reads from the page's settings."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from clickwatch.core.pipeline import StoreOps
 
@@ -11,10 +12,16 @@ def _insert(table: str, columns: list[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
 
 
+# A finding about a delivery that is no longer there (removed by a reset while it waited) is not stored: it
+# would stand alone, about nothing the store shows.
 _FINDING_INSERT = (
     "INSERT INTO findings (delivery_id, run, visitor, kind, severity, message, at) "
-    "VALUES ((SELECT id FROM deliveries WHERE uid = :delivery_uid), :run, :visitor, :kind, :severity, :message, :at)"
+    "SELECT d.id, :run, :visitor, :kind, :severity, :message, :at "
+    "FROM (SELECT 1) LEFT JOIN deliveries d ON d.uid = :delivery_uid "
+    "WHERE :delivery_uid IS NULL OR d.id IS NOT NULL"
 )
+# What a reset removes, children before the deliveries they point to.
+CAPTURED_TABLES = ("findings", "consent_signals", "datalayer", "visitors", "deliveries")
 
 
 def _next_seq(conn: sqlite3.Connection) -> int:
@@ -22,26 +29,34 @@ def _next_seq(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()[0])
 
 
-def coalesce(ops: StoreOps) -> None:
-    """Fold answers and consent decisions into requests of the same batch: one row written instead of three."""
+def coalesce(ops: StoreOps) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fold answers and consent decisions into requests of the same batch: one row written instead of three.
+
+    Returns the answers and decisions folded: should a request's row be there already (handed again to a store
+    that replaced a dead one), its INSERT is ignored and they are applied as updates.
+    """
     new = {row["uid"]: row for row in ops.inserts}
     if not new:
-        return
+        return [], []
     answers = []
+    folded_answers = []
     for answer in ops.answers:
         row = new.get(answer["uid"])
         if row is None:
             answers.append(answer)
         else:
             row.update(answer)
+            folded_answers.append(answer)
     ops.answers = answers
     consent = []
+    folded_consent = []
     for decision in ops.consent:
         row = new.get(decision["uid"])
         if row is None:
             consent.append(decision)
         else:
             row["consent"] = decision["consent"]
+            folded_consent.append(decision)
     ops.consent = consent
     links = []
     for link in ops.links:
@@ -52,6 +67,20 @@ def coalesce(ops: StoreOps) -> None:
             row["pushed_at"] = link["pushed_at"]
             links.append({**link, "folded": True})
     ops.links = links
+    return folded_answers, folded_consent
+
+
+def _update_answers(conn: sqlite3.Connection, answers: list[dict[str, Any]]) -> None:
+    for columns, rows in _by_columns(answers).items():
+        sets = ", ".join(f"{c} = :{c}" for c in columns if c != "uid")
+        conn.executemany(f"UPDATE deliveries SET {sets} WHERE uid = :uid", rows)
+
+
+def _by_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    return groups
 
 
 def _apply_counters(conn: sqlite3.Connection, rows: list[dict[str, object]]) -> None:
@@ -75,7 +104,7 @@ def _apply_counters(conn: sqlite3.Connection, rows: list[dict[str, object]]) -> 
 
 def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
     """Write a batch; order matters: an answer, a consent decision or a finding may belong to a request in it."""
-    coalesce(ops)
+    folded_answers, folded_consent = coalesce(ops)
     # Every delivery this batch changes gets the next change number (seq), in this order: the live page and
     # SSE resume by it. New rows carry theirs in the INSERT; only rows changed by later answers, consent
     # decisions or findings need an UPDATE.
@@ -96,12 +125,12 @@ def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
     for names, rows in groups.items():
         cursor = conn.executemany(_insert("deliveries", list(names)).replace("INSERT", "INSERT OR IGNORE", 1), rows)
         inserted_all = inserted_all and cursor.rowcount == len(rows)
+    if not inserted_all:
+        # Some rows were there already: what was folded into their ignored INSERTs is applied to them here.
+        ops.answers = folded_answers + ops.answers
+        ops.consent = folded_consent + ops.consent
     if ops.answers:
-        columns = [c for c in ops.answers[0] if c != "uid"]
-        conn.executemany(
-            f"UPDATE deliveries SET {', '.join(f'{c} = :{c}' for c in columns)} WHERE uid = :uid",
-            ops.answers,
-        )
+        _update_answers(conn, ops.answers)
     if ops.consent:
         conn.executemany("UPDATE deliveries SET consent = :consent WHERE uid = :uid", ops.consent)
     if ops.findings:
@@ -138,3 +167,15 @@ def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
         columns = list(rows[0])
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("run", "visitor", "first_seen"))
         conn.executemany(f"{_insert('visitors', columns)} ON CONFLICT(run, visitor) DO UPDATE SET {updates}", rows)
+
+
+def remove_captured(conn: sqlite3.Connection, run: str | None = None) -> int:
+    """Remove captured data (of one run, or all) inside the caller's transaction; the deliveries removed.
+
+    The counters behind the metrics stay: they only ever grow.
+    """
+    clause, params = ("WHERE run = ?", (run,)) if run is not None else ("", ())
+    removed = conn.execute(f"SELECT count(*) FROM deliveries {clause}", params).fetchone()[0]
+    for table in CAPTURED_TABLES:
+        conn.execute(f"DELETE FROM {table} {clause}", params)
+    return int(removed)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clickwatch.core.config import Config
+from clickwatch.core.findings import clip
 from clickwatch.core.har import HarError, observations
 from clickwatch.core.model import StorefrontSeen
 from clickwatch.core.pipeline import Pipeline, StoreOps
@@ -38,7 +39,9 @@ def import_har(har_path: str, db_path: str, run: str | None = None, config: Conf
     except OSError as exc:
         raise HarImportError(f"{har_path}: cannot read ({exc.strerror or exc})") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise HarImportError(f"{har_path}: not a JSON file ({exc})") from None
+        raise HarImportError(f"{har_path}: not a JSON file ({clip(str(exc), 200)})") from None
+    except RecursionError:
+        raise HarImportError(f"{har_path}: not a HAR file (JSON nested too deeply to read)") from None
     config = config or Config()
     try:
         seen = observations(har, run, config.patterns())

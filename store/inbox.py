@@ -1,8 +1,8 @@
 """The bounded inbox on both ends of the pipe: the proxy's buffer (StoreLink) and the store's queue (StoreWriter).
 
-One policy: observations beyond the bound are dropped and counted, with an error logged at most every few
-seconds; an answer that finds the inbox full keeps its verdict and sheds its headers and body; settings and
-counts are never dropped. Putting never blocks, and wakes a taker only when one sleeps.
+One policy: observations beyond the bound (a count, and bytes of bodies) are dropped and counted, with an error
+logged at most every few seconds; an answer that finds the inbox full keeps its verdict and sheds its headers and
+body; settings and counts are never dropped. Putting never blocks, and wakes a taker only when one sleeps.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from clickwatch.store.wire import Answer, Control, Message, Observed, shed_answer
+from clickwatch.core.settings import default
+from clickwatch.store.wire import Answer, Browser, Control, Message, Observed, Request, shed_answer
 
 log = logging.getLogger("clickwatch.store")
 
@@ -21,16 +22,32 @@ log = logging.getLogger("clickwatch.store")
 ANSWER_OVERFLOW_LIMIT = 50000
 OVERFLOW_NOTE = "response headers and body not kept: the store queue was full"
 LOG_EVERY_SECONDS = 5.0
+# Where each message class keeps its body: what the byte bound counts (headers and the rest are bounded by count).
+_BODY_FIELD: dict[type, int] = {cls: cls._fields.index("body") for cls in (Request, Answer, Browser)}
+
+
+def body_size(message: Message) -> int:
+    """The bytes of body a message holds: what the inbox's byte bound counts (cheap: one length)."""
+    index = _BODY_FIELD.get(type(message))
+    return 0 if index is None else len(message[index])  # type: ignore[arg-type]
 
 
 class Inbox:
-    """Wire messages in arrival order, at most `bound` observations (plus shed answers) of them."""
+    """Wire messages in arrival order, at most `bound` observations (plus shed answers) holding at most
+    `byte_bound` bytes of bodies."""
 
-    def __init__(self, bound: int, describe: Callable[[], str]) -> None:
+    def __init__(self, bound: int, describe: Callable[[], str], byte_bound: int = default("queue_bytes")) -> None:
         self.bound = bound
+        self.byte_bound = byte_bound
         self.dropped = 0  # counted by the one thread that puts
+        self.shed = 0  # answers kept without their headers and body, counted by the one thread that puts
         self._describe = describe
         self._items: deque[Message] = deque()
+        # The body size of each message held, put before its message and taken after it (so a taker always finds
+        # one per message), and the bytes put and taken, each kept by one thread: no lock, no lost update.
+        self._sizes: deque[int] = deque()
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._ready = threading.Event()
         self._asleep = False
         self._last_log = 0.0
@@ -38,11 +55,20 @@ class Inbox:
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def bytes(self) -> int:
+        """Bytes of bodies held now."""
+        return self._bytes_in - self._bytes_out
+
     def put(self, message: Observed) -> bool:
         """Queue an observation; False if it was dropped for want of room."""
         items = self._items
         held = len(items)
-        if held < self.bound:
+        index = _BODY_FIELD.get(type(message))
+        size = 0 if index is None else len(message[index])  # type: ignore[arg-type]
+        if held < self.bound and self._bytes_in - self._bytes_out + size <= self.byte_bound:
+            self._bytes_in += size
+            self._sizes.append(size)
             items.append(message)
             if self._asleep:
                 self._asleep = False
@@ -51,27 +77,45 @@ class Inbox:
         if type(message) is Answer and held < self.bound + ANSWER_OVERFLOW_LIMIT:
             # An answer completes a request queued or written before it: keep its verdict, shed its bulk,
             # so no delivery is left pending for want of room.
+            self._sizes.append(0)
             items.append(shed_answer(message, OVERFLOW_NOTE))
+            self.shed += 1
             return True
         self.dropped += 1
         now = time.monotonic()
         if now - self._last_log >= LOG_EVERY_SECONDS:
             self._last_log = now
             log.error(
-                "clickwatch %s (%d waiting): %d observation(s) dropped so far", self._describe(), held, self.dropped
+                "clickwatch %s (%d waiting, %d MB of bodies): %d observation(s) dropped so far",
+                self._describe(),
+                held,
+                self.bytes >> 20,
+                self.dropped,
             )
         return False
 
     def put_control(self, message: Control) -> None:
-        """Queue a setting or counts: never dropped."""
+        """Queue a setting, counts or a reset: never dropped."""
+        self._sizes.append(0)
         self._items.append(message)
         self.wake()
 
-    def take(self, limit: int | None = None) -> list[Message]:
-        """The oldest messages, at most `limit` of them (all when None)."""
+    def take(self, limit: int | None = None, until: type | None = None) -> list[Message]:
+        """The oldest messages, at most `limit` of them (all when None), ending with the first of class `until`."""
         items = self._items
         count = len(items) if limit is None else min(limit, len(items))
-        return [items.popleft() for _ in range(count)]
+        if until is None:
+            taken = [items.popleft() for _ in range(count)]
+        else:
+            taken = []
+            for _ in range(count):
+                message = items.popleft()
+                taken.append(message)
+                if type(message) is until:
+                    break
+        sizes = self._sizes
+        self._bytes_out += sum([sizes.popleft() for _ in range(len(taken))])
+        return taken
 
     def wait(self, timeout: float) -> bool:
         """Sleep until something is put or `wake` is called, at most `timeout` s; True if something waits."""

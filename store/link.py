@@ -3,9 +3,13 @@
 `StoreLink.send` only puts into a bounded Inbox (store.inbox). A feeder thread hands the buffer on at most every
 FEED_SECONDS (and sleeps while there is nothing to hand on, so an idle proxy is not woken 40 times a second), either
 to a store process (`python -m clickwatch.store.worker`, the default: decoding, judging and SQLite then never hold the
-proxy's GIL) or to a StoreService in a thread of the proxy process. If the store process dies, what it had not
-confirmed is counted as dropped, and a new one is started (or, when it dies within seconds of starting, the
-store continues in a thread of the proxy process). Nothing here ever blocks the proxy.
+proxy's GIL) or to a StoreService in a thread of the proxy process. The link keeps what it handed to a store process
+until the store reports it settled (written or dropped); if the process dies, a new one is started and handed those
+again, once (or, when it dies within seconds of starting, the store continues in a thread of the proxy process).
+Nothing here ever blocks the proxy.
+
+A reset (`StoreLink.reset`, for `POST /api/reset` in the same process) travels the same ordered path, behind what
+was captured before it: the store writes and removes those, so nothing captured before a reset outlives it.
 
 The link counts nothing for metrics itself: with each hand-over that has news it sends a Counts of what the
 proxy counted since the previous one (flows, addon errors, drops), and keeps it until the store reports it
@@ -30,8 +34,8 @@ from typing import IO, Any, Protocol
 
 import clickwatch
 from clickwatch.core.settings import default
-from clickwatch.store.inbox import Inbox
-from clickwatch.store.wire import Control, Counts, Message, Observed, count_observations, is_observed, pack
+from clickwatch.store.inbox import Inbox, body_size
+from clickwatch.store.wire import Control, Counts, Message, Observed, Reset, count_observations, is_observed, pack
 from clickwatch.store.worker import FRAME, StoreService
 
 log = logging.getLogger("clickwatch.store")
@@ -48,8 +52,27 @@ MIN_PROCESS_LIFETIME = 10.0
 FEED_BUFFER_MIN = 10000
 # Extra seconds, beyond the shutdown timeout, for the store process to exit after writing.
 EXIT_GRACE_SECONDS = 5.0
+# How often a reset looks whether the store has done it.
+RESET_POLL_SECONDS = 0.02
 
-# The proxy's own running totals ("proxy_flows", "addon_errors"), read by the feeder thread.
+# The links open in this process, by the real path of their store: where a reset asked of the dashboard beside
+# the proxy (`clickwatch up`) finds the ordered path to the store.
+_OPEN_LINKS: dict[str, StoreLink] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+class StoreBusy(Exception):
+    """The store did not do what was asked in time (it still will: the request is queued)."""
+
+
+def open_link_for(path: str) -> StoreLink | None:
+    """The store link of this process that writes `path`, if any."""
+    with _OPEN_LOCK:
+        return _OPEN_LINKS.get(os.path.realpath(path))
+
+
+# The proxy's own running totals ("proxy_flows", "addon_errors", "passthrough_connections"), read by the feeder
+# thread.
 ProxyCounts = Callable[[], Mapping[str, int]]
 
 
@@ -79,6 +102,7 @@ class LinkFactory(Protocol):
         shutdown_timeout: float,
         use_process: bool,
         proxy_counts: ProxyCounts | None = None,
+        queue_bytes: int = ...,
     ) -> Link: ...
 
 
@@ -102,9 +126,9 @@ class _ThreadBackend:
 
     mode = "thread"
 
-    def __init__(self, path: str, queue_size: int, take_over: bool = False) -> None:
+    def __init__(self, path: str, queue_size: int, queue_bytes: int, take_over: bool = False) -> None:
         self.started = time.monotonic()
-        self.service = StoreService(path, queue_size=queue_size, take_over=take_over)
+        self.service = StoreService(path, queue_size=queue_size, queue_bytes=queue_bytes, take_over=take_over)
         self.service.start()
 
     def deliver(self, batch: list[Message]) -> None:
@@ -129,7 +153,9 @@ class _ProcessBackend:
 
     mode = "process"
 
-    def __init__(self, path: str, queue_size: int, shutdown_timeout: float, take_over: bool = False) -> None:
+    def __init__(
+        self, path: str, queue_size: int, queue_bytes: int, shutdown_timeout: float, take_over: bool = False
+    ) -> None:
         self.started = time.monotonic()
         self._status: dict[str, Any] = {}
         self._final: dict[str, Any] | None = None
@@ -147,6 +173,8 @@ class _ProcessBackend:
                 path,
                 "--queue-size",
                 str(queue_size),
+                "--queue-bytes",
+                str(queue_bytes),
                 "--shutdown-timeout",
                 str(shutdown_timeout),
                 *(["--take-over"] if take_over else []),
@@ -234,13 +262,16 @@ class StoreLink:
         use_process: bool = True,
         proxy_counts: ProxyCounts | None = None,
         buffer_size: int | None = None,
+        queue_bytes: int = default("queue_bytes"),
     ) -> None:
         self.path = path
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.shutdown_timeout = shutdown_timeout
         self._inbox = Inbox(
             buffer_size if buffer_size is not None else max(queue_size, FEED_BUFFER_MIN),
             lambda: "store cannot keep up: observations wait in the proxy",
+            queue_bytes,
         )
         # Called on the event loop for every observation: the inbox's own method, no call in between.
         self.send = self._inbox.put
@@ -257,11 +288,21 @@ class StoreLink:
         self._seq = 0
         self._unconfirmed: deque[Counts] = deque()
         self._sent = 0  # observations handed to the current backend
+        # What a store process was handed and has not settled: (its number, the message), at most queue_bytes of
+        # bodies; handed again to the next one if it dies (never twice: a message that killed two is not a third).
+        self._replay: deque[tuple[int, Observed]] = deque()
+        self._replay_bytes = 0
+        # Resets not done yet, by id: handed again to a new store, and answered by the one that does them.
+        self._resets: dict[str, Reset] = {}
+        self._resets_lock = threading.Lock()
         self._stopping = threading.Event()
         self._closed = False
         self._backend: _Backend = self._new_backend(use_process)
         self._feeder = threading.Thread(target=self._feed, name="clickwatch-store-feed", daemon=True)
         self._feeder.start()
+        self._key = os.path.realpath(path)
+        with _OPEN_LOCK:
+            _OPEN_LINKS[self._key] = self
 
     @property
     def mode(self) -> str:
@@ -279,6 +320,24 @@ class StoreLink:
         self._controls = {**self._controls, type(message): message}
         self._inbox.put_control(message)
 
+    def reset(self, run: str | None = None, timeout: float = 10.0) -> int:
+        """Remove the captured data of one run (all when None) behind everything captured before now; the
+        deliveries removed. Raises StoreBusy when the store has not done it within `timeout` s (it still will)."""
+        if self._closed or self._stopping.is_set():
+            raise StoreBusy("clickwatch is stopping: nothing was reset")
+        reset = Reset(uuid.uuid4().hex, run, time.time())
+        with self._resets_lock:
+            self._resets[reset.id] = reset
+        self._inbox.put_control(reset)
+        deadline = time.monotonic() + timeout
+        while True:
+            done = (self._backend.status().get("resets") or {}).get(reset.id)
+            if done is not None:
+                return int(done)
+            if time.monotonic() >= deadline:
+                raise StoreBusy(f"the store has not reached the reset within {timeout:g} s; it will do it when it can")
+            time.sleep(RESET_POLL_SECONDS)
+
     @property
     def waiting(self) -> int:
         """Observations not written yet, here and in the store."""
@@ -287,6 +346,9 @@ class StoreLink:
     def close(self, timeout: float | None = None) -> bool:
         """Hand on everything, let the store write it (at most `timeout` s); True if nothing was lost."""
         timeout = self.shutdown_timeout if timeout is None else timeout
+        with _OPEN_LOCK:
+            if _OPEN_LINKS.get(self._key) is self:
+                del _OPEN_LINKS[self._key]
         self._stopping.set()
         self._inbox.wake()
         self._feeder.join(timeout + EXIT_GRACE_SECONDS)
@@ -309,6 +371,7 @@ class StoreLink:
         return {
             "proxy_flows": int(counts.get("proxy_flows", 0)),
             "addon_errors": int(counts.get("addon_errors", 0)),
+            "passthrough_connections": int(counts.get("passthrough_connections", 0)),
             "store_dropped": self.dropped,
         }
 
@@ -331,14 +394,39 @@ class StoreLink:
         return counts
 
     def _confirmed(self, status: dict[str, Any]) -> int:
-        """The last Counts the store reported written; those before it need not be kept."""
+        """The last Counts the store reported written; those before it need not be kept (nor what it settled, nor
+        the resets it did)."""
         seq = int((status.get("counted") or {}).get(self.source, 0))
         while self._unconfirmed and self._unconfirmed[0].seq <= seq:
             self._unconfirmed.popleft()
+        settled = int(status.get("settled", 0))
+        replay = self._replay
+        while replay and replay[0][0] <= settled:
+            self._replay_bytes -= body_size(replay.popleft()[1])
+        done = status.get("resets")
+        if done and self._resets:
+            with self._resets_lock:
+                for key in [key for key in self._resets if key in done]:
+                    del self._resets[key]
         return seq
+
+    def _keep(self, batch: list[Message], replayable: bool) -> None:
+        """Number what was handed to the backend; keep it for a new store process if this one dies."""
+        keep = replayable and self._backend.mode == "process"
+        for message in batch:
+            if not is_observed(message):
+                continue
+            self._sent += 1
+            if keep:
+                size = body_size(message)
+                if self._replay_bytes + size <= self.queue_bytes:
+                    self._replay.append((self._sent, message))  # type: ignore[arg-type]
+                    self._replay_bytes += size
 
     def _new_backend(self, use_process: bool, take_over: bool = False) -> _Backend:
         self._sent = 0
+        self._replay = deque()
+        self._replay_bytes = 0
         if use_process and getattr(sys, "frozen", False):
             # A bundled executable (PyInstaller) is not a Python interpreter: `-m clickwatch.store.worker` would
             # start it again.
@@ -346,10 +434,10 @@ class StoreLink:
             use_process = False
         if use_process:
             try:
-                return _ProcessBackend(self.path, self.queue_size, self.shutdown_timeout, take_over)
+                return _ProcessBackend(self.path, self.queue_size, self.queue_bytes, self.shutdown_timeout, take_over)
             except OSError as exc:
                 log.error("clickwatch could not start its store process (%s); the proxy writes the store itself", exc)
-        return _ThreadBackend(self.path, self.queue_size, take_over)
+        return _ThreadBackend(self.path, self.queue_size, self.queue_bytes, take_over)
 
     def _feed(self) -> None:
         inbox = self._inbox
@@ -383,7 +471,7 @@ class StoreLink:
             return
         try:
             self._backend.deliver(batch)
-            self._sent += count_observations(batch)
+            self._keep(batch, replayable=True)
             if self._backend.alive():
                 return
             reason = f"exit code {self._backend_exit_code()}"
@@ -404,29 +492,38 @@ class StoreLink:
     def _replace_backend(self, reason: str, undelivered: list[Message]) -> None:
         old = self._backend
         status = old.status()
-        confirmed = int(status.get("written", 0)) + int(status.get("dropped", 0))
-        lost = max(0, self._sent - confirmed)
+        self._confirmed(status)
+        settled = int(status.get("settled", 0))
+        again = [message for number, message in self._replay if number > settled]
+        lost = max(0, self._sent - settled - len(again))
         self._dropped_feeding += lost
         lived = time.monotonic() - old.started
         use_process = old.mode == "process" and lived >= MIN_PROCESS_LIFETIME
         log.error(
-            "clickwatch store process ended unexpectedly (%s) after %.0f s; about %d observation(s) it had not "
-            "written are counted as dropped; %s",
+            "clickwatch store process ended unexpectedly (%s) after %.0f s; %d observation(s) it had not written "
+            "are handed to the next store, %d could not be kept and are counted as dropped; %s",
             reason,
             lived,
+            len(again),
             lost,
             "starting a new one" if use_process else "the proxy writes the store itself from now on",
         )
         if isinstance(old, _ProcessBackend):
             old.discard()
         self._backend = self._new_backend(use_process, take_over=True)
-        # The settings again, what was not handed on, and every Counts the old store did not report written
-        # (the new one skips any it did write).
-        self._confirmed(status)
-        replay = [*self._controls.values(), *(m for m in undelivered if is_observed(m)), *self._unconfirmed]
+        # The settings again, resets not done, what it had not settled and what was not handed on, and every
+        # Counts the old store did not report written (the new one skips any it did write). A reset handed again
+        # before older observations still holds: the store drops what was captured before a reset's time.
+        replay = [
+            *self._controls.values(),
+            *list(self._resets.values()),
+            *again,
+            *(m for m in undelivered if is_observed(m)),
+            *self._unconfirmed,
+        ]
         try:
             self._backend.deliver(replay)
-            self._sent += count_observations(replay)
+            self._keep(replay, replayable=False)
         except Exception:
             self._dropped_feeding += count_observations(replay)
             log.exception("clickwatch store: could not hand on to the new store")

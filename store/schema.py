@@ -9,6 +9,7 @@ from sqlite_utils import Migrations
 
 from clickwatch.core.pipeline import REJECT_REASONS
 from clickwatch.store import metrics_schema
+from clickwatch.store.files import create_private
 
 migrations = Migrations("clickwatch")
 
@@ -254,12 +255,176 @@ def _counter_feeds(db: sqlite_utils.Database) -> None:
     db.executescript("CREATE TABLE counter_feeds (source TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at REAL);")
 
 
+@migrations(name="0012_summary_counts")
+def _summary_counts(db: sqlite_utils.Database) -> None:
+    # Summaries filtered by kind, schema, run and finding (and any two of them) read these few hundred rows instead
+    # of counting a million deliveries (bench/dashboard_bench.py). Kept exact by triggers in the writer's
+    # transaction. A finding's delivery always exists when it is inserted (store/apply.py), and its kind, run and
+    # schema never change; whichever of a delivery and its findings a reset deletes first takes their counts away.
+    upsert = "ON CONFLICT ({}) DO UPDATE SET n = n + excluded.n"
+    classed = upsert.format("run, delivery_kind, schema_name, kind, severity")
+    flagged = upsert.format("finding, run, delivery_kind, schema_name, verdict")
+    paired = upsert.format("finding, run, delivery_kind, schema_name, kind, severity")
+    hourly = upsert.format("hour, run, kind, schema_name, verdict")
+    hourly_found = upsert.format("hour, run, delivery_kind, schema_name, kind, severity")
+    db.executescript(
+        f"""
+        -- Findings about a delivery, by that delivery's run, kind and schema.
+        CREATE TABLE finding_class_counts (
+            run TEXT NOT NULL, delivery_kind TEXT NOT NULL, schema_name TEXT NOT NULL, kind TEXT NOT NULL,
+            severity TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (run, delivery_kind, schema_name, kind, severity)
+        );
+        -- Deliveries with at least one finding of kind `finding`, by verdict.
+        CREATE TABLE flagged_counts (
+            finding TEXT NOT NULL, run TEXT NOT NULL, delivery_kind TEXT NOT NULL, schema_name TEXT NOT NULL,
+            verdict TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (finding, run, delivery_kind, schema_name, verdict)
+        );
+        -- Every finding of the deliveries that have a finding of kind `finding` (that one included).
+        CREATE TABLE flagged_finding_counts (
+            finding TEXT NOT NULL, run TEXT NOT NULL, delivery_kind TEXT NOT NULL, schema_name TEXT NOT NULL,
+            kind TEXT NOT NULL, severity TEXT NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (finding, run, delivery_kind, schema_name, kind, severity)
+        );
+        -- Per hour of sent_at (hour = sent_at / 3600, truncated): a summary since (or until) a time adds whole hours
+        -- from here and counts only the rows of the partial hours at its ends.
+        CREATE TABLE hourly_counts (
+            hour INTEGER NOT NULL, run TEXT NOT NULL, kind TEXT NOT NULL, schema_name TEXT NOT NULL,
+            verdict TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (hour, run, kind, schema_name, verdict)
+        );
+        CREATE TABLE hourly_finding_counts (
+            hour INTEGER NOT NULL, run TEXT NOT NULL, delivery_kind TEXT NOT NULL, schema_name TEXT NOT NULL,
+            kind TEXT NOT NULL, severity TEXT NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (hour, run, delivery_kind, schema_name, kind, severity)
+        );
+        CREATE TRIGGER deliveries_hourly_on_insert AFTER INSERT ON deliveries BEGIN
+            INSERT INTO hourly_counts VALUES (
+                CAST(new.sent_at / 3600 AS INTEGER), new.run, new.kind, COALESCE(new.schema_name, ''), new.verdict, 1
+            ) {hourly};
+        END;
+        CREATE TRIGGER deliveries_hourly_on_verdict AFTER UPDATE OF verdict ON deliveries
+        WHEN old.verdict IS NOT new.verdict BEGIN
+            INSERT INTO hourly_counts VALUES (
+                CAST(old.sent_at / 3600 AS INTEGER), old.run, old.kind, COALESCE(old.schema_name, ''), old.verdict, -1
+            ) {hourly};
+            INSERT INTO hourly_counts VALUES (
+                CAST(new.sent_at / 3600 AS INTEGER), new.run, new.kind, COALESCE(new.schema_name, ''), new.verdict, 1
+            ) {hourly};
+        END;
+        CREATE TRIGGER deliveries_hourly_on_delete AFTER DELETE ON deliveries BEGIN
+            INSERT INTO hourly_counts VALUES (
+                CAST(old.sent_at / 3600 AS INTEGER), old.run, old.kind, COALESCE(old.schema_name, ''), old.verdict, -1
+            ) {hourly};
+            INSERT INTO hourly_finding_counts
+                SELECT CAST(old.sent_at / 3600 AS INTEGER), old.run, old.kind, COALESCE(old.schema_name, ''), f.kind,
+                    f.severity, -count(*)
+                FROM findings f WHERE f.delivery_id = old.id GROUP BY f.kind, f.severity {hourly_found};
+        END;
+        CREATE TRIGGER findings_summarised_on_insert AFTER INSERT ON findings WHEN new.delivery_id IS NOT NULL BEGIN
+            INSERT INTO finding_class_counts
+                SELECT d.run, d.kind, COALESCE(d.schema_name, ''), new.kind, new.severity, 1
+                FROM deliveries d WHERE d.id = new.delivery_id {classed};
+            INSERT INTO hourly_finding_counts
+                SELECT CAST(d.sent_at / 3600 AS INTEGER), d.run, d.kind, COALESCE(d.schema_name, ''), new.kind,
+                    new.severity, 1
+                FROM deliveries d WHERE d.id = new.delivery_id {hourly_found};
+            -- the first finding of its kind flags the delivery with that kind
+            INSERT INTO flagged_counts
+                SELECT new.kind, d.run, d.kind, COALESCE(d.schema_name, ''), d.verdict, 1
+                FROM deliveries d WHERE d.id = new.delivery_id AND NOT EXISTS (
+                    SELECT 1 FROM findings f WHERE f.delivery_id = new.delivery_id AND f.kind = new.kind
+                    AND f.id != new.id) {flagged};
+            -- the new finding counts under every kind its delivery is flagged with, its own included
+            INSERT INTO flagged_finding_counts
+                SELECT fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), new.kind, new.severity, 1
+                FROM deliveries d, (SELECT DISTINCT kind FROM findings WHERE delivery_id = new.delivery_id) fk
+                WHERE d.id = new.delivery_id {paired};
+            -- a kind newly flagged: the delivery's other findings count under it too
+            INSERT INTO flagged_finding_counts
+                SELECT new.kind, d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, count(*)
+                FROM deliveries d, findings f
+                WHERE d.id = new.delivery_id AND f.delivery_id = new.delivery_id AND f.id != new.id AND NOT EXISTS (
+                    SELECT 1 FROM findings f2 WHERE f2.delivery_id = new.delivery_id AND f2.kind = new.kind
+                    AND f2.id != new.id)
+                GROUP BY f.kind, f.severity {paired};
+        END;
+        CREATE TRIGGER findings_summarised_on_delete AFTER DELETE ON findings WHEN old.delivery_id IS NOT NULL BEGIN
+            INSERT INTO finding_class_counts
+                SELECT d.run, d.kind, COALESCE(d.schema_name, ''), old.kind, old.severity, -1
+                FROM deliveries d WHERE d.id = old.delivery_id {classed};
+            INSERT INTO hourly_finding_counts
+                SELECT CAST(d.sent_at / 3600 AS INTEGER), d.run, d.kind, COALESCE(d.schema_name, ''), old.kind,
+                    old.severity, -1
+                FROM deliveries d WHERE d.id = old.delivery_id {hourly_found};
+            INSERT INTO flagged_counts
+                SELECT old.kind, d.run, d.kind, COALESCE(d.schema_name, ''), d.verdict, -1
+                FROM deliveries d WHERE d.id = old.delivery_id AND NOT EXISTS (
+                    SELECT 1 FROM findings f WHERE f.delivery_id = old.delivery_id AND f.kind = old.kind) {flagged};
+            INSERT INTO flagged_finding_counts
+                SELECT fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), old.kind, old.severity, -1
+                FROM deliveries d,
+                    (SELECT kind FROM findings WHERE delivery_id = old.delivery_id UNION SELECT old.kind) fk
+                WHERE d.id = old.delivery_id {paired};
+            INSERT INTO flagged_finding_counts
+                SELECT old.kind, d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, -count(*)
+                FROM deliveries d, findings f
+                WHERE d.id = old.delivery_id AND f.delivery_id = old.delivery_id AND NOT EXISTS (
+                    SELECT 1 FROM findings f2 WHERE f2.delivery_id = old.delivery_id AND f2.kind = old.kind)
+                GROUP BY f.kind, f.severity {paired};
+        END;
+        CREATE TRIGGER deliveries_summarised_on_delete AFTER DELETE ON deliveries BEGIN
+            INSERT INTO finding_class_counts
+                SELECT old.run, old.kind, COALESCE(old.schema_name, ''), f.kind, f.severity, -count(*)
+                FROM findings f WHERE f.delivery_id = old.id GROUP BY f.kind, f.severity {classed};
+            INSERT INTO flagged_counts
+                SELECT DISTINCT f.kind, old.run, old.kind, COALESCE(old.schema_name, ''), old.verdict, -1
+                FROM findings f WHERE f.delivery_id = old.id {flagged};
+            INSERT INTO flagged_finding_counts
+                SELECT fk.kind, old.run, old.kind, COALESCE(old.schema_name, ''), f.kind, f.severity, -count(*)
+                FROM (SELECT DISTINCT kind FROM findings WHERE delivery_id = old.id) fk, findings f
+                WHERE f.delivery_id = old.id GROUP BY fk.kind, f.kind, f.severity {paired};
+        END;
+        CREATE TRIGGER deliveries_flagged_on_verdict AFTER UPDATE OF verdict ON deliveries
+        WHEN old.verdict IS NOT new.verdict BEGIN
+            INSERT INTO flagged_counts
+                SELECT DISTINCT f.kind, old.run, old.kind, COALESCE(old.schema_name, ''), old.verdict, -1
+                FROM findings f WHERE f.delivery_id = old.id {flagged};
+            INSERT INTO flagged_counts
+                SELECT DISTINCT f.kind, new.run, new.kind, COALESCE(new.schema_name, ''), new.verdict, 1
+                FROM findings f WHERE f.delivery_id = new.id {flagged};
+        END;
+        INSERT INTO hourly_counts
+            SELECT CAST(sent_at / 3600 AS INTEGER), run, kind, COALESCE(schema_name, ''), verdict, count(*)
+            FROM deliveries GROUP BY 1, 2, 3, 4, 5;
+        INSERT INTO hourly_finding_counts
+            SELECT CAST(d.sent_at / 3600 AS INTEGER), d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity,
+                count(*)
+            FROM findings f JOIN deliveries d ON d.id = f.delivery_id GROUP BY 1, 2, 3, 4, 5, 6;
+        -- The newest delivery of a run with a finding of a kind (the summary's last_delivered_at).
+        CREATE INDEX findings_kind_run_sent_at ON findings(kind, run, sent_at);
+        INSERT INTO finding_class_counts
+            SELECT d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, count(*)
+            FROM findings f JOIN deliveries d ON d.id = f.delivery_id GROUP BY 1, 2, 3, 4, 5;
+        INSERT INTO flagged_counts
+            SELECT fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), d.verdict, count(*)
+            FROM (SELECT DISTINCT delivery_id, kind FROM findings WHERE delivery_id IS NOT NULL) fk
+            JOIN deliveries d ON d.id = fk.delivery_id GROUP BY 1, 2, 3, 4, 5;
+        INSERT INTO flagged_finding_counts
+            SELECT fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, count(*)
+            FROM (SELECT DISTINCT delivery_id, kind FROM findings WHERE delivery_id IS NOT NULL) fk
+            JOIN deliveries d ON d.id = fk.delivery_id JOIN findings f ON f.delivery_id = fk.delivery_id
+            GROUP BY 1, 2, 3, 4, 5, 6;
+        """
+    )
+
+
 # The last migration: a store without it is still being created or upgraded, and readers wait for it.
 LATEST_MIGRATION: str = migrations._migrations[-1].name
 
 
 def open_database(path: str, *, timeout: float = 1.0) -> sqlite_utils.Database:
-    """Open the store for writing: WAL, NORMAL sync, migrations applied."""
+    """Open the store for writing: WAL, NORMAL sync, migrations applied; a new store file is created 0600."""
+    if path != ":memory:" and not path.startswith("file:"):
+        create_private(path)  # captured traffic is evidence: not for other users of the machine
     conn = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
     try:
         db = sqlite_utils.Database(conn)

@@ -124,15 +124,31 @@ class Counts(NamedTuple):
     addon_errors: int
     store_dropped: int
     waiting: int
+    passthrough_connections: int = 0
+
+
+class Reset(NamedTuple):
+    """Remove captured data of one run (or all, `run` None) as of `at` (`StoreLink.reset`, for `POST /api/reset`).
+
+    It travels behind what was captured before it, so the store writes and removes those first; the store also
+    drops what it is handed later that was captured before `at` (a page load folded, a late hook), and its judge
+    forgets the run's visitors. `id` names it in the store's status, which says when it is done.
+    """
+
+    id: str
+    run: str | None
+    at: float
 
 
 type Observed = Request | Answer | Storefront | Browser | Blocked | Rejected
-type Control = Config | Webhook | Counts
+type Control = Config | Webhook | Counts | Reset
 type Message = Observed | Control
 
 # Pickling a NamedTuple costs over twice what a plain tuple does (it goes through copyreg): a batch crosses the
 # pipe as plain tuples and one byte per message naming its class, both made in C loops (docs/store.md, "Cost").
-_CLASSES: tuple[type[Message], ...] = (Request, Answer, Storefront, Browser, Blocked, Rejected, Config, Webhook, Counts)
+_CLASSES: tuple[type[Message], ...] = (
+    Request, Answer, Storefront, Browser, Blocked, Rejected, Config, Webhook, Counts, Reset,
+)  # fmt: skip
 _TAGS = {cls: tag for tag, cls in enumerate(_CLASSES)}
 _PLAIN = operator.itemgetter(slice(None))  # a tuple subclass sliced is a plain tuple, and faster than tuple()
 
@@ -164,7 +180,7 @@ def shed_answer(message: Answer, note: str) -> Answer:
 
 def is_observed(message: Message) -> bool:
     """Whether a message is an observation (not a setting or counts)."""
-    return not isinstance(message, (Config, Webhook, Counts))
+    return not isinstance(message, (Config, Webhook, Counts, Reset))
 
 
 def count_observations(messages: list[Message]) -> int:

@@ -36,19 +36,31 @@ log = logging.getLogger("clickwatch.store")
 
 FRAME = struct.Struct(">I")
 STATUS_EVERY_SECONDS = 0.25
+STATUS_MIN_SECONDS = 0.02
 NICENESS = 10
 
 
 class StoreService:
     """A StoreWriter and a webhook notifier driven by wire messages."""
 
-    def __init__(self, path: str, *, queue_size: int = default("queue_size"), take_over: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        queue_size: int = default("queue_size"),
+        queue_bytes: int = default("queue_bytes"),
+        take_over: bool = False,
+    ) -> None:
         self.notifier: WebhookNotifier | None = None
         self.received = 0
         # A store that takes over from one that died while its proxy runs on leaves pending deliveries pending:
         # their answers are still on their way.
         self.writer = StoreWriter(
-            path, queue_size=queue_size, on_notices=self._notify, fail_stale_pending=not take_over
+            path,
+            queue_size=queue_size,
+            queue_bytes=queue_bytes,
+            on_notices=self._notify,
+            fail_stale_pending=not take_over,
         )
 
     def start(self) -> None:
@@ -71,6 +83,8 @@ class StoreService:
                     self.writer.submit(message)
                 case wire.Counts():
                     self.writer.count(message)
+                case wire.Reset():
+                    self.writer.reset(message)
                 case wire.Config():
                     self.writer.config = build_config(**message.spec)
                 case wire.Webhook():
@@ -105,6 +119,8 @@ class StoreService:
             "waiting": self.writer.waiting,
             "last_error": stats.last_error,
             "counted": dict(self.writer.confirmed),
+            "settled": self.writer.settled,
+            "resets": dict(self.writer.resets_done),
         }
 
     def close(self, timeout: float) -> bool:
@@ -164,7 +180,14 @@ def read_batches(source: IO[bytes]) -> Any:
 
 
 def _report(channel: _Channel, service: StoreService, stop: threading.Event) -> None:
-    while not stop.wait(STATUS_EVERY_SECONDS):
+    # Several times a second, and soon after each batch written: the sooner the proxy knows what is written, the
+    # less it hands again to a replacement should this process die.
+    progress = service.writer.progress
+    while not stop.is_set():
+        progress.wait(STATUS_EVERY_SECONDS)
+        progress.clear()
+        if stop.wait(STATUS_MIN_SECONDS):
+            return
         channel.send({"status": service.status()})
 
 
@@ -175,6 +198,7 @@ def serve(
     source: IO[bytes],
     out: IO[bytes],
     take_over: bool = False,
+    queue_bytes: int = default("queue_bytes"),
 ) -> bool:
     """Run a StoreService fed from `source` until it ends; True if everything was written."""
     channel = _Channel(out)
@@ -182,7 +206,7 @@ def serve(
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    service = StoreService(path, queue_size=queue_size, take_over=take_over)
+    service = StoreService(path, queue_size=queue_size, queue_bytes=queue_bytes, take_over=take_over)
     service.start()
     stop = threading.Event()
     reporter = threading.Thread(target=_report, args=(channel, service, stop), name="clickwatch-status", daemon=True)
@@ -201,6 +225,7 @@ def serve(
     finally:
         ok = service.close(shutdown_timeout)
         stop.set()
+        service.writer.progress.set()
         reporter.join(1.0)
         channel.send({"status": service.status(), "final": True, "ok": ok})
         root.removeHandler(handler)
@@ -212,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clickwatch.store.worker", description=__doc__.split("\n\n")[0])
     # The addon's settings of the same names (core.settings), handed on by the proxy.
     parser.add_argument("--db", required=True, help=BY_NAME["db"].help)
-    queue, timeout = BY_NAME["queue_size"], BY_NAME["shutdown_timeout"]
+    queue, queue_bytes, timeout = BY_NAME["queue_size"], BY_NAME["queue_bytes"], BY_NAME["shutdown_timeout"]
     parser.add_argument("--queue-size", type=int, default=queue.default, help=queue.help)
+    parser.add_argument("--queue-bytes", type=int, default=queue_bytes.default, help=queue_bytes.help)
     parser.add_argument("--shutdown-timeout", type=float, default=float(timeout.default), help=timeout.help)
     parser.add_argument(
         "--take-over",
@@ -235,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
             os.nice(NICENESS)
     started = time.monotonic()
     ok = serve(
-        args.db, args.queue_size, args.shutdown_timeout, sys.stdin.buffer, sys.stdout.buffer, take_over=args.take_over
+        args.db,
+        args.queue_size,
+        args.shutdown_timeout,
+        sys.stdin.buffer,
+        sys.stdout.buffer,
+        take_over=args.take_over,
+        queue_bytes=args.queue_bytes,
     )
     log.debug("store process ran %.1f s", time.monotonic() - started)
     return 0 if ok else 1

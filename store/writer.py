@@ -4,14 +4,21 @@ process, or by the proxy in thread mode) and writes them with the counters, so n
 It owns the counters (`metric_counters`): each batch adds the increments it has (the proxy's Counts, its own
 errors and drops) in the same transaction as the rows it writes, and records each Counts' sequence number, so
 counts handed again after a store died are added once.
+
+A reset (wire.Reset) is a barrier: what was handed in before it is written, then removed in the same transaction;
+the judge forgets the run's visitors; what comes after it but was captured before it is dropped. `settled` says
+how many observations handed in (in order) are written or dropped, so a proxy whose store process died can hand
+the rest to the next one. Decisions a dead store left pending are decided when the next one starts.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,13 +26,14 @@ from typing import Any
 import sqlite_utils
 
 from clickwatch.core.config import Config
+from clickwatch.core.findings import FindingKind
 from clickwatch.core.pipeline import Notice, Pipeline, StoreOps
 from clickwatch.core.settings import default
-from clickwatch.store.apply import apply_ops
+from clickwatch.store.apply import apply_ops, remove_captured
 from clickwatch.store.inbox import Inbox
 from clickwatch.store.metrics_schema import COUNTERS, QUEUE_DEPTH
 from clickwatch.store.schema import open_database
-from clickwatch.store.wire import Counts, Observed, observation
+from clickwatch.store.wire import Blocked, Browser, Counts, Observed, Request, Reset, Storefront, observation
 
 log = logging.getLogger("clickwatch.store")
 
@@ -41,6 +49,15 @@ _DATA_ERRORS = (
 )
 
 STALE_PENDING_ERROR = "clickwatch stopped before an answer was seen"
+# Why decisions left pending by an earlier store are settled as unknown: its memory of the visitors went with it.
+DIED_BEFORE_DECIDING = "the store process died before deciding"
+STOPPED_BEFORE_DECIDING = "clickwatch stopped before deciding"
+# Resets whose outcome the store reports (the proxy waits for its own, so a few are plenty).
+RESETS_REMEMBERED = 64
+# When each observation was captured: what a reset compares with its own time.
+_CAPTURED_AT: dict[type, int] = {cls: cls._fields.index(name) for cls, name in (
+    (Request, "sent_at"), (Storefront, "request_at"), (Browser, "received_at"), (Blocked, "at"),
+)}  # fmt: skip
 EVALUATE_EVERY_SECONDS = 1.0
 # How long the writer lets observations gather before a commit: a hard kill loses at most this much.
 GATHER_SECONDS = 0.1
@@ -102,6 +119,7 @@ class _Tally:
         self.taken[counts.source] = self.fed[counts.source] = counts.seq
         self.increments["proxy_flows"] += counts.proxy_flows
         self.increments["addon_errors"] += counts.addon_errors
+        self.increments["passthrough_connections"] += counts.passthrough_connections
         self.increments["store_dropped"] += counts.store_dropped
 
 
@@ -114,6 +132,7 @@ class StoreWriter:
         config: Config | None = None,
         *,
         queue_size: int = default("queue_size"),
+        queue_bytes: int = default("queue_bytes"),
         batch_size: int = 2000,
         gather_seconds: float = GATHER_SECONDS,
         retry_max_seconds: float = 2.0,
@@ -128,7 +147,19 @@ class StoreWriter:
         self.retry_max_seconds = retry_max_seconds
         self.clock = clock
         self.stats = WriterStats()
-        self._inbox = Inbox(queue_size, self._why_full)
+        self._inbox = Inbox(queue_size, self._why_full, queue_bytes)
+        # Observations handed in (dropped or not), and the arrival number of each one in the inbox, in order:
+        # `settled`, the prefix of them that is written or dropped, follows from the oldest still waiting.
+        self._arrivals = threading.Lock()
+        self._arrived = 0
+        self._marks: deque[int] = deque()
+        self.settled = 0
+        self.progress = threading.Event()  # set when `settled` moves: the store process reports it at once
+        # Resets: the one being written, when each run (None: all) was last reset, what each one removed.
+        self._reset_due: Reset | None = None
+        self._reset_at: dict[str | None, float] = {}
+        self.resets_done: dict[str, int] = {}
+        self._orphans_settled = False
         self._stopping = threading.Event()
         self._deadline = float("inf")
         self._thread = threading.Thread(target=self._run, name="clickwatch-store-writer", daemon=True)
@@ -181,7 +212,16 @@ class StoreWriter:
 
     def submit(self, message: Observed) -> bool:
         """Queue an observation without blocking; False if the queue was full and it was dropped (and counted)."""
-        return self._inbox.put(message)
+        with self._arrivals:
+            self._arrived += 1
+            if self._inbox.put(message):
+                self._marks.append(self._arrived)
+                return True
+            return False
+
+    def reset(self, message: Reset) -> None:
+        """Queue a reset behind everything handed in before it; `resets_done` says when it is done."""
+        self._inbox.put_control(message)
 
     def count(self, counts: Counts) -> None:
         """Add a proxy's Counts to the counters with the next batch written."""
@@ -236,14 +276,14 @@ class StoreWriter:
                     ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock(), final=True)))
                     ops.counters += self._counter_rows(gauge=True)
                     final_done = True
-                if not ops:
+                if not ops and self._reset_due is None:
                     ops = None
                     if final_done:
                         break
                     continue
             self.stats.held = held
             try:
-                self._write_resilient(ops)
+                self._write_resilient(ops, self._reset_due)
             except _Blocked as blocked:
                 ops = blocked.remaining
                 self._note_failure(blocked.error, held)
@@ -263,6 +303,7 @@ class StoreWriter:
                     self._on_notices(ops.notices)
             ops, held = None, 0
             self.stats.held = 0
+            self._settle()
             backoff = 0.05
         if self._db is not None:
             self._db.conn.close()
@@ -274,11 +315,18 @@ class StoreWriter:
             # Let a batch gather: one wake-up and one commit per interval instead of one per request,
             # which is what keeps this thread from competing with the proxy's event loop for the GIL.
             self._stopping.wait(self.gather_seconds)
-        batch = self._inbox.take(self.batch_size)
+        # A reset ends a batch: what came before it is written, then removed, in one transaction.
+        batch = self._inbox.take(self.batch_size, until=Reset)
         if batch:
-            count = len(batch)
+            count = len(batch) - (type(batch[-1]) is Reset)
+            with self._arrivals:
+                for _ in range(count):
+                    self._marks.popleft()
             for item in batch:
-                ops.extend(self._guarded(lambda i=item: self.pipeline.process(observation(i))))  # type: ignore[misc]
+                if type(item) is Reset:
+                    self._begin_reset(item)
+                elif not (self._reset_at and self._captured_before_reset(item)):  # type: ignore[arg-type]
+                    ops.extend(self._guarded(lambda i=item: self.pipeline.process(observation(i))))  # type: ignore[misc]
             if ops.rejected:
                 self._log_rejected(ops.rejected)
         gauge = time.monotonic() >= self._next_evaluation
@@ -287,6 +335,44 @@ class StoreWriter:
             ops.extend(self._guarded(lambda: self.pipeline.evaluate(self.clock())))
         ops.counters += self._counter_rows(gauge)
         return ops, count
+
+    def _settle(self) -> None:
+        """After a batch: every observation handed in before the oldest one waiting is written or dropped."""
+        with self._arrivals:
+            settled = self._marks[0] - 1 if self._marks else self._arrived
+        if settled != self.settled:
+            self.settled = settled
+            self.progress.set()
+
+    def _begin_reset(self, reset: Reset) -> None:
+        self._guarded(lambda: self._forget(reset.run))
+        if reset.run is None:
+            self._reset_at = {None: reset.at}
+        else:
+            self._reset_at[reset.run] = max(reset.at, self._reset_at.get(reset.run, reset.at))
+        self._reset_due = reset
+
+    def _forget(self, run: str | None) -> StoreOps:
+        self.pipeline.judge.forget(run)
+        return StoreOps()
+
+    def _captured_before_reset(self, message: Observed) -> bool:
+        """Whether an observation handed in after a reset was captured before it (a late hook, folded pages)."""
+        index = _CAPTURED_AT.get(type(message))
+        if index is None:
+            return False  # an answer: the judge forgot its request, and its row is gone
+        run: Any = getattr(message, "run")  # noqa: B009 (every class with a capture time has a run)
+        at: Any = message[index]
+        latest = max(self._reset_at.get(run, -math.inf), self._reset_at.get(None, -math.inf))
+        return bool(at < latest)
+
+    def _finish_reset(self, reset: Reset, removed: int) -> None:
+        self.resets_done[reset.id] = removed
+        while len(self.resets_done) > RESETS_REMEMBERED:
+            del self.resets_done[next(iter(self.resets_done))]
+        if self._reset_due is reset:
+            self._reset_due = None
+        log.info("clickwatch store: %d delivery(ies) of %s removed by a reset", removed, reset.run or "every run")
 
     def _log_rejected(self, rejected: list[tuple[str, int, str]]) -> None:
         self._rejected_since_log += sum(n for _, n, _ in rejected)
@@ -362,20 +448,65 @@ class StoreWriter:
             self._db = db
         return self._db
 
-    def _write(self, ops: StoreOps) -> None:
+    def _write(self, ops: StoreOps, reset: Reset | None = None) -> int:
+        """Write a batch (then the reset it ends with, if any) in one transaction; the deliveries the reset removed."""
         conn = self._connect().conn
+        removed = 0
         with conn:
+            if not self._orphans_settled:
+                self._settle_orphans(conn)
             apply_ops(conn, ops)
+            if reset is not None:
+                removed = remove_captured(conn, reset.run)
+        self._orphans_settled = True
+        return removed
 
-    def _write_resilient(self, ops: StoreOps) -> None:
+    def _settle_orphans(self, conn: sqlite3.Connection) -> None:
+        """Consent decisions an earlier store left pending: unknown now, with a finding per visitor saying why.
+
+        Its judge's memory of those visitors went with it, so nobody can decide them any more; a check waiting for
+        them would wait for ever. (Their verdicts: failed at a start, see _connect; a store that takes over leaves
+        them pending, as their answers, and those the dead store had not written, are handed to it.)
+        """
+        reason = STOPPED_BEFORE_DECIDING if self._fail_stale_pending else DIED_BEFORE_DECIDING
+        severity = self.config.severity[FindingKind.CONSENT_UNKNOWN].value
+        conn.execute(
+            "INSERT INTO findings (delivery_id, run, visitor, kind, severity, message, at) "
+            "SELECT MIN(id), run, COALESCE(visitor, ''), ?, ?, "
+            "'consent cannot be judged: ' || ? || ' (' || count(*) || ' call(s) waited for their decision)', "
+            "MIN(sent_at) FROM deliveries WHERE consent = 'pending' AND kind IN ('clickstream', 'consent_reference') "
+            "GROUP BY run, visitor",
+            (FindingKind.CONSENT_UNKNOWN.value, severity, reason),
+        )
+        pending = [uid for (uid,) in conn.execute("SELECT uid FROM deliveries WHERE consent = 'pending' ORDER BY id")]
+        if pending:
+            start = int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()[0])
+            conn.executemany(
+                "UPDATE deliveries SET consent = 'unknown', seq = ? WHERE uid = ?",
+                [(start + n, uid) for n, uid in enumerate(pending)],
+            )
+        visitors = conn.execute("UPDATE visitors SET pending_decision = NULL WHERE pending_decision IS NOT NULL")
+        if pending or visitors.rowcount:
+            log.warning(
+                "clickwatch store: %d consent decision(s) and %d visitor decision(s) left pending by an earlier store "
+                "are settled as unknown (%s)",
+                len(pending),
+                visitors.rowcount,
+                reason,
+            )
+
+    def _write_resilient(self, ops: StoreOps, reset: Reset | None = None) -> None:
         """Write a batch; a row SQLite refuses is skipped alone; a database problem raises _Blocked."""
         try:
-            self._write(ops)
-            return
+            removed = self._write(ops, reset)
         except _DATA_ERRORS:
             pass  # a value SQLite cannot take: write the rows one by one so only the bad one is lost
         except sqlite3.Error as exc:
             raise _Blocked(ops, exc) from exc
+        else:
+            if reset is not None:
+                self._finish_reset(reset, removed)
+            return
         singles = list(_singles(ops))
         for index, single in enumerate(singles):
             try:
@@ -388,6 +519,11 @@ class StoreWriter:
                 for rest in singles[index:]:
                     remaining.extend(rest)
                 raise _Blocked(remaining, exc) from exc
+        if reset is not None:
+            try:
+                self._finish_reset(reset, self._write(StoreOps(), reset))
+            except sqlite3.Error as exc:
+                raise _Blocked(StoreOps(), exc) from exc
 
     def _note_failure(self, exc: sqlite3.Error, held: int) -> None:
         self.stats.failed_writes += 1

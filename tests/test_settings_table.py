@@ -22,7 +22,12 @@ from clickwatch.store import worker
 DOC = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 
 # A value unlike the default, per type, as the file gives it and as text (flag, environment).
-SAMPLES: dict[type, tuple[Any, str]] = {str: ("other", "other"), int: (4242, "4242"), float: (7.5, "7.5")}
+SAMPLES: dict[type, tuple[Any, str]] = {
+    str: ("other", "other"),
+    int: (4242, "4242"),
+    float: (7.5, "7.5"),
+    tuple: (("other", "more"), "other, more"),
+}
 
 
 def sample(setting: settings.Setting) -> tuple[Any, str]:

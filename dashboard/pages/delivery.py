@@ -23,6 +23,9 @@ router = APIRouter(include_in_schema=False)
 @router.get("/deliveries/{delivery_id}")
 def delivery(request: Request, settings: SettingsDep, delivery_id: int) -> Response:
     """One delivery: request, response or error, timing, consent at that moment, findings."""
+    if not 0 <= delivery_id <= reader.MAX_ID:
+        detail = f"delivery id {str(delivery_id)[:40]}: out of range (ids run from 1 to {reader.MAX_ID})."
+        return error_page(request, 404, "No such delivery", detail, back="/")
 
     def build(conn: sqlite3.Connection) -> Response:
         item = reader.get_delivery(conn, delivery_id)

@@ -109,6 +109,8 @@ def live(
                 "live": not cursor,
                 "older": older,
                 "funnel": funnel_view(reader.funnel(conn, filters.flt.run)),
+                # The evidence bundle is of one run: the filtered one, else the run of the newest delivery shown.
+                "bundle_run": filters.flt.run or (items[0]["run"] if items else None),
             },
         )
 

@@ -1,18 +1,19 @@
-"""The login page: the access-token form, and the HttpOnly, SameSite=Strict cookie a correct token earns."""
+"""The login page: the access-token form, throttled per client, and the signed session cookie a right token earns."""
 
 from __future__ import annotations
 
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from clickwatch.dashboard.deps import SettingsDep
 from clickwatch.dashboard.pages.common import page
-from clickwatch.dashboard.security import COOKIE, token_matches
+from clickwatch.dashboard.security import COOKIE, Sessions, Throttle, client_key, read_bounded, token_matches
 
 router = APIRouter(include_in_schema=False)
 
+# A token and a return path: anything longer is refused (413) before more of it is read.
 MAX_LOGIN_BODY = 8192
 
 
@@ -36,20 +37,33 @@ def login_form(request: Request, settings: SettingsDep, next: str | None = None)
 
 @router.post("/login")
 async def login(request: Request, settings: SettingsDep) -> Response:
-    """Check the token; on success keep it in an HttpOnly, SameSite=Strict cookie and go on."""
+    """Check the token; on success set a signed, expiring session cookie (HttpOnly, SameSite=Strict) and go on."""
     if not settings.token:
         return RedirectResponse("/", status_code=303)
+    throttle: Throttle = request.app.state.throttle
+    key = client_key(request.client.host if request.client else None)
+    # Refused before the body is read: a throttled client costs nothing, and neither does a huge body.
+    if wait := throttle.retry_after(key):
+        answer = page(request, "login.html", {"next": "/", "failed": False, "wait": wait}, 429)
+        answer.headers["Retry-After"] = str(wait)
+        return answer
+    raw = await read_bounded(request, MAX_LOGIN_BODY)
+    if raw is None:
+        return JSONResponse({"detail": f"login form larger than {MAX_LOGIN_BODY} bytes"}, status_code=413)
     # Parsed by hand: a two-field urlencoded form does not need a multipart parser dependency.
-    raw = await request.body()
-    form = parse_qs(raw[:MAX_LOGIN_BODY].decode("utf-8", "replace")) if len(raw) <= MAX_LOGIN_BODY else {}
+    form = parse_qs(raw.decode("utf-8", "replace"))
     supplied = (form.get("token") or [""])[0]
     target = safe_next((form.get("next") or [""])[0])
     if not token_matches(supplied, settings.token):
+        throttle.failed(key)
         return page(request, "login.html", {"next": target, "failed": True}, 401)
+    throttle.succeeded(key)
+    sessions: Sessions = request.app.state.sessions
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE,
-        settings.token,
+        sessions.issue(),
+        max_age=int(sessions.lifetime),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",

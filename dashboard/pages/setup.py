@@ -55,6 +55,7 @@ def setup(request: Request, settings: SettingsDep) -> Response:
         "setup.html",
         {
             "proxy_url": settings.proxy_url,
+            "storefront": settings.storefront,
             "cert_path": str(cert),
             "cert_exists": cert.is_file(),
             "confdir": str(cert.parent),

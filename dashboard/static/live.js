@@ -262,6 +262,10 @@
       scheduleSummary();
       scheduleFunnel();
     });
+    source.addEventListener("reconnect", function () {
+      // This page fell too far behind the live feed: the stream ends and EventSource resumes from Last-Event-ID.
+      setConn("connecting", "catching up…");
+    });
     source.addEventListener("error", function () {
       // EventSource retries by itself, sending Last-Event-ID; once it gives up (an HTTP error), start over.
       if (source.readyState === EventSource.CLOSED) {

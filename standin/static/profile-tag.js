@@ -10,7 +10,8 @@
      again obtains a new one.
    The tenant's configuration (/config/<id>) can switch on faulty behaviour: trackBeforeConsent (consent is
    ignored), duplicateEvents (every event sent twice), omitConsentReference (no consent-reference header),
-   dropEvents (data-layer names the tag silently never sends).
+   dropEvents (data-layer names the tag silently never sends), extraFields (fields added to every event's body,
+   each with the value "stand-in").
    Y_TRACKING.standin tells a scripted shopper when everything the page pushed has been handled. */
 (function () {
   "use strict";
@@ -35,6 +36,7 @@
   var config = null;
   var behaviour = {};
   var dropped = {};
+  var extraFields = [];
   var granted = false;
   var reference = storedReference() || readCookie(cookieName);
   var obtaining = false;
@@ -118,7 +120,16 @@
       });
   }
 
+  function withExtraFields(data) {
+    if (!extraFields.length) return data;
+    var copy = {};
+    Object.keys(data).forEach(function (key) { copy[key] = data[key]; });
+    extraFields.forEach(function (name) { copy[name] = "stand-in"; });
+    return copy;
+  }
+
   function send(schema, data) {
+    data = withExtraFields(data);
     var headers = { "content-type": "application/json", "hybris-schema": "context/commerce/" + schema };
     if (!behaviour.omitConsentReference) headers["consent-reference"] = reference;
     var copies = behaviour.duplicateEvents ? 2 : 1;
@@ -174,6 +185,7 @@
       config = answer;
       behaviour = answer.behaviour || {};
       (behaviour.dropEvents || []).forEach(function (name) { dropped[name] = true; });
+      extraFields = behaviour.extraFields || [];
       if (behaviour.trackBeforeConsent) {
         granted = true;
         obtainReference();

@@ -92,6 +92,7 @@ def test_up_hands_its_addon_settings_on_as_options(tmp_path):
         "clickwatch_db": "flag.db",
         "clickwatch_config": str(tmp_path / "clickwatch.toml"),
         "clickwatch_observer": "false",
+        "clickwatch_storefront": (),
     }
 
 

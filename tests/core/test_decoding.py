@@ -94,9 +94,22 @@ def test_declared_charset_is_honoured():
     assert body.parsed == {"q": "caf\u00e9"}
 
 
-def test_unknown_charset_is_binary_not_a_crash():
-    body = decode_body(b"{}", "", "application/json; charset=no-such-charset")
+@pytest.mark.parametrize("charset", ["no-such-charset", "punycode", "idna", "rot13", "hex", "unicode_escape"])
+def test_unknown_or_odd_charset_is_read_as_utf8_with_a_note(charset):
+    # As browsers do with a label they do not know: UTF-8, and the note says the declared charset was not used.
+    body = decode_body(b'{"a": 1}', "", f"application/json; charset={charset}")
+    assert body.kind is BodyKind.JSON
+    assert body.parsed == {"a": 1}
+    assert body.note is not None
+    assert charset in body.note
+    assert "read as UTF-8" in body.note
+
+
+def test_odd_charset_and_bytes_that_are_not_utf8_are_binary_with_a_note():
+    body = decode_body(b'{"a":1}\xff', "", "application/json; charset=punycode")
     assert body.kind is BodyKind.BINARY
+    assert body.note is not None
+    assert "punycode" in body.note
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd", "compress"])

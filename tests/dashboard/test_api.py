@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -117,6 +118,24 @@ def test_cursor_pages_through_everything_once(client: TestClient) -> None:
     assert len(seen) == 5
 
 
+# Cursors no page ever handed out: non-finite or absurd times, ids SQLite cannot hold, deep nesting (as base64).
+HOSTILE_CURSORS = {
+    raw: base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    for raw in (
+        "[Infinity, 1]",
+        "[NaN, 1]",
+        "[-Infinity, 1]",
+        "[1e300, 1]",
+        "[1790000000.0, 1e300]",
+        "[1790000000.0, -1]",
+        f"[1790000000.0, {2**63}]",
+        f"[{10**120}, 1]",
+        '["x", 1]',
+        "[" * 40 + "1" + "]" * 40,
+    )
+}
+
+
 @pytest.mark.parametrize(
     ("query", "fragment"),
     [
@@ -130,6 +149,10 @@ def test_cursor_pages_through_everything_once(client: TestClient) -> None:
         ("until=nan", "until"),
         ("cursor=%%%", "cursor"),
         ("cursor=WzEsMl0", ""),  # a well-formed cursor for a position that simply has nothing after it
+        ("since=Infinity", "since"),
+        ("until=-Infinity", "until"),
+        ("since=1e400", "since"),
+        *((f"cursor={encoded}", "cursor") for encoded in HOSTILE_CURSORS.values()),
     ],
 )
 def test_bad_parameters_are_422_with_a_clear_detail(client: TestClient, query: str, fragment: str) -> None:
@@ -158,10 +181,29 @@ def test_delivery_detail(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [("/api/deliveries/999999", 404), ("/api/deliveries/abc", 422), ("/api/deliveries/9223372036854775808", 422)],
+    [
+        ("/api/deliveries/999999", 404),
+        ("/api/deliveries/abc", 422),
+        ("/api/deliveries/9223372036854775808", 422),
+        ("/api/deliveries/-9223372036854775809", 422),
+        (f"/api/deliveries/{10**400}", 422),
+        ("/api/deliveries/1e300", 422),
+        ("/api/deliveries/Infinity", 422),
+    ],
 )
 def test_unknown_or_bad_delivery_id(client: TestClient, path: str, status: int) -> None:
-    assert client.get(path).status_code == status
+    answer = client.get(path)
+    assert answer.status_code == status
+    if status == 422:
+        assert "delivery_id" in json.dumps(answer.json()["detail"])
+
+
+@pytest.mark.parametrize("path", ["/api/summary", "/api/deliveries", "/api/export", "/api/findings"])
+@pytest.mark.parametrize("query", ["since=Infinity", "until=NaN", "since=-1e999"])
+def test_non_finite_times_are_refused_everywhere(client: TestClient, path: str, query: str) -> None:
+    answer = client.get(f"{path}?{query}")
+    assert answer.status_code == 422
+    assert query.split("=")[0] in json.dumps(answer.json()["detail"])
 
 
 def test_summary(client: TestClient) -> None:

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from clickwatch.dashboard.pages.common import CSP
 from clickwatch.dashboard.pages.live import PAGE_SIZE
 from tests.dashboard.conftest import T0, StoreBuilder
+from tests.dashboard.test_api import HOSTILE_CURSORS
 
 HOSTILE_NAME = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 HOSTILE_UA = "Mozilla/5.0 <script>alert('ua')</script>"
@@ -122,6 +123,9 @@ def test_finding_and_visitor_filters(client: TestClient) -> None:
         ("since=yesterday", "since"),
         ("visitor=" + "v" * 65, "visitor: longer than 64"),
         ("cursor=%25%25%25", "cursor"),
+        ("since=Infinity", "since"),
+        ("until=1e400", "until"),
+        *((f"cursor={encoded}", "cursor") for encoded in HOSTILE_CURSORS.values()),
     ],
 )
 def test_bad_filters_are_a_readable_400_page(client: TestClient, query: str, fragment: str) -> None:
@@ -189,12 +193,24 @@ def test_delivery_detail_of_a_failed_call_and_its_findings(client: TestClient) -
     assert f"<p>{finding['message']}</p>".replace("'", "&#39;") in html
 
 
-@pytest.mark.parametrize(("path", "status"), [("/deliveries/999999", 404), ("/deliveries/abc", 422)])
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/deliveries/999999", 404),
+        ("/deliveries/abc", 422),
+        ("/deliveries/9223372036854775808", 404),  # past SQLite's integers: once a 500
+        (f"/deliveries/{10**300}", 404),
+        ("/deliveries/-5", 404),
+    ],
+)
 def test_unknown_or_bad_delivery(client: TestClient, path: str, status: int) -> None:
     answer = client.get(path)
     assert answer.status_code == status
     if status == 404:
-        assert "No such delivery" in assert_page(answer, 404)
+        html = assert_page(answer, 404)
+        assert "No such delivery" in html
+        if len(path) > 20:
+            assert "delivery id" in html and "out of range" in html
 
 
 # --- visitors --------------------------------------------------------------------------------------------
@@ -339,7 +355,9 @@ def test_login_flow_with_a_token(filled: StoreBuilder, client_for) -> None:
     assert right.status_code == 303
     assert right.headers["location"] == "/visitors?run=default"
     cookie = right.headers["set-cookie"]
-    assert cookie.startswith(f"clickwatch_token={TOKEN};")
+    # A signed session that expires, never the token itself (tests/dashboard/test_security.py holds the rest).
+    assert cookie.startswith("clickwatch_session=") and TOKEN not in cookie
+    assert "Max-Age=43200" in cookie
     assert "HttpOnly" in cookie
     assert "SameSite=strict" in cookie
     assert "Path=/" in cookie
@@ -380,7 +398,8 @@ def test_login_without_a_token_configured_goes_home(client: TestClient) -> None:
 def test_oversized_login_form_is_refused(filled: StoreBuilder, client_for) -> None:
     client = client_for(filled.path, token=TOKEN)
     answer = client.post("/login", data={"token": TOKEN, "next": "/" + "a" * 10000}, follow_redirects=False)
-    assert_page(answer, 401)
+    assert answer.status_code == 413
+    assert "set-cookie" not in answer.headers
 
 
 # --- hostile captured values ------------------------------------------------------------------------------

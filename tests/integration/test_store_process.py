@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
+from clickwatch.store import link
+
 from .conftest import Proxy, Upstream, query, wait_until
+
+CLICKWATCH = Path(sys.executable).with_name("clickwatch")
 
 BODY = {"productSku": "300938", "productName": "Camera"}
 HEADERS = {"hybris-schema": "context/commerce/ProductView", "consent-reference": "cr-1"}
@@ -120,3 +129,102 @@ def test_counters_go_on_exactly_when_the_store_process_is_killed(proxy: Proxy, u
     rows = proxy.deliveries()
     assert len(rows) == 10
     assert {row["verdict"] for row in rows} == {"delivered"}
+
+
+def _pending(db: Path) -> tuple[set[str], set[str], int]:
+    """Uids whose consent is pending, uids whose verdict is pending, visitors awaiting a decision."""
+    consent = {row["uid"] for row in query(db, "SELECT uid FROM deliveries WHERE consent = 'pending'")}
+    verdict = {row["uid"] for row in query(db, "SELECT uid FROM deliveries WHERE verdict = 'pending'")}
+    visitors = query(db, "SELECT count(*) AS n FROM visitors WHERE pending_decision IS NOT NULL")
+    return consent, verdict, int(visitors[0]["n"]) if visitors else 0
+
+
+class _Load:
+    """Clickstream POSTs from a few connections until stopped; remembers every uid-less path answered 201."""
+
+    def __init__(self, proxy: Proxy, upstream: Upstream, threads: int = 3) -> None:
+        self.stop = threading.Event()
+        self.answered: list[str] = []
+        self.workers = [threading.Thread(target=self._post, args=(proxy, upstream, n)) for n in range(threads)]
+        for worker in self.workers:
+            worker.start()
+
+    def _post(self, proxy: Proxy, upstream: Upstream, n: int) -> None:
+        with proxy.client() as client:
+            i = 0
+            while not self.stop.is_set():
+                path = f"/s201/w{n}-{i}/edge/clickstreamEvents"
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.post(upstream.url(path), json=BODY, headers=HEADERS).status_code == 201:
+                        self.answered.append(path)
+                i += 1
+                time.sleep(0.01)
+
+    def end(self) -> None:
+        self.stop.set()
+        for worker in self.workers:
+            worker.join(30)
+
+
+def test_decisions_a_killed_store_left_pending_are_settled_by_its_successor_and_at_the_next_start(
+    proxy_factory: Callable[..., Proxy], upstream: Upstream, tmp_path: Path
+) -> None:
+    config = tmp_path / "clickwatch.toml"
+    config.write_text("[consent]\ngrace_seconds = 8\n")  # the calls of the last 8 s wait for their decision
+    proxy = proxy_factory("--set", f"clickwatch_config={config}")
+    (store,) = wait_until(lambda: _children(proxy.process.pid), 10.0, "the store process")
+    started = time.monotonic()
+    load = _Load(proxy, upstream)
+    try:
+        # Old enough to be replaced by another process, not by a thread of the proxy.
+        time.sleep(max(0.0, link.MIN_PROCESS_LIFETIME + 0.5 - (time.monotonic() - started)))
+        os.kill(store, signal.SIGKILL)
+        wait_until(lambda: _gone(store), 10.0, "the store process to die")
+        left_consent, left_verdict, left_visitors = _pending(proxy.db_path)
+        assert left_consent and left_visitors  # what the dead store had not decided
+        (successor,) = wait_until(
+            lambda: [child for child in _children(proxy.process.pid) if child != store], 10.0, "a new store process"
+        )
+        time.sleep(1.0)  # under load
+    finally:
+        load.end()
+    # The successor settles what the dead one left: unknown, with a finding saying why (or, for the calls it was
+    # handed again, decides them itself once their window passes); answers reach their rows.
+    wait_until(lambda: not (_pending(proxy.db_path)[0] & left_consent), 20.0, "the dead store's consent decisions")
+    wait_until(lambda: not (_pending(proxy.db_path)[1] & left_verdict), 10.0, "the dead store's pending verdicts")
+    reasons = query(proxy.db_path, "SELECT message FROM findings WHERE kind = 'consent_unknown'")
+    assert any("the store process died before deciding" in row["message"] for row in reasons)
+
+    def all_delivered() -> bool:
+        verdicts = {row["url"].split("/", 3)[3]: row["verdict"] for row in proxy.deliveries()}
+        return all(verdicts.get(path.lstrip("/")) == "delivered" for path in load.answered)
+
+    wait_until(all_delivered, 15.0, "every call answered 201 to be stored as delivered")  # nothing lost
+    # Then both die hard: the successor's own calls are left pending; the next start settles them.
+    _post(proxy, upstream, 5, "late")
+    late = (
+        "SELECT count(*) AS n FROM deliveries WHERE url LIKE '%/late%' AND verdict = 'delivered' "
+        "AND consent = 'pending'"
+    )
+    wait_until(lambda: query(proxy.db_path, late)[0]["n"] == 5, 10.0, "the last calls written, their consent pending")
+    os.kill(successor, signal.SIGKILL)
+    proxy.kill()
+    before_restart = _pending(proxy.db_path)
+    assert before_restart[0]
+    again = proxy_factory("--set", f"clickwatch_config={config}")
+    wait_until(lambda: _pending(again.db_path) == (set(), set(), 0), 15.0, "every pending row to be settled")
+    assert again.stop() == 0, again.log()
+    checked = subprocess.run(
+        [str(CLICKWATCH), "check", "--db", str(proxy.db_path), "--wait", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # It ends, with nothing left pending (a wait that ran out would say "still pending" and fail the run).
+    assert checked.returncode in (0, 1), checked.stdout + checked.stderr
+    assert "still pending" not in checked.stdout + checked.stderr
+    print(
+        f"\nkilled store: {len(left_consent)} consent decision(s), {len(left_verdict)} verdict(s) and "
+        f"{left_visitors} visitor decision(s) pending; after the successor: 0; pending when both were killed: "
+        f"{len(before_restart[0])} consent, {len(before_restart[1])} verdict(s); after the next start: 0"
+    )

@@ -46,3 +46,16 @@ def test_a_row_inserted_again_is_a_change_not_a_new_row(tmp_path):
     write(conn, StoreOps(inserts=[insert("a"), insert("c")]))
     assert seqs(conn) == {"a": 3, "b": 2, "c": 4}
     assert conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == 3
+
+
+def test_a_request_handed_again_with_its_answer_still_gets_the_answer(tmp_path):
+    # A store that replaces a dead one is handed again what the dead one wrote but had not reported written: the
+    # request's INSERT is ignored, and the answer folded into it must reach the row all the same.
+    conn = open_database(str(tmp_path / "cw.db")).conn
+    write(conn, StoreOps(inserts=[insert("a")]))
+    answer = answer_row(wire.observation(answered("a", 500)), Verdict.REJECTED, 1000)
+    write(
+        conn, StoreOps(inserts=[insert("a"), insert("b")], answers=[answer], consent=[{"uid": "a", "consent": "given"}])
+    )
+    rows = dict(conn.execute("SELECT uid, verdict || ' ' || COALESCE(consent, '') FROM deliveries").fetchall())
+    assert rows == {"a": "rejected given", "b": "pending "}

@@ -289,9 +289,10 @@ def test_counts_a_killed_store_never_wrote_are_handed_to_its_replacement(countin
     first.process.kill()  # SIGKILL, while stopped: what it held is gone
     link.send(request("c"))
     wait_for(lambda: link._backend is not first)
-    assert link.close(10) is False  # "b" was lost, and close says so
+    assert link.close(10) is True  # "b" was handed to the replacement: nothing lost
     assert counters(db)["proxy_flows"] == 17  # the increment it never wrote came again, once
-    assert counters(db)["store_dropped"] == link.dropped == 1  # "b" was in its pipe: counted as dropped
+    assert counters(db).get("store_dropped", 0) == link.dropped == 0
+    assert set(verdicts(db)) == {"a", "b", "c"}
 
 
 def test_counts_a_killed_store_wrote_but_never_reported_are_not_added_twice(counting, monkeypatch):
@@ -348,3 +349,48 @@ def test_a_bug_in_handing_on_does_not_stop_the_feeder(tmp_path, monkeypatch, cap
     assert link.dropped == 1
     assert "unexpected error handing observations on" in caplog.text
     assert verdicts(db) == {"after": "delivered"}
+
+
+def test_a_link_fed_big_bodies_holds_no_more_than_its_byte_bound(tmp_path):
+    mb = 1024 * 1024
+    bound = 4 * mb
+    db = tmp_path / "cw.db"
+    link = StoreLink(str(db), queue_bytes=bound)
+    wait_for(lambda: link._backend.status().get("connected"))
+    store = link._backend
+    os.kill(store.process.pid, signal.SIGSTOP)  # a stalled store: its pipe fills, the proxy's buffer must not grow
+    held = []
+    try:
+        for n in range(40):
+            link.send(request(f"r{n}", body=b"x" * mb))
+            link.send(answer(f"r{n}")._replace(body=b"y" * mb))
+            held.append(link._inbox.bytes)
+            time.sleep(0.005)
+        assert max(held) <= bound
+        assert link._replay_bytes <= bound  # what is kept for a replacement store is bounded too
+        dropped, shed = link.dropped, link._inbox.shed
+        assert dropped > 0 and shed > 0
+    finally:
+        os.kill(store.process.pid, signal.SIGCONT)
+    assert link.close(10) is False  # observations were dropped, and close says so
+    rows = verdicts(db)
+    assert set(rows.values()) == {"delivered"}  # every request kept got its verdict, shed answer or not
+    assert counters(db)["store_dropped"] == dropped + int(store.status().get("dropped", 0))
+    assert len(rows) + counters(db)["store_dropped"] == 40  # each request written, or dropped and counted
+
+
+def test_a_reset_through_the_link_removes_what_was_sent_before_it(tmp_path):
+    from clickwatch.store import admin
+
+    db = tmp_path / "cw.db"
+    link = StoreLink(str(db))
+    for n in range(200):
+        link.send(request(f"r{n}"))
+        link.send(answer(f"r{n}"))
+    # At once: most of them are still in the proxy's buffer, the pipe or the store's queue.
+    assert admin.reset(str(db), "default") == 200  # the API's reset finds the link of this process
+    link.send(request("after"))
+    assert link.close(10) is True
+    assert verdicts(db) == {"after": "pending"}
+    assert admin.reset(str(db)) == 1  # no link open any more: the rows are removed directly
+    assert verdicts(db) == {}

@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from clickwatch.store import schema, wire
-from clickwatch.store.writer import STALE_PENDING_ERROR, StoreWriter
+from clickwatch.core.pipeline import StoreOps
+from clickwatch.store import reader, schema, wire
+from clickwatch.store.writer import DIED_BEFORE_DECIDING, STALE_PENDING_ERROR, STOPPED_BEFORE_DECIDING, StoreWriter
 
 from .observations import answered, seen
 
@@ -184,8 +185,8 @@ def test_a_row_sqlite_cannot_bind_is_skipped_alone(db_path, monkeypatch):
 
     real = pipeline.request_row
 
-    def poisoned(observation, body):
-        row = real(observation, body)
+    def poisoned(observation, body, *rest):
+        row = real(observation, body, *rest)
         if observation.uid == "bad":
             row["user_agent"] = object()  # not bindable: the fault a decoding bug would cause
         return row
@@ -247,11 +248,11 @@ def test_database_failing_during_row_by_row_retry_keeps_the_writer_alive(db_path
     real_write = writer._write
     faults = iter([sqlite3.IntegrityError("injected"), None, sqlite3.OperationalError("database is locked")])
 
-    def flaky(ops):
+    def flaky(ops, reset=None):
         fault = next(faults, None)
         if fault is not None:
             raise fault
-        return real_write(ops)
+        return real_write(ops, reset)
 
     monkeypatch.setattr(writer, "_write", flaky)
     for i in range(3):
@@ -315,3 +316,84 @@ def test_the_store_counts_its_own_drops_and_errors_with_the_proxys(db_path):
     assert counter(db_path, "store_dropped") == 4 + writer.dropped
     assert counter(db_path, "proxy_flows") == 3
     assert counter(db_path, "addon_errors") == 0
+
+
+def findings(path) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM findings ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_reset_removes_what_came_before_it_and_what_was_captured_before_it(db_path):
+    writer = StoreWriter(db_path)
+    for i in range(50):
+        writer.submit(seen(f"a{i}"))
+    writer.submit(seen("other")._replace(run="other"))
+    writer.reset(wire.Reset("r1", "default", 2000.0))
+    writer.submit(seen("late"))  # handed in after the reset, captured before it (sent_at 1000)
+    writer.submit(answered("a1", 500))  # the answer to a request the reset removed
+    writer.submit(seen("after")._replace(sent_at=2001.0))
+    writer.start()
+    assert writer.close()
+    assert [r["uid"] for r in rows(db_path)] == ["other", "after"]
+    assert writer.resets_done == {"r1": 50}
+    after = next(r["id"] for r in rows(db_path) if r["uid"] == "after")
+    # Nothing about what was removed: no finding stands alone, about a delivery that is gone.
+    assert {f["delivery_id"] for f in findings(db_path) if f["run"] == "default"} == {after}
+
+
+def test_a_reset_of_every_run_waits_for_a_locked_database(db_path):
+    schema.open_database(db_path).conn.close()
+    writer = StoreWriter(db_path, retry_max_seconds=0.05)
+    writer.submit(seen("a"))
+    writer.reset(wire.Reset("r1", None, 2000.0))
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    writer.start()
+    assert wait_for(lambda: writer.stats.failed_writes >= 1)
+    assert writer.resets_done == {}
+    locker.execute("ROLLBACK")
+    locker.close()
+    assert wait_for(lambda: writer.resets_done == {"r1": 1})
+    writer.submit(seen("b")._replace(sent_at=2001.0))
+    assert writer.close()
+    assert [r["uid"] for r in rows(db_path)] == ["b"]
+
+
+def _left_pending(db_path) -> None:
+    """A store that wrote calls whose consent waited on the grace window, and ended without deciding them."""
+    writer = StoreWriter(db_path)
+    writer.pipeline.evaluate = lambda now, final=False: StoreOps()  # type: ignore[method-assign]
+    writer.submit(seen("p1"))
+    writer.submit(seen("p2"))
+    writer.start()
+    assert writer.close()
+    assert [(r["consent"], r["verdict"]) for r in rows(db_path)] == [("pending", "pending")] * 2
+
+
+def test_consent_a_dead_store_left_pending_is_settled_by_the_store_taking_over(db_path):
+    _left_pending(db_path)
+    writer = StoreWriter(db_path, fail_stale_pending=False)
+    writer.start()
+    assert writer.close()
+    # Unknown, with a finding saying why; the verdicts still wait for their answers (the proxy lives on).
+    assert [(r["consent"], r["verdict"]) for r in rows(db_path)] == [("unknown", "pending")] * 2
+    [finding] = [f for f in findings(db_path) if f["kind"] == "consent_unknown"]
+    assert finding["delivery_id"] == 1
+    assert DIED_BEFORE_DECIDING in finding["message"] and "2 call(s)" in finding["message"]
+    conn = sqlite3.connect(db_path)
+    assert reader.pending_decisions(conn) == 0
+    conn.close()
+
+
+def test_decisions_left_pending_are_settled_at_the_next_start(db_path):
+    _left_pending(db_path)
+    writer = StoreWriter(db_path)
+    writer.start()
+    assert writer.close()
+    assert [(r["consent"], r["verdict"]) for r in rows(db_path)] == [("unknown", "failed")] * 2
+    [finding] = [f for f in findings(db_path) if f["kind"] == "consent_unknown"]
+    assert STOPPED_BEFORE_DECIDING in finding["message"]
