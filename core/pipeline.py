@@ -208,11 +208,12 @@ def _minimal_request_row(seen: RequestSeen, body: Body) -> dict[str, Any]:
         "origin": None,
         "sent_at": float(seen.sent_at),
         "request_headers": "[]",
-        "request_body": body.text,
+        # Nor its body: it was never put through the redaction list either.
+        "request_body": None,
         "request_body_kind": body.kind.value,
         "request_body_size": body.size,
-        "request_body_truncated": int(body.truncated),
-        "request_body_note": body.note,
+        "request_body_truncated": int(body.size > 0),
+        "request_body_note": "not stored: the request could not be recorded in full",
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import gzip
 import json
 import math
@@ -294,6 +295,23 @@ def test_a_bug_met_while_judging_still_stores_the_delivery_with_its_verdict(monk
     assert "RecursionError" in finding["message"]
     answered = pipeline.process(_answer("u1", 201, (), b"", Kind.CLICKSTREAM))
     assert answered.answers[0]["verdict"] == "delivered"
+
+
+def test_a_request_that_cannot_be_recorded_is_stored_without_its_body_or_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fault injection: building the row fails, so the redaction list was never applied: nothing it guards is kept.
+    import clickwatch.core.pipeline as pipeline_module
+
+    def broken(*args: object) -> None:
+        raise ValueError("cannot build the row")
+
+    monkeypatch.setattr(pipeline_module, "request_row", broken)
+    seen = _request("u1", (("content-type", "application/json"),), b'{"password": "hunter2-secret"}')
+    seen = dataclasses.replace(seen, url=seen.url + "?token=tok-secret", path=seen.path + "?token=tok-secret")
+    sent = Pipeline(Config()).process(seen)
+    [row] = sent.inserts
+    assert row["uid"] == "u1"
+    assert row["request_body"] is None and row["request_body_size"] == len(b'{"password": "hunter2-secret"}')
+    assert "secret" not in repr(row)
 
 
 def test_an_answer_that_cannot_be_read_still_resolves_its_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
