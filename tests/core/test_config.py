@@ -233,7 +233,9 @@ def test_every_documented_scalar_key_can_be_set():
     for documented in DOCUMENTED_KEYS:
         section, _, key = documented.partition(".")
         if section in ("capture", "consent", "windows"):
-            value = {"body_limit": 10, "template": "X"}.get(key, "x" if section == "capture" else 1.5)
+            value = {"body_limit": 10, "body_decode_limit": 1 << 20, "template": "X"}.get(
+                key, "x" if section == "capture" else 1.5
+            )
             config_from_mapping({section: {key: value}})
         elif section == "expected_status":
             config_from_mapping({section: {key: "2xx"}})
@@ -243,7 +245,8 @@ def test_every_documented_scalar_key_can_be_set():
             # Not the judge's: accepted by the file, read by the commands (core.settings), absent from Config.
             value = {"proxy_port": 9090, "dashboard_port": 9091, "upstream_insecure": True, "quiet": True}.get(key, "x")
             assert config_from_mapping({section: {key: value}}) == Config()
-            assert value in settings.from_mapping({section: {key: value}}).values()
+            read = settings.from_mapping({section: {key: value}}).values()
+            assert value in read or (value,) in read  # a list setting (up.storefront) reads one string as one item
         elif section == "observer":
             value = {"enabled": False}.get(key, 2.5)
             assert value in vars(config_from_mapping({section: {key: value}})).values()
