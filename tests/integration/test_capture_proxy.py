@@ -159,8 +159,10 @@ def test_hanging_upstream_is_pending_then_failed_when_client_gives_up(proxy: Pro
     path = "/hang/timeout/edge/clickstreamEvents"
     outcome: list[BaseException | httpx.Response] = []
 
+    # The client waits 4 s: long enough for the first delivery of a fresh proxy (its store process starting and
+    # creating the file) to show as pending on a loaded machine, before the client gives up.
     def send() -> None:
-        with proxy.client(timeout=1.5) as client:
+        with proxy.client(timeout=4.0) as client:
             try:
                 outcome.append(client.post(upstream.url(path), json=PRODUCT_VIEW, headers=TRACKING_HEADERS))
             except httpx.HTTPError as exc:
@@ -171,7 +173,7 @@ def test_hanging_upstream_is_pending_then_failed_when_client_gives_up(proxy: Pro
     try:
         pending = wait_until(
             lambda: [r for r in proxy.deliveries() if r["path"] == path and r["verdict"] == "pending"],
-            timeout=1.4,
+            timeout=3.8,
             what="the hanging delivery to show as pending while the client waits",
         )
     finally:
