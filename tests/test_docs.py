@@ -288,3 +288,26 @@ def test_the_core_never_imports_mitmproxy_or_fastapi():
             )
             wrong += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in adapters]
     assert wrong == []
+
+
+# A test cited in docs/reliability.md: a test file, optionally with `::` and the names down to a test function.
+CITED_TEST = re.compile(r"(?<![\w/.-])(tests/[\w/]+\.py)((?:::\w+)*)")
+
+
+def test_every_test_the_reliability_report_cites_exists():
+    text = doc("reliability.md")
+    cited = set(CITED_TEST.findall(text))
+    assert sum(1 for _, names in cited if names) >= 40  # the report names its tests, not only their files
+    missing = []
+    for path, names in sorted(cited):
+        source = ROOT / path
+        if not source.is_file():
+            missing.append(path)
+            continue
+        code = source.read_text()
+        missing += [
+            f"{path}::{name}"
+            for name in names.split("::")[1:]
+            if not re.search(rf"^\s*(def|class) {name}\b", code, re.M)
+        ]
+    assert missing == []

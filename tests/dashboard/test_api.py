@@ -98,6 +98,40 @@ def test_each_filter(client: TestClient, query: str, expected: int) -> None:
     assert len(answer.json()["items"]) == expected
 
 
+SQL_PAYLOADS = (
+    "' OR 1=1 --",
+    "default' OR '1'='1",
+    '" OR ""="',
+    "x'); DROP TABLE deliveries; --",
+    "default' UNION SELECT * FROM deliveries --",
+    "1; DELETE FROM deliveries",
+)
+
+
+@pytest.mark.parametrize("payload", SQL_PAYLOADS)
+@pytest.mark.parametrize("param", ["run", "schema", "visitor"])
+def test_sql_in_a_filter_matches_nothing_and_leaves_the_store_whole(
+    client: TestClient, filled: StoreBuilder, param: str, payload: str
+) -> None:
+    before = client.get("/api/summary").json()
+    rows = client.get("/api/deliveries").json()["items"]
+    assert len(rows) == 5
+    paths = ["/api/deliveries", "/api/summary", "/api/export?format=jsonl"]
+    paths += ["/api/findings"] if param == "run" else []  # findings are filtered by run, not schema or visitor
+    for path in paths:
+        answer = client.get(path, params={param: payload})
+        assert answer.status_code == 200, (path, answer.text)
+        if path in ("/api/deliveries", "/api/findings"):
+            assert answer.json()["items"] == []
+        elif path == "/api/summary":
+            assert sum(answer.json()["deliveries"].values()) == 0, answer.json()
+            assert sum(answer.json()["findings"].values()) == 0, answer.json()
+        else:
+            assert answer.text.strip() == ""
+    assert client.get("/api/summary").json() == before
+    assert client.get("/api/deliveries").json()["items"] == rows
+
+
 def test_visitor_filter(client: TestClient) -> None:
     items = client.get("/api/deliveries?run=other").json()["items"]
     visitor = items[0]["visitor"]
