@@ -6,70 +6,41 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import Upstream, free_port, wait_until
+from tests.integration.conftest import Upstream
+from tests.rig import CLICKWATCH, clickwatch_up, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
-CLICKWATCH = Path(sys.executable).with_name("clickwatch")
-
-
-def start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(CLICKWATCH), "up", "--quiet", "--db", str(tmp_path / "cw.db"), *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
 
 def test_up_captures_through_the_in_process_addon_and_stops_cleanly(tmp_path: Path, upstream: Upstream) -> None:
-    port, dashboard = free_port(), free_port()
-    process = start(
-        tmp_path, "--proxy-port", str(port), "--dashboard-port", str(dashboard), "--set", f"confdir={tmp_path / 'mitm'}"
-    )
-    try:
-        wait_until(lambda: listening(port) or process.poll() is not None, 20, "proxy listening")
-        assert process.poll() is None, process.communicate()
-        with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=10, trust_env=False) as client:
+    with clickwatch_up(tmp_path, stderr_apart=True) as up:
+        with up.client(timeout=10) as client:
             answer = client.post(
                 upstream.url("/s201/edge/clickstreamEvents"),
                 json={"productSku": "1"},
                 headers={"hybris-schema": "context/commerce/ProductView", "consent-reference": "cr"},
             )
         assert answer.status_code == 201
-        with httpx.Client(base_url=f"http://127.0.0.1:{dashboard}", timeout=10, trust_env=False) as api:
+        with httpx.Client(base_url=up.dashboard_url, timeout=10, trust_env=False) as api:
             # 503 until the store process has created the store (it starts beside the proxy, not before it).
             wait_until(lambda: api.get("/healthz").status_code == 200, 10, "the dashboard to read the store")
             items = wait_until(
                 lambda: api.get("/api/deliveries").json()["items"], 10, "the delivery in the dashboard's API"
             )
             assert items[0]["verdict"] == "delivered"
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, err
-    assert f"http://127.0.0.1:{port}" in out
-    assert f"http://127.0.0.1:{dashboard}/" in out
+        returncode = up.stop(signal.SIGTERM)
+    out = up.log()
+    assert returncode == 0, up.errors()
+    assert up.proxy_url in out
+    assert f"{up.dashboard_url}/" in out
     assert "mitmproxy-ca-cert.pem" in out
-    conn = sqlite3.connect(tmp_path / "cw.db")
+    conn = sqlite3.connect(up.db)
     rows = conn.execute("SELECT kind, verdict, status_code FROM deliveries").fetchall()
     conn.close()
     assert rows == [("clickstream", "delivered", 201)]
@@ -155,39 +126,16 @@ def test_addon_path_points_at_the_loadable_script() -> None:
 
 
 def test_up_shows_live_progress_unless_quiet(tmp_path: Path, upstream: Upstream) -> None:
-    port, dashboard = free_port(), free_port()
-    process = subprocess.Popen(
-        [
-            str(CLICKWATCH),
-            "up",
-            "--db",
-            str(tmp_path / "cw.db"),
-            "--proxy-port",
-            str(port),
-            "--dashboard-port",
-            str(dashboard),
-            "--set",
-            f"confdir={tmp_path / 'mitm'}",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until(lambda: listening(port) or process.poll() is not None, 20, "proxy listening")
-        with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=10, trust_env=False) as client:
+    with clickwatch_up(tmp_path, quiet=False, stderr_apart=True) as up:
+        with up.client(timeout=10) as client:
             client.post(
                 upstream.url("/s400/edge/clickstreamEvents"),
                 json={"productSku": "1"},
                 headers={"hybris-schema": "context/commerce/ProductView"},
             )
         time.sleep(3.5)  # one progress tick after the delivery
-        process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0
+        returncode = up.stop()
+    out = up.log()
+    assert returncode == 0
     assert "FAILING: 0 delivered, 1 rejected, 0 failed, 0 pending" in out
     assert "missing_consent_reference (warning)" in out

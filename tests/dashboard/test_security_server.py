@@ -7,30 +7,21 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.integration.conftest import free_port, wait_until
+from tests.rig import CLICKWATCH, clickwatch_up, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
-CLICKWATCH = Path(sys.executable).with_name("clickwatch")
 TOKEN = "file-token-4d1c9e"
 HUGE = 300 * 1024 * 1024
 # What serving and refusing one oversized POST may add to the processes' memory; reading it whole added 600+ MB.
 RSS_GROWTH_LIMIT = 40 * 1024 * 1024
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-        return True
-    return False
 
 
 def _tree(pid: int) -> list[int]:
@@ -60,44 +51,6 @@ def _rss(pid: int) -> int:
     return total
 
 
-@contextlib.contextmanager
-def clickwatch_up(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int, int, Path]]:
-    proxy, dashboard = free_port(), free_port()
-    log = tmp_path / "up.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                str(CLICKWATCH),
-                "up",
-                "--db",
-                str(tmp_path / "cw.db"),
-                "--proxy-port",
-                str(proxy),
-                "--dashboard-port",
-                str(dashboard),
-                "--set",
-                f"confdir={tmp_path / 'mitm'}",
-                *args,
-            ],
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            wait_until(lambda: _listening(dashboard) or process.poll() is not None, 30, "clickwatch up listening")
-            assert process.poll() is None, log.read_text()
-            yield process, proxy, dashboard, log
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
-
-
 def _stream(port: int, head: bytes, chunked: bool, answers: list[bytes]) -> None:
     """POST /login with a body of HUGE bytes, sent as fast as the server takes it; keep what it answered."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -120,38 +73,38 @@ def test_a_300_mb_login_post_is_refused_without_growing_the_process(tmp_path: Pa
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
-    with clickwatch_up(tmp_path, "--token-file", str(token_file), "--quiet") as (process, _, dashboard, log):
+    with clickwatch_up(tmp_path, "--token-file", str(token_file)) as up:
         time.sleep(1.0)  # let start-up allocations settle before the baseline
-        baseline = _rss(process.pid)
+        baseline = _rss(up.process.pid)
         length = b"Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {HUGE}\r\n".encode()
         head = (
             b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\n" + length + b"\r\n"
         )
         answers: list[bytes] = []
-        sender = threading.Thread(target=_stream, args=(dashboard, head, chunked, answers), daemon=True)
+        sender = threading.Thread(target=_stream, args=(up.dashboard_port, head, chunked, answers), daemon=True)
         sender.start()
         peak = baseline
         while sender.is_alive():
-            peak = max(peak, _rss(process.pid))
+            peak = max(peak, _rss(up.process.pid))
             sender.join(0.05)
         assert answers and answers[0].startswith(b"HTTP/1.1 413"), answers
         assert peak - baseline < RSS_GROWTH_LIMIT, f"grew {(peak - baseline) / 2**20:.0f} MB"
         print(f"\n300 MB POST /login ({'chunked' if chunked else 'declared'}): grew {(peak - baseline) / 2**20:.1f} MB")
 
         # The token came from the file: the dashboard wants it, and takes it.
-        with httpx.Client(base_url=f"http://127.0.0.1:{dashboard}", timeout=10, trust_env=False) as api:
+        with httpx.Client(base_url=up.dashboard_url, timeout=10, trust_env=False) as api:
             assert api.get("/api/summary").status_code == 401
             assert api.get("/api/summary", headers={"Authorization": f"Bearer {TOKEN}"}).status_code in (200, 503)
-        assert TOKEN not in log.read_text()
+        assert TOKEN not in up.log()
 
 
 def test_login_throttled_token_flag_warned_and_token_file_used_by_check(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     token_file.chmod(0o600)
-    with clickwatch_up(tmp_path, "--token-file", str(token_file), "--quiet") as (_, _, dashboard, _):
-        url = f"http://127.0.0.1:{dashboard}"
+    with clickwatch_up(tmp_path, "--token-file", str(token_file)) as up:
+        url = up.dashboard_url
         with httpx.Client(base_url=url, timeout=10, trust_env=False) as client:
             answers = [client.post("/login", data={"token": f"guess{n}"}).status_code for n in range(6)]
             assert answers == [401] * 5 + [429]
@@ -173,13 +126,13 @@ def test_login_throttled_token_flag_warned_and_token_file_used_by_check(tmp_path
 
 
 def test_quiet_hides_the_progress_line_but_not_a_store_process_crash(tmp_path: Path) -> None:
-    with clickwatch_up(tmp_path, "--quiet") as (process, proxy, _, log):
-        with httpx.Client(proxy=f"http://127.0.0.1:{proxy}", timeout=10, trust_env=False) as client:
+    with clickwatch_up(tmp_path) as up:
+        with up.client(timeout=10) as client:
             # Refused by the closed port: a failed delivery, enough to start the store process.
             client.post(f"http://127.0.0.1:{free_port()}/edge/clickstreamEvents", json={"productSku": "1"})
 
             def store_process() -> int | None:
-                for pid in _tree(process.pid)[1:]:
+                for pid in _tree(up.process.pid)[1:]:
                     with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as handle:
                         if b"clickwatch.store.worker" in handle.read():
                             return pid
@@ -188,6 +141,6 @@ def test_quiet_hides_the_progress_line_but_not_a_store_process_crash(tmp_path: P
             worker = wait_until(store_process, 20, "the store process")
             os.kill(worker, signal.SIGKILL)
             client.post(f"http://127.0.0.1:{free_port()}/edge/clickstreamEvents", json={"productSku": "2"})
-            wait_until(lambda: "store process ended unexpectedly" in log.read_text(), 20, "the crash in the output")
+            wait_until(lambda: "store process ended unexpectedly" in up.log(), 20, "the crash in the output")
         time.sleep(2.5)  # longer than one progress period: --quiet must have kept the progress line out
-        assert "delivered," not in log.read_text()
+        assert "delivered," not in up.log()

@@ -13,10 +13,7 @@ import contextlib
 import itertools
 import json
 import re
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,9 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from clickwatch.standin import shopper
 from clickwatch.standin.faults import Faults
 from clickwatch.standin.server import TAG_PATTERN, StandIn
-from tests.integration.conftest import free_port, wait_until
+from tests.rig import CLICKWATCH, Up, clickwatch_up, wait_until
 
-CLICKWATCH = Path(sys.executable).with_name("clickwatch")
 GRACE_SECONDS = 2.0
 SILENCE_SECONDS = 3.0
 SLOW_SECONDS = 1.0
@@ -52,15 +48,8 @@ slow_delivery_seconds = {SLOW_SECONDS}
 _runs = itertools.count(1)
 
 
-@dataclass
-class Clickwatch:
-    """The running `clickwatch up`: its proxy, its dashboard API, its metrics and `clickwatch check`."""
-
-    proxy_url: str
-    dashboard_url: str
-    ca_cert: Path
-    process: subprocess.Popen[bytes]
-    log_path: Path
+class Clickwatch(Up):
+    """The running `clickwatch up` (tests.rig.Up), with its dashboard API, its metrics and `clickwatch check`."""
 
     def api(self, path: str, **params: Any) -> Any:
         answer = httpx.get(f"{self.dashboard_url}{path}", params=params, timeout=10, trust_env=False)
@@ -101,9 +90,6 @@ class Clickwatch:
         command = [str(CLICKWATCH), "check", "--url", self.dashboard_url, "--run", run, "--wait", str(wait), *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=wait + 60, check=False)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
 
 def metric_delta(
     before: dict[tuple[str, frozenset[tuple[str, str]]], float],
@@ -118,12 +104,6 @@ def metric_delta(
         return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
     return total(after) - total(before)
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
 
 
 @pytest.fixture(scope="session")
@@ -141,42 +121,9 @@ def _clickwatch_up(root: Path, confdir: Path, config_text: str, *extra: str) -> 
     """`clickwatch up` as a user starts it: a real process, its own store, short decision windows."""
     config = root / "clickwatch.toml"
     config.write_text(config_text)
-    proxy_port, dashboard_port = free_port(), free_port()
-    log_path = root / "up.log"
-    command = [
-        str(CLICKWATCH), "up", "--proxy-port", str(proxy_port), "--dashboard-port", str(dashboard_port),
-        "--db", str(root / "cw.db"), "--config", str(config), "--upstream-insecure", "--quiet",
-        "--set", "proxyauth=any", "--set", f"confdir={confdir}", *extra,
-    ]  # fmt: skip
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-        running = Clickwatch(
-            f"http://127.0.0.1:{proxy_port}",
-            f"http://127.0.0.1:{dashboard_port}",
-            confdir / "mitmproxy-ca-cert.pem",
-            process,
-            log_path,
-        )
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"clickwatch up exited with {process.returncode}:\n{running.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                healthy = httpx.get(f"{running.dashboard_url}/healthz", timeout=2, trust_env=False).status_code
-                return healthy == 200 and _listening(proxy_port)
-            return False
-
-        try:
-            wait_until(ready, 30.0, "clickwatch up to serve its proxy and dashboard", interval=0.1)
-            yield running
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+    args = ["--config", str(config), "--upstream-insecure", "--set", "proxyauth=any", *extra]
+    with clickwatch_up(root, *args, confdir=confdir) as up:
+        yield Clickwatch(**vars(up))  # the same process, seen with the e2e suite's readers
 
 
 @pytest.fixture(scope="session")

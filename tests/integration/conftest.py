@@ -6,7 +6,6 @@ the clickwatch addon loaded from `addon/capture.py`, and tests read the database
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -24,6 +23,10 @@ from typing import Any
 
 import httpx
 import pytest
+
+# free_port and wait_until are also imported from here by many tests.
+from tests.rig import free_port, listening, stop_process
+from tests.rig import wait_until as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ADDON = REPO / "addon" / "capture.py"
@@ -52,13 +55,6 @@ def _test_failed(node: pytest.Item) -> bool:
     return any(r.failed for r in reports.values())
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --- database helpers ---------------------------------------------------------------------------------
 
 
@@ -76,18 +72,6 @@ def read_deliveries(db_path: Path) -> list[dict[str, Any]]:
         raise
     finally:
         conn.close()
-
-
-def wait_until[T](probe: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Call `probe` until it returns something truthy; fail the test naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def query(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
@@ -278,12 +262,8 @@ class Proxy:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGINT, like Ctrl-C, then wait for exit; the addon writes its queue out before the process ends."""
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"proxy did not exit within {timeout:.0f} s of SIGINT\n--- proxy log ---\n{self.log()}")
+        if not stop_process(self.process, signal.SIGINT, timeout):
+            pytest.fail(f"proxy did not exit within {timeout:.0f} s of SIGINT\n--- proxy log ---\n{self.log()}")
         return int(self.process.returncode)
 
     def kill(self) -> None:
@@ -322,14 +302,11 @@ def start_proxy(tmp_path: Path, *options: str, new_session: bool = False) -> Pro
     proxy = Proxy(port, db_path, log_path, process, log_file)
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while True:
-        listening = False
         if not proxy.alive():
             output = proxy.log()
             log_file.close()
             pytest.fail(f"proxy exited with {process.returncode} during startup\n--- proxy log ---\n{output}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            listening = True
-        if listening:
+        if listening(port):
             # mitmproxy listens before the script's own startup errors make it exit: make sure it stays up.
             time.sleep(STARTUP_SETTLE)
             if proxy.alive():
@@ -345,12 +322,7 @@ def start_proxy(tmp_path: Path, *options: str, new_session: bool = False) -> Pro
 
 def _finish(proxy: Proxy, node: pytest.Item) -> None:
     try:
-        if proxy.alive():
-            proxy.process.send_signal(signal.SIGINT)
-            try:
-                proxy.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proxy.kill()
+        stop_process(proxy.process, signal.SIGINT, STOP_TIMEOUT)
         if _test_failed(node):
             print(f"--- proxy log ({proxy.log_path}) ---\n{proxy.log()}")
     finally:

@@ -3,12 +3,8 @@ in the store, the rest are recorded failed with a reason, and nothing prints a t
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import Upstream, free_port, wait_until
+from tests.rig import clickwatch_up
 
-CLICKWATCH = Path(sys.executable).with_name("clickwatch")
+from .conftest import Upstream
+
 STOPS = 10
 LOAD_SECONDS = 3.0
 CONNECTIONS = 4
@@ -61,41 +58,19 @@ class _Load:
 
 def _stop_under_load(root: Path, upstream: Upstream, run: int, sig: signal.Signals) -> tuple[int, int, float]:
     """One `clickwatch up`, loaded, then stopped by `sig`: (answered 201, recorded delivered, seconds to stop)."""
-    root.mkdir()
-    proxy_port, dashboard_port = free_port(), free_port()
-    command = [
-        str(CLICKWATCH), "up", "--quiet", "--proxy-port", str(proxy_port), "--dashboard-port", str(dashboard_port),
-        "--db", str(root / "cw.db"), "--set", f"confdir={root / 'mitm'}",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("CLICKWATCH_")}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"clickwatch up exited with {process.returncode}: {process.communicate()}")
-            with contextlib.suppress(httpx.HTTPError):
-                url = f"http://127.0.0.1:{dashboard_port}/healthz"
-                return httpx.get(url, timeout=2, trust_env=False).status_code == 200
-            return False
-
-        wait_until(ready, 30.0, "clickwatch up to start", interval=0.1)
-        load = _Load(f"http://127.0.0.1:{proxy_port}", upstream, run)
+    with clickwatch_up(root) as up:
+        load = _Load(up.proxy_url, upstream, run)
         try:
             time.sleep(LOAD_SECONDS)
             started = time.monotonic()
-            process.send_signal(sig)
-            out, err = process.communicate(timeout=60)
+            returncode = up.stop(sig, timeout=60)
             took = time.monotonic() - started
         finally:
             load.end()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, err.decode()
-    assert "Traceback" not in err.decode() and "Traceback" not in out.decode(), err.decode()
-    conn = sqlite3.connect(root / "cw.db")
+    output = up.log()
+    assert returncode == 0, output
+    assert "Traceback" not in output, output
+    conn = sqlite3.connect(up.db)
     stored = {url.split("/", 3)[3]: verdict for url, verdict in conn.execute("SELECT url, verdict FROM deliveries")}
     unexplained = conn.execute(
         "SELECT count(*) FROM deliveries WHERE verdict NOT IN ('delivered', 'failed') OR "

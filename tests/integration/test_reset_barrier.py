@@ -4,77 +4,24 @@ judge forgets the run's visitors."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
-from .conftest import Upstream, free_port, query, wait_until
+from tests.rig import Up, clickwatch_up, wait_until
 
-CLICKWATCH = Path(sys.executable).with_name("clickwatch")
+from .conftest import Upstream, query
+
 BODY = {"productSku": "300938", "productName": "Camera"}
 HEADERS = {"hybris-schema": "context/commerce/ProductView", "consent-reference": "cr-1"}
 CAPTURED = ("deliveries", "findings", "consent_signals", "datalayer", "visitors")
 
 
-@dataclass
-class Up:
-    process: subprocess.Popen[bytes]
-    proxy_url: str
-    dashboard_url: str
-    db: Path
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def client(self, run: str) -> httpx.Client:
-        return httpx.Client(proxy=self.proxy_url, timeout=15, trust_env=False, headers={"X-Clickwatch-Run": run})
-
-
-@contextlib.contextmanager
-def clickwatch_up(root: Path) -> Iterator[Up]:
-    """`clickwatch up` on free loopback ports, stopped with SIGINT (killed if it hangs) on exit."""
-    proxy_port, dashboard_port = free_port(), free_port()
-    log_path = root / "up.log"
-    command = [
-        str(CLICKWATCH), "up", "--quiet", "--proxy-port", str(proxy_port), "--dashboard-port", str(dashboard_port),
-        "--db", str(root / "cw.db"), "--set", f"confdir={root / 'mitm'}",
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("CLICKWATCH_")}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        up = Up(
-            process, f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{dashboard_port}", root / "cw.db", log_path
-        )
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"clickwatch up exited with {process.returncode}:\n{up.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{up.dashboard_url}/healthz", timeout=2, trust_env=False).status_code == 200
-            return False
-
-        try:
-            wait_until(ready, 30.0, "clickwatch up to serve its dashboard and store", interval=0.1)
-            yield up
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+def client_as(up: Up, run: str) -> httpx.Client:
+    """A client through the proxy whose calls belong to `run`."""
+    return up.client(headers={"X-Clickwatch-Run": run})
 
 
 def rows_of(db: Path, run: str) -> dict[str, int]:
@@ -89,7 +36,7 @@ def burst(up: Up, upstream: Upstream, run: str, threads: int, each: int) -> int:
 
     def post(n: int) -> None:
         ok = 0
-        with up.client(run) as client:
+        with client_as(up, run) as client:
             for i in range(each):
                 response = client.post(
                     upstream.url(f"/s201/{n}-{i}/edge/clickstreamEvents"), json=BODY, headers=HEADERS
@@ -111,7 +58,7 @@ def reset(up: Up, run: str | None) -> httpx.Response:
 
 
 def consent_reference(up: Up, upstream: Upstream, run: str) -> None:
-    with up.client(run) as client:
+    with client_as(up, run) as client:
         response = client.post(upstream.url("/s201/consent/acme/consentReferences"), json={}, headers=HEADERS)
     assert response.status_code == 201
 

@@ -26,8 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from clickwatch.standin import certs
-from tests.integration.conftest import PAGE_HTML, Proxy, Upstream, free_port, query, wait_until
-from tests.integration.test_streaming import CLICKWATCH, WAIT, Up, clickwatch_up
+from tests.integration.conftest import PAGE_HTML, Proxy, Upstream, query
+from tests.rig import CLICKWATCH, Up, clickwatch_up, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +36,7 @@ TENANT = "iss.test"
 OTHER = "cdn.other.test"
 TENANT_HOST = r"^iss\.test$"
 OBSERVER_TAG = b"/__clickwatch/observer.js"
+WAIT = 15.0  # seconds any connection or request here waits before the test fails
 
 
 class _TlsHandler(BaseHTTPRequestHandler):

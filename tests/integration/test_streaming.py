@@ -7,15 +7,10 @@ figures measured are printed (`pytest -s`).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,78 +21,14 @@ import pytest
 from playwright.sync_api import Playwright, expect
 
 from clickwatch.standin.shopper import CHROMIUM_ARGS
-from tests.integration.conftest import Upstream, free_port, query, wait_until
+from tests.integration.conftest import Upstream, query
+from tests.rig import Up, clickwatch_up, wait_until
 
 pytestmark = pytest.mark.integration
 
-CLICKWATCH = Path(sys.executable).with_name("clickwatch")
 CHROMIUM = Path("/usr/bin/chromium")
 MB = 1024 * 1024
 WAIT = 15.0  # the longest any side waits for the other before the test fails
-
-
-# --- clickwatch up ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Up:
-    """A running `clickwatch up`: its proxy and dashboard on free loopback ports."""
-
-    process: subprocess.Popen[bytes]
-    proxy_url: str
-    dashboard_url: str
-    log_path: Path
-    db_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(proxy=self.proxy_url, timeout=WAIT, trust_env=False, **kwargs)
-
-    def rss(self) -> int:
-        """The proxy process's resident memory, in bytes (the store works in a process of its own)."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS in /proc")
-
-
-@contextlib.contextmanager
-def clickwatch_up(root: Path, *args: str) -> Iterator[Up]:
-    """`clickwatch up` as a user starts it, stopped with SIGINT (killed if it hangs) on exit."""
-    root.mkdir(parents=True, exist_ok=True)
-    proxy_port, dashboard_port = free_port(), free_port()
-    log_path = root / "up.log"
-    command = [
-        str(CLICKWATCH), "up", "--quiet", "--proxy-port", str(proxy_port), "--dashboard-port", str(dashboard_port),
-        "--db", str(root / "cw.db"), "--set", f"confdir={root / 'mitm'}", *args,
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and not k.startswith("CLICKWATCH_")}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-        up = Up(
-            process, f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{dashboard_port}", log_path, root / "cw.db"
-        )
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"clickwatch up exited with {process.returncode}:\n{up.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{up.dashboard_url}/healthz", timeout=2, trust_env=False).status_code == 200
-            return False
-
-        try:
-            wait_until(ready, 30.0, "clickwatch up to serve its dashboard and store", interval=0.1)
-            yield up
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
 
 
 # --- a loopback server that streams ---------------------------------------------------------------------------------
@@ -279,19 +210,27 @@ def test_server_sent_events_arrive_as_they_are_sent(up: Up, streaming: _Streamin
 # --- large bodies ---------------------------------------------------------------------------------------------------
 
 
+def proxy_rss(up: Up) -> int:
+    """The proxy process's resident memory, in bytes (the store works in a process of its own)."""
+    for line in Path(f"/proc/{up.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc")
+
+
 class _RssSampler:
     """The proxy's largest resident memory while something passes through it."""
 
     def __init__(self, up: Up) -> None:
         self.up = up
-        self.baseline = up.rss()
+        self.baseline = proxy_rss(up)
         self.peak = self.baseline
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.up.rss())
+            self.peak = max(self.peak, proxy_rss(self.up))
 
     def __enter__(self) -> _RssSampler:
         self._thread.start()
@@ -364,14 +303,18 @@ def wait_for_upload(server: _StreamingServer) -> bool:
     return False
 
 
-def test_tracking_calls_are_still_read_whole_and_judged(up: Up, upstream: Upstream) -> None:
+def tracking_call(up: Up, upstream: Upstream) -> httpx.Response:
+    """One clickstream call through the proxy to the test upstream, which answers 201."""
     with up.client() as client:
-        answer = client.post(
+        return client.post(
             upstream.url("/s201/edge/clickstreamEvents"),
             json={"productSku": "1"},
             headers={"hybris-schema": "context/commerce/ProductView", "consent-reference": "cr"},
         )
-    assert answer.status_code == 201
+
+
+def test_tracking_calls_are_still_read_whole_and_judged(up: Up, upstream: Upstream) -> None:
+    assert tracking_call(up, upstream).status_code == 201
     with httpx.Client(base_url=up.dashboard_url, timeout=WAIT, trust_env=False) as api:
         items = wait_until(lambda: api.get("/api/deliveries").json()["items"], 10, "the delivery")
     assert items[0]["verdict"] == "delivered"
@@ -397,7 +340,7 @@ def test_tracking_calls_and_pages_of_unknown_length_are_still_read_whole(up: Up,
     assert b"/__clickwatch/observer.js" in page.content  # read whole: the observer was added to it
     rows = wait_until(
         lambda: query(
-            up.db_path,
+            up.db,
             "SELECT verdict, request_body_size FROM deliveries WHERE url = ?",
             _url(streaming, "/edge/clickstreamEvents"),
         ),
@@ -426,13 +369,7 @@ def test_the_live_page_viewed_through_the_proxy_updates(
             page.goto(f"{running.dashboard_url}/")
             expect(page.locator("#conn")).to_have_text("live", timeout=10000)
             expect(page.locator("#rows tr")).to_have_count(0)
-            with running.client() as client:
-                answer = client.post(
-                    upstream.url("/s201/edge/clickstreamEvents"),
-                    json={"productSku": "1"},
-                    headers={"hybris-schema": "context/commerce/ProductView", "consent-reference": "cr"},
-                )
-            assert answer.status_code == 201
+            assert tracking_call(running, upstream).status_code == 201
             row = page.locator("#rows tr").first
             expect(row.locator(".verdict")).to_have_text("delivered", timeout=10000)
             expect(row.locator(".col-schema")).to_have_text("ProductView")
