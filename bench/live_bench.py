@@ -15,9 +15,13 @@ How:
 - Load. A small threaded upstream answers 201; `--concurrency` keep-alive connections send clickstream POSTs through
   the proxy for `--seconds`, each with a unique `consent-reference` (the token the viewers look for). Phase 1 has no
   viewer; phase 2 the same load with `--viewers` streams open. The ratio is phase 2 / phase 1.
-- Viewers. Plain HTTP/1.1 clients on raw asyncio sockets in this process (cheap, so that the measuring costs the
-  proxy little CPU): each reads `/api/stream`, finds each token with a final verdict, and records when it came; a
+- Viewers. Plain HTTP/1.1 clients on raw asyncio sockets (cheap, so that the measuring costs the proxy little CPU),
+  spread over `--viewer-processes` processes of their own (here, they would hold the interpreter lock the load
+  generator needs): each reads `/api/stream`, finds each token with a final verdict, and records when it came; a
   `reconnect` event is followed by a reconnect with Last-Event-ID. After the load, viewers get `--grace` seconds.
+  A thread of the first viewers' process notes when each token is final in the store: store→viewer is the
+  dashboard's own part of the delay.
+- CPU. The proxy's processes' CPU per POST in each phase (`/proc`), and the viewers' processes' CPU.
 - Everything listens on 127.0.0.1; child processes are stopped with SIGINT (then killed) and every phase is bounded.
 
 It prints figures; it is not a test. Exit code 0: the measurement ran (even with a MISS); 2: something did not start.
@@ -28,11 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.server
+import multiprocessing
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -40,6 +46,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,6 +106,7 @@ class Layout:
     """The proxy and the dashboard, started for one store."""
 
     name: str
+    db: Path
     proxy_port: int
     dashboard_port: int
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -106,7 +114,7 @@ class Layout:
     @classmethod
     def start(cls, name: str, workdir: Path) -> Layout:
         db = workdir / f"{name}.db"
-        layout = cls(name, free_port(), free_port())
+        layout = cls(name, db, free_port(), free_port())
         bin_dir = Path(sys.executable).parent
         log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the processes)
         conf = ["--set", f"confdir={workdir / 'conf'}"]
@@ -123,12 +131,31 @@ class Layout:
             command += ["--host", HOST, "--port", str(layout.dashboard_port), "--log-level", "warning"]
             command += ["--no-access-log"]
             env = _env(CLICKWATCH_DB=str(db), CLICKWATCH_CONFDIR=str(workdir / "conf"))
-            layout.processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log))
+            layout.processes.append(subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=log))
         log.close()
         for process in layout.processes:
             wait_port(layout.proxy_port, process, name)
         wait_port(layout.dashboard_port, layout.processes[-1], f"{name} dashboard")
         return layout
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the layout's processes and their children (the store process)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        stats: dict[int, tuple[int, int]] = {}  # pid: (parent, ticks)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        ours = {p.pid for p in self.processes}
+        grew = True
+        while grew:
+            more = {pid for pid, (parent, _) in stats.items() if parent in ours} - ours
+            ours |= more
+            grew = bool(more)
+        return sum(stats[pid][1] for pid in ours if pid in stats) / tick
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -229,35 +256,120 @@ class Viewer:
                 writer.close()
 
 
+def _store_watch(db: Path, stored: dict[int, float], stop: threading.Event) -> None:
+    """Note when each token's delivery is final in the store: what the dashboard cannot be faster than."""
+    while not stop.is_set() and not db.exists():
+        time.sleep(0.05)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    seq = conn.execute("SELECT coalesce(max(seq), 0) FROM deliveries").fetchone()[0]
+    while not stop.wait(0.02):
+        rows = conn.execute(
+            "SELECT seq, consent_reference FROM deliveries WHERE seq > ? AND verdict IN "
+            "('delivered', 'rejected', 'failed') ORDER BY seq",
+            (seq,),
+        ).fetchall()
+        now = time.perf_counter()
+        for _seq, reference in rows:
+            if reference and reference.startswith("lb-"):
+                stored.setdefault(int(reference[3:]), now)
+    conn.close()
+
+
+def _viewers_process(port: int, count: int, db: Path | None, conn: Connection) -> None:
+    """In a child process: `count` viewers; says "ready" once all are connected, reports when told to stop."""
+
+    async def follow() -> None:
+        viewers = [Viewer(port) for _ in range(count)]
+        for viewer in viewers:
+            viewer.start()
+        await asyncio.wait_for(asyncio.gather(*(v.connected.wait() for v in viewers)), 60)
+        stored: dict[int, float] = {}
+        stop = threading.Event()
+        watch = threading.Thread(target=_store_watch, args=(db, stored, stop), daemon=True)
+        if db is not None:
+            watch.start()
+        conn.send("ready")
+        await asyncio.to_thread(conn.recv)
+        for viewer in viewers:
+            assert viewer.task is not None
+            viewer.task.cancel()
+        stop.set()
+        if db is not None:
+            watch.join(5)
+        conn.send([(v.seen, v.reconnects, v.received) for v in viewers])
+        conn.send((time.process_time(), stored))
+
+    asyncio.run(follow())
+
+
 async def measure(layout: Layout, upstream_port: int, args: argparse.Namespace) -> dict[str, float]:
     load = Load(layout.proxy_port, upstream_port, args.concurrency)
     await load.run(min(3.0, args.seconds))  # warm-up: the store is created, connections made
+    cpu = layout.cpu_seconds()
     alone = await load.run(args.seconds)
-    viewers = [Viewer(layout.dashboard_port) for _ in range(args.viewers)]
-    for viewer in viewers:
-        viewer.start()
-    await asyncio.wait_for(asyncio.gather(*(v.connected.wait() for v in viewers)), 60)
-    await asyncio.sleep(1.0)
-    first_token = load.next_token
-    watched = await load.run(args.seconds)
-    await asyncio.sleep(args.grace)
-    for viewer in viewers:
-        assert viewer.task is not None
-        viewer.task.cancel()
+    cpu_alone = (layout.cpu_seconds() - cpu) / (alone * args.seconds)
+    # The viewers run in processes of their own: in this one, their parsing would hold the interpreter lock that the
+    # load generator needs, and slow the load (not the proxy) down; in one process, the last of 200 viewers would
+    # note an event when the other 199 are parsed. The first process also watches the store.
+    spawn = multiprocessing.get_context("spawn")
+    shares = [
+        args.viewers // args.viewer_processes + (n < args.viewers % args.viewer_processes)
+        for n in range(max(1, min(args.viewers, args.viewer_processes)))
+    ]
+    children: list[tuple[Connection, multiprocessing.context.SpawnProcess]] = []
+    for n, share in enumerate(shares):
+        ours, theirs = spawn.Pipe()
+        child = spawn.Process(
+            target=_viewers_process,
+            args=(layout.dashboard_port, share, layout.db if n == 0 else None, theirs),
+            daemon=True,
+        )
+        child.start()
+        children.append((ours, child))
+    reports: list[tuple[dict[int, float], int, int]] = []
+    viewers_cpu = 0.0
+    stored: dict[int, float] = {}
+    try:
+        for ours, _ in children:
+            if not await asyncio.to_thread(ours.poll, 90):
+                raise BenchError("the viewers did not connect within 90 s")
+            ours.recv()
+        await asyncio.sleep(1.0)
+        first_token = load.next_token
+        cpu = layout.cpu_seconds()
+        watched = await load.run(args.seconds)
+        cpu_watched = (layout.cpu_seconds() - cpu) / (watched * args.seconds)
+        await asyncio.sleep(args.grace)
+        for ours, _ in children:
+            ours.send("stop")
+        for ours, _ in children:
+            if not await asyncio.to_thread(ours.poll, 60):
+                raise BenchError("the viewers did not report within 60 s")
+            reports += ours.recv()
+            cpu_used, watched_store = ours.recv()
+            viewers_cpu += cpu_used
+            stored |= watched_store
+    finally:
+        for _, child in children:
+            child.join(5)
+            if child.is_alive():
+                child.kill()
     tokens = {t: at for t, at in load.answered.items() if t >= first_token}
-    late = [0] * len(viewers)
-    missing = [0] * len(viewers)
+    late = [0] * len(reports)
+    missing = [0] * len(reports)
     delays: list[float] = []
-    for n, viewer in enumerate(viewers):
+    for n, (seen, _, _) in enumerate(reports):
         for token, answered in tokens.items():
-            arrived = viewer.seen.get(token)
+            arrived = seen.get(token)
             if arrived is None:
                 missing[n] += 1
                 continue
-            delay = arrived - answered
+            delay = arrived - answered  # perf_counter is the system's monotonic clock: the same in both processes
             delays.append(delay)
             late[n] += delay > TARGET_SECONDS
     delays.sort()
+    # The dashboard's own part: from final in the store (seen by polling it every 20 ms) to the viewer.
+    own = sorted(at - stored[t] for seen, _, _ in reports for t, at in seen.items() if t in tokens and t in stored)
     return {
         "alone": alone,
         "watched": watched,
@@ -268,9 +380,14 @@ async def measure(layout: Layout, upstream_port: int, args: argparse.Namespace) 
         "p50": statistics.median(delays) if delays else float("nan"),
         "p99": delays[int(0.99 * (len(delays) - 1))] if delays else float("nan"),
         "max": delays[-1] if delays else float("nan"),
-        "reconnects": sum(v.reconnects for v in viewers),
+        "reconnects": sum(r[1] for r in reports),
         "missing_median": statistics.median(missing) if missing else 0,
-        "received_mb": sum(v.received for v in viewers) / 1e6,
+        "received_mb": sum(r[2] for r in reports) / 1e6,
+        "viewers_cpu": viewers_cpu,
+        "own_p50": statistics.median(own) if own else float("nan"),
+        "own_p99": own[int(0.99 * (len(own) - 1))] if own else float("nan"),
+        "cpu_alone": cpu_alone,
+        "cpu_watched": cpu_watched,
     }
 
 
@@ -279,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", choices=("up", "separate", "both"), default="both")
     parser.add_argument("--viewers", type=int, default=200, help="live-stream viewers (200)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of load per phase (10)")
+    parser.add_argument("--viewer-processes", type=int, default=4, help="processes the viewers are spread over (4)")
     parser.add_argument("--concurrency", type=int, default=10, help="keep-alive load connections (10)")
     parser.add_argument("--grace", type=float, default=2.0, help="seconds the viewers get after the load (2)")
     args = parser.parse_args(argv)
@@ -305,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\n{'layout':<9} {'alone':>8} {'viewed':>8} {'ratio':>6} {'POSTs':>6} {'missing':>8} {'>1 s':>6} "
-        f"{'p50':>7} {'p99':>7} {'max':>7} {'reconn':>6}  result"
+        f"{'p50':>7} {'p99':>7} {'max':>7} {'reconn':>6} {'ms/POST':>11} {'viewers':>12} {'store→viewer':>13}  result"
     )
     for name, f in rows:
         ratio = f["watched"] / f["alone"] if f["alone"] else 0.0
@@ -313,9 +431,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{name:<9} {f['alone']:>6.1f}/s {f['watched']:>6.1f}/s {ratio:>6.3f} {f['deliveries']:>6} "
             f"{f['missing_max']:>8} {f['late_max']:>6} {f['p50'] * 1e3:>5.0f}ms {f['p99'] * 1e3:>5.0f}ms "
-            f"{f['max'] * 1e3:>5.0f}ms {f['reconnects']:>6}  {'PASS' if ok else 'MISS'}"
+            f"{f['max'] * 1e3:>5.0f}ms {f['reconnects']:>6} "
+            f"{f['cpu_alone'] * 1e3:>4.1f}→{f['cpu_watched'] * 1e3:<5.1f} "
+            f"{f['viewers_cpu']:>4.1f}s {f['received_mb']:>4.0f}MB "
+            f"{f['own_p50'] * 1e3:>5.0f}/{f['own_p99'] * 1e3:<5.0f}ms  {'PASS' if ok else 'MISS'}"
         )
     print("missing / >1 s: the worst viewer's count of deliveries not seen at all / seen later than 1 s after the 201")
+    print("ms/POST: CPU of the proxy's processes (store process and dashboard included) per POST, alone → viewed;")
+    print("viewers: CPU time and bytes of the viewers' process (its own process: it must not slow the load down)")
+    print("store→viewer: p50/p99 from final in the store to the viewer, the dashboard's own part of the delay")
     return 0
 
 

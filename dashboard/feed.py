@@ -2,10 +2,12 @@
 
 Each stream client used to poll the store itself, four times a second, and a filtered one walked its matching rows
 each time: five filtered viewers burned most of a core in the proxy's process. Here one task per event loop and
-store reads each new change once, encodes it as JSON once, and offers it to every subscriber's bounded queue; a
-subscriber's filter is applied in memory (`DeliveryFilter.matches`). A subscriber that falls a whole queue behind
-is not buffered without bound: it is marked overflowed, and its stream tells the browser to reconnect, which
-resumes from its Last-Event-ID through the change-number index.
+store reads each new change once, encodes it as JSON once, and publishes each read as one batch whose frames are
+joined once: a subscriber that takes everything writes that same bytes object, and only a filtered one looks at the
+items (`DeliveryFilter.matches`). All subscribers are woken by one event per batch; nothing is copied per
+subscriber. A subscriber that falls more than `queue_size` changes behind is not buffered without bound: it is marked
+overflowed, and its stream tells the browser to reconnect, which resumes from its Last-Event-ID through the
+change-number index.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import math
 import sqlite3
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,33 +58,49 @@ def _finite(value: Any) -> Any:
     return value
 
 
-class Subscription:
-    """One stream's bounded queue of matching changes."""
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The changes of one read, in change-number order, with their frames joined once for all subscribers."""
 
-    def __init__(self, flt: reader.DeliveryFilter, size: int) -> None:
+    changes: tuple[Change, ...]
+    frames: bytes
+    end: int  # changes published up to and including this batch, counted from the feed's start
+
+    @property
+    def first(self) -> int:
+        """The change number of the batch's first change."""
+        return self.changes[0].seq
+
+
+class Subscription:
+    """One stream's place in the feed: the batches published after it, up to `queue_size` changes behind."""
+
+    def __init__(self, feed: ChangeFeed, flt: reader.DeliveryFilter) -> None:
+        self.feed = feed
         self.flt = flt
-        self.queue: asyncio.Queue[Change | None] = asyncio.Queue(size)
+        self.everything = flt.is_empty()
+        self.taken = feed.published  # changes published before this subscriber are not for it
+        self.resets = feed.resets
         self.overflowed = False
 
-    def offer(self, item: Change) -> None:
-        """Queue a change if the filter takes it; on overflow, stop queueing and wake the stream to end."""
-        if self.overflowed or not self.flt.matches(item.item):
-            return
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.restart()
+    async def next(self, timeout: float) -> list[Batch]:
+        """The batches published since the last call, waiting up to `timeout` seconds for one (none: time out).
 
-    def restart(self) -> None:
-        """Tell the stream to end and have its client reconnect (it resumes from its Last-Event-ID)."""
-        self.overflowed = True
-        # Make room for the wake-up: what is dropped will be read again from the store on reconnect.
-        while True:
+        When this subscriber fell too far behind or the store was emptied, `overflowed` is set and nothing is returned.
+        """
+        feed = self.feed
+        if self.taken == feed.published and self.resets == feed.resets:
+            arrived = feed.arrived
             try:
-                self.queue.put_nowait(None)
-                return
-            except asyncio.QueueFull:
-                self.queue.get_nowait()
+                await asyncio.wait_for(arrived.wait(), timeout)
+            except TimeoutError:
+                return []
+        if self.resets != feed.resets or feed.published - self.taken > feed.queue_size:
+            self.overflowed = True
+            return []
+        batches = [batch for batch in feed.batches if batch.end > self.taken]
+        self.taken = feed.published
+        return batches
 
 
 class ChangeFeed:
@@ -96,13 +115,17 @@ class ChangeFeed:
         self.subscribers: set[Subscription] = set()
         self.position: int | None = None  # the newest change read; None until the first read
         self.rows_read = 0  # deliveries read from the store, for all subscribers together
+        self.published = 0  # changes published since the feed was made
+        self.resets = 0  # times the store was emptied under the feed
+        self.batches: deque[Batch] = deque()  # the last `queue_size` changes (or more), for subscribers behind
+        self.arrived = asyncio.Event()  # set (and replaced) when a batch is published or the store was emptied
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._conn: sqlite3.Connection | None = None
 
     def subscribe(self, flt: reader.DeliveryFilter) -> Subscription:
         """A new subscriber; starts the reader if it was idle."""
-        sub = Subscription(flt, self.queue_size)
+        sub = Subscription(self, flt)
         self.subscribers.add(sub)
         if self._task is None or self._task.done():
             self.position = None
@@ -113,9 +136,29 @@ class ChangeFeed:
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget a subscriber; the reader stops after its next wait when none is left."""
         self.subscribers.discard(sub)
+        if not self.subscribers:
+            self.batches.clear()
+
+    def publish(self, changes: list[Change]) -> None:
+        """Offer one read's changes to every subscriber: one batch, one wake-up."""
+        self.published += len(changes)
+        self.batches.append(Batch(tuple(changes), b"".join(c.frame for c in changes), self.published))
+        while self.batches and self.batches[0].end <= self.published - self.queue_size:
+            self.batches.popleft()
+        self._wake()
+
+    def reset(self) -> None:
+        """The store was emptied under the feed: every subscriber restarts (reconnects) from the new newest."""
+        self.resets += 1
+        self.batches.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        arrived, self.arrived = self.arrived, asyncio.Event()
+        arrived.set()
 
     async def ready(self) -> int:
-        """Wait for the reader's starting position: every change after it reaches the subscribers' queues."""
+        """Wait for the reader's starting position: every change after it is published to the subscribers."""
         await self._ready.wait()
         return self.position or 0
 
@@ -134,11 +177,9 @@ class ChangeFeed:
                     failing = False
                 self._ready.set()
                 if reset:
-                    for sub in list(self.subscribers):
-                        sub.restart()
-                for item in changes:
-                    for sub in list(self.subscribers):
-                        sub.offer(item)
+                    self.reset()
+                if changes:
+                    self.publish(changes)
                 if len(changes) < self.batch:
                     await asyncio.sleep(self.poll_seconds)
         finally:

@@ -13,7 +13,7 @@ from clickwatch.dashboard.metrics import StoreCollector, registry_for, render
 from clickwatch.dashboard.pages import delivery, diff, live, login, setup, visitors
 from clickwatch.dashboard.routes import api, bundle, health
 from clickwatch.dashboard.routes import diff as diff_api
-from clickwatch.dashboard.security import BodyLimit, Sessions, Throttle, browser_guard, token_guard
+from clickwatch.dashboard.security import BodyLimit, BrowserGuard, Sessions, Throttle, TokenGuard
 from clickwatch.dashboard.settings import DashboardSettings
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -40,9 +40,10 @@ def create_app(settings: DashboardSettings | None = None) -> FastAPI:
     app.state.throttle = Throttle()
     if settings.token:
         app.state.sessions = Sessions(settings.token)
-        app.middleware("http")(token_guard(settings.token, app.state.sessions, app.state.throttle))
-    # Added after, so it runs before: refuse foreign Hosts and cross-origin writes before anything else.
-    app.middleware("http")(browser_guard(settings.listen_host, token_required=bool(settings.token)))
+        app.add_middleware(TokenGuard, token=settings.token, sessions=app.state.sessions, throttle=app.state.throttle)
+    # Added after, so it runs before: refuse foreign Hosts and cross-origin writes before anything else. Plain ASGI
+    # middlewares only: an `http` middleware would pass every chunk of every live stream through a task and a queue.
+    app.add_middleware(BrowserGuard, listen_host=settings.listen_host, token_required=bool(settings.token))
     # Outermost: no request body larger than the dashboard needs is ever read.
     app.add_middleware(BodyLimit)
     registry = registry_for(StoreCollector(settings.db))

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from fastapi import Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.requests import HTTPConnection, Request
 
 COOKIE = "clickwatch_session"
 OPEN_PATHS = frozenset({"/healthz", "/login"})
@@ -28,7 +28,11 @@ MAX_BODY_BYTES = 64 * 1024
 GUESSES_PER_MINUTE = 5
 _TRACKED_ADDRESSES = 10_000
 
-Middleware = Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # --- sessions -----------------------------------------------------------------------------------------------
@@ -66,7 +70,7 @@ class Sessions:
         return int(expiry) > (time.time() if now is None else now)
 
 
-def supplied_token(request: Request) -> str | None:
+def supplied_token(request: HTTPConnection) -> str | None:
     """The token a request carries: Authorization bearer or X-Clickwatch-Token header."""
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
@@ -149,34 +153,49 @@ def too_many(retry_after: int) -> JSONResponse:
 # --- the guards ---------------------------------------------------------------------------------------------
 
 
-def token_guard(token: str, sessions: Sessions, throttle: Throttle) -> Middleware:
-    """Middleware refusing every request without the token or a session, except health checks, login, static files.
+class TokenGuard:
+    """ASGI middleware refusing every request without the token or a session, except health checks, login, static
+    files. A wrong token counts against the client's address like a wrong login.
 
-    A wrong token counts against the client's address like a wrong login.
+    Plain ASGI, not an `http` middleware: a granted request goes on with the server's own `send`, so a stream's
+    writes cost nothing here (Starlette's `BaseHTTPMiddleware` passed every chunk through a task and a queue).
     """
 
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    def __init__(self, app: ASGIApp, token: str, sessions: Sessions, throttle: Throttle) -> None:
+        self.app = app
+        self.token = token
+        self.sessions = sessions
+        self.throttle = throttle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = HTTPConnection(scope)
         path = request.url.path
-        if path in OPEN_PATHS or path.startswith("/static/") or sessions.valid(request.cookies.get(COOKIE)):
-            return await call_next(request)
+        if path in OPEN_PATHS or path.startswith("/static/") or self.sessions.valid(request.cookies.get(COOKIE)):
+            await self.app(scope, receive, send)
+            return
         supplied = supplied_token(request)
         if supplied is not None:
             key = client_key(request.client.host if request.client else None)
-            if wait := throttle.retry_after(key):
-                return too_many(wait)
-            if token_matches(supplied, token):
-                return await call_next(request)
-            throttle.failed(key)
+            if wait := self.throttle.retry_after(key):
+                await too_many(wait)(scope, receive, send)
+                return
+            if token_matches(supplied, self.token):
+                await self.app(scope, receive, send)
+                return
+            self.throttle.failed(key)
         if path.startswith("/api/") or path == "/metrics" or path in ("/openapi.json", "/docs"):
-            return JSONResponse(
+            refusal = JSONResponse(
                 {"detail": "access token required: send 'Authorization: Bearer <token>' or log in at /login"},
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
+            await refusal(scope, receive, send)
+            return
         target = path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
-
-    return guard
+        await RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)(scope, receive, send)
 
 
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -203,7 +222,7 @@ def _origin(scheme: str, netloc: str) -> tuple[str, str, int] | None:
     return scheme, parts.hostname, port
 
 
-def cross_origin_write(request: Request) -> bool:
+def cross_origin_write(request: HTTPConnection) -> bool:
     """Whether a write comes from a page of another origin than the dashboard's own (another port included).
 
     Browsers send Origin on every cross-origin POST (forms and no-cors fetches too) and Sec-Fetch-Site on every
@@ -222,30 +241,33 @@ def cross_origin_write(request: Request) -> bool:
     return not sep or own is None or _origin(scheme, rest) != own
 
 
-def browser_guard(listen_host: str, token_required: bool) -> Middleware:
-    """Refuse cross-origin writes (a page on another site or port POSTing /api/reset) and, without a token,
-    requests for a Host that is not this machine (DNS rebinding reading captured data)."""
-    allowed = LOOPBACK_NAMES | {_hostname(listen_host)}
+class BrowserGuard:
+    """ASGI middleware refusing cross-origin writes (a page on another site or port POSTing /api/reset) and, without
+    a token, requests for a Host that is not this machine (DNS rebinding reading captured data)."""
 
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if not token_required and request.url.path != "/healthz":
+    def __init__(self, app: ASGIApp, listen_host: str, token_required: bool) -> None:
+        self.app = app
+        self.token_required = token_required
+        self.allowed = LOOPBACK_NAMES | {_hostname(listen_host)}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = HTTPConnection(scope)
+        if not self.token_required and request.url.path != "/healthz":
             host = _hostname(request.headers.get("host", ""))
-            if host not in allowed:
-                return JSONResponse({"detail": f"unexpected Host {host!r}: use http://127.0.0.1"}, status_code=421)
-        if request.method not in SAFE_METHODS and cross_origin_write(request):
-            return JSONResponse({"detail": "cross-origin request refused"}, status_code=403)
-        return await call_next(request)
-
-    return guard
+            if host not in self.allowed:
+                refusal = JSONResponse({"detail": f"unexpected Host {host!r}: use http://127.0.0.1"}, status_code=421)
+                await refusal(scope, receive, send)
+                return
+        if scope["method"] not in SAFE_METHODS and cross_origin_write(request):
+            await JSONResponse({"detail": "cross-origin request refused"}, status_code=403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 # --- bounded bodies -----------------------------------------------------------------------------------------
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BodyTooLarge(Exception):
@@ -295,7 +317,7 @@ class BodyLimit:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        # except*: Starlette's "http" middlewares hand it on inside an ExceptionGroup.
+        # except*: should an `http` middleware (or a task group) come between, it hands it on in an ExceptionGroup.
         try:
             await self.app(scope, counted, watched)
         except* BodyTooLarge:

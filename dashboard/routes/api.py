@@ -226,18 +226,20 @@ async def stream(
 
 
 async def _follow(db: str, feed: ChangeFeed, flt: reader.DeliveryFilter, start: int | None) -> AsyncIterator[bytes]:
-    """One stream's bytes: the catch-up from the store, then the feed's changes, several events per write.
+    """One stream's bytes: the catch-up from the store, then the feed's batches, one write per batch (or fewer).
 
-    Events are framed once by the feed and written in batches (whatever waits in the queue goes out in one write):
-    with 200 viewers, one write per event and viewer cost the proxy's process more than the reading ever did.
+    A stream that takes everything writes the batch's frames as the feed joined them, the same bytes object for every
+    viewer: with 200 viewers, per-viewer work is what costs the proxy's process, not the reading.
     """
-    # Subscribe first, then catch up from the store: whatever the feed reads from now on reaches the queue, and the
-    # catch-up reads at least up to where the feed started, so nothing falls between the two (duplicates are skipped).
+    # Subscribe first, then catch up from the store: whatever the feed publishes from now on reaches this subscriber,
+    # and the catch-up reads at least up to where the feed started, so nothing falls between (duplicates are skipped).
     sub = feed.subscribe(flt)
     try:
-        await feed.ready()
-        sent = await asyncio.to_thread(_start_seq, db, start)
-        while True:
+        position = await feed.ready()
+        # "From now" is the feed's position: what comes after it, the feed brings, so the store is not touched (200
+        # viewers connecting at once cost 400 connections to the store otherwise).
+        sent = position if start is None else await asyncio.to_thread(_start_seq, db, start)
+        while start is not None:
             backlog = [change(item) for item in await asyncio.to_thread(_changes, db, sent, flt)]
             if backlog:
                 sent = max(sent, backlog[-1].seq)
@@ -245,29 +247,25 @@ async def _follow(db: str, feed: ChangeFeed, flt: reader.DeliveryFilter, start: 
             if len(backlog) < CATCH_UP_BATCH:
                 break
         while True:
-            try:
-                queued = await asyncio.wait_for(sub.queue.get(), KEEP_ALIVE_SECONDS)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            batch = [queued]
-            while not sub.queue.empty():
-                batch.append(sub.queue.get_nowait())
-            frames = []
-            for item in batch:
-                if item is None or sub.overflowed:
-                    break
-                if item.seq > sent:
-                    sent = item.seq
-                    frames.append(item.frame)
-            if frames:
-                yield b"".join(frames)
+            batches = await sub.next(KEEP_ALIVE_SECONDS)
             if sub.overflowed:
-                # This client fell a whole queue behind (or the store was emptied): rather than buffer without bound,
-                # end the stream; EventSource reconnects after `retry` ms and resumes from its Last-Event-ID.
+                # This client fell too far behind (or the store was emptied): rather than buffer without bound, end
+                # the stream; EventSource reconnects after `retry` ms and resumes from its Last-Event-ID.
                 note = json.dumps({"after": sent, "reason": "fell behind the live feed: reconnect with Last-Event-ID"})
                 yield f"event: reconnect\ndata: {note}\nid: {sent}\nretry: {RECONNECT_MS}\n\n".encode()
                 return
+            if not batches:
+                yield b": keep-alive\n\n"
+                continue
+            chunks = []
+            for batch in batches:
+                if sub.everything and batch.first > sent:
+                    chunks.append(batch.frames)
+                else:
+                    chunks.extend(c.frame for c in batch.changes if c.seq > sent and flt.matches(c.item))
+                sent = max(sent, batch.changes[-1].seq)
+            if chunks:
+                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
     finally:
         feed.unsubscribe(sub)
 

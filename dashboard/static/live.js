@@ -15,6 +15,8 @@
   var lastSeq = Number(root.getAttribute("data-after")) || 0;
   var source = null;
   var summaryTimer = null;
+  var summaryLast = 0;
+  var SUMMARY_EVERY_MS = 1000; // at most one summary request per second and page, however fast events arrive
   var funnel = document.getElementById("funnel");
   var funnelRows = document.getElementById("funnel-rows");
   var funnelEmpty = document.getElementById("funnel-empty");
@@ -164,6 +166,7 @@
 
   function refreshSummary() {
     summaryTimer = null;
+    summaryLast = Date.now();
     fetch("/api/summary" + (query ? "?" + query : ""), { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (s) { if (s) applySummary(s); })
@@ -171,8 +174,9 @@
   }
 
   function scheduleSummary() {
-    // At most one summary request per half second, however fast events arrive.
-    if (summaryTimer === null) summaryTimer = window.setTimeout(refreshSummary, 500);
+    // Coalesced: the events of a second (a batch of the live feed arrives at once) cost one request, not one each.
+    if (summaryTimer !== null) return;
+    summaryTimer = window.setTimeout(refreshSummary, Math.max(0, SUMMARY_EVERY_MS - (Date.now() - summaryLast)));
   }
 
   /* The funnel: one row per schema, the same markup as the funnel_row macro in templates/macros.html. */

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.middleware.base import BaseHTTPMiddleware
 
 from clickwatch.dashboard.deps import get_feed
 from clickwatch.dashboard.feed import ChangeFeed
@@ -175,6 +176,23 @@ def test_a_client_that_falls_behind_is_told_to_reconnect_and_loses_nothing(store
             "the whole burst after resuming",
         )
         resumed.stop()
+
+
+def test_streams_pass_the_guards_and_no_guard_handles_their_chunks(store: StoreBuilder) -> None:
+    """The token guard still refuses a stream without the token and lets one with it follow every change, and no
+    `http` middleware (Starlette's BaseHTTPMiddleware, a task and a queue per chunk) sits in a stream's path."""
+    with serve_dashboard(store.path, token="s3cret-token-for-streams") as dashboard:
+        app = dashboard.server.config.app  # type: ignore[attr-defined]
+        assert [m.cls for m in app.user_middleware if issubclass(m.cls, BaseHTTPMiddleware)] == []  # type: ignore[arg-type]
+        refused = httpx.get(f"{dashboard.url}/api/stream", trust_env=False, timeout=10)
+        assert refused.status_code == 401
+        follower = Follower(f"{dashboard.url}/api/stream", headers={"Authorization": "Bearer s3cret-token-for-streams"})
+        follower.start()
+        wait_until(lambda: _subscribed(dashboard, 1), 10.0, "the subscriber")
+        for n in range(3):
+            store.event(at=T0 + 1 + n, schema="ProductView")
+        wait_until(lambda: len(follower.deliveries()) == 3, 10.0, "three deliveries through the guards")
+        follower.stop()
 
 
 @pytest.mark.parametrize(
