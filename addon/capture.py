@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import re
@@ -66,9 +67,9 @@ def fail_open[F: Callable[..., Any]](hook: F) -> F:
     """Log and count any exception in a hook; the flow goes on untouched."""
 
     @functools.wraps(hook)
-    def wrapper(self: Clickwatch, *args: Any) -> Any:
+    def wrapper(self: Clickwatch, data: Any) -> Any:  # every hook takes one argument: no *args tuple per call
         try:
-            return hook(self, *args)
+            return hook(self, data)
         except Exception:
             self.addon_errors += 1
             log.exception("clickwatch: error in %s hook (flow passed on untouched)", hook.__name__)
@@ -88,7 +89,7 @@ class Clickwatch:
         self.link: Link | None = None
         self._store_opened: tuple[str, bool] | None = None
         self.inflight: dict[str, tuple[str, str, float]] = {}
-        self._origins: dict[tuple[str, str | None, str, int], tuple[str, str]] = {}
+        self._origins: dict[tuple[Any, ...], tuple[str, str]] = {}
         self._config_message = wire.Config({"config_file": "", "overrides": {}, "expected_status": ""})
         self._webhook_message = wire.Webhook("", 10)
         self._connection_runs: dict[str, str] = {}
@@ -105,6 +106,9 @@ class Clickwatch:
         self.interception: intercept.Interception | None = None
         self._allow_hosts_set = False
         self.observer = ObserverSide(self._send)
+        # Delivery ids: random per proxy, then counted (uuid4 reads os.urandom, a system call, for every request).
+        self._uid_prefix = uuid.uuid4().hex[:16]
+        self._uid_count = itertools.count(1)
 
     def _send(self, message: wire.Observed) -> None:
         if self.link is not None:
@@ -333,7 +337,18 @@ class Clickwatch:
 
     def _origin(self, req: http.Request) -> tuple[str, str]:
         """The host as the browser named it and the URL up to the path (cached: parsing costs microseconds)."""
-        key = (req.scheme, req.host_header, req.host, req.port)
+        # Keyed on the raw fields pretty_host and pretty_url read (the path aside): req.host_header's
+        # case-insensitive lookup alone cost more than everything else here.
+        data = req.data
+        key = (
+            data.method.upper() == b"CONNECT",
+            data.scheme,
+            data.host,
+            data.port,
+            data.authority,
+            data.http_version,
+            tuple([value for name, value in data.headers.fields if name.lower() == b"host"]),
+        )
         known = self._origins.get(key)
         if known is None:
             path = req.path if req.path != "*" else ""
@@ -358,7 +373,7 @@ class Clickwatch:
         if match is None or self.link is None:
             return
         # A fresh id per request: a replayed flow keeps its flow.id, but it is a new delivery.
-        uid = uuid.uuid4().hex
+        uid = f"{self._uid_prefix}{next(self._uid_count):016x}"
         kind = match.kind.value
         sent_at = req.timestamp_start
         self.inflight[flow.id] = (uid, kind, sent_at)

@@ -63,7 +63,7 @@ EVENT_BODY = (
     b'"productCategoryName":"Bench","productPrice":19.99,"productCurrency":"EUR","timestamp":%d}'
 )
 
-TARGET_TRACKING_RATIO = 0.90
+TARGET_TRACKING_RATIO = 0.93
 TARGET_STOREFRONT_RATIO = 0.97
 TARGET_RSS_GROWTH_MB = 20.0
 # Above this much CPU used by other processes during a measured batch, the figures are flagged as skewed.
@@ -723,6 +723,24 @@ class ScenarioReport:
         return self.median_rps("clickwatch") / bare if bare else 0.0
 
     @property
+    def paired_ratios(self) -> list[float]:
+        """clickwatch / bare req/s of each round: the two ran back to back, so a slow spell hits the pair alike."""
+        bare = {r.number: r.result.rps for r in self.of("bare")}
+        return [r.result.rps / bare[r.number] for r in self.of("clickwatch") if bare.get(r.number)]
+
+    @property
+    def paired_ratio(self) -> float:
+        """The median of the paired ratios: what the targets are judged on."""
+        return statistics.median(self.paired_ratios) if self.paired_ratios else 0.0
+
+    @property
+    def cpu_ratio(self) -> float:
+        """Bare mitmdump's event-loop CPU per request over clickwatch's: what the proxy's own thread pays, which
+        other processes on the machine do not move (they move req/s)."""
+        cw = self.cpu_ms_per_request("clickwatch")[0]
+        return self.cpu_ms_per_request("bare")[0] / cw if cw else 0.0
+
+    @property
     def lost(self) -> int:
         """201s the clients received whose delivery is not stored as delivered."""
         return self.cw_received[201] - self.store.delivered_clickstream
@@ -921,7 +939,7 @@ def verdict(ok: bool) -> str:
 def print_report(scenarios: list[ScenarioReport], soak: SoakReport | None, args: argparse.Namespace) -> None:
     print(
         f"\n== results ({args.requests:,} requests x {args.rounds} rounds per proxy, {args.concurrency} connections; "
-        "req/s = median of rounds, latency over all rounds)\n"
+        "req/s = median of rounds, ratio = median of the rounds' paired ratios, latency over all rounds)\n"
     )
     header = (
         f"{'scenario':<11} {'bare req/s':>10} {'cw req/s':>9} {'ratio':>6} {'target':>7}  "
@@ -937,11 +955,11 @@ def print_report(scenarios: list[ScenarioReport], soak: SoakReport | None, args:
         else:
             rows = f"{s.store.page_rows:,} / {s.cw_received[200]:,} 200s"
         print(
-            f"{s.key:<11} {s.median_rps('bare'):>10.1f} {s.median_rps('clickwatch'):>9.1f} {s.ratio:>6.3f} "
+            f"{s.key:<11} {s.median_rps('bare'):>10.1f} {s.median_rps('clickwatch'):>9.1f} {s.paired_ratio:>6.3f} "
             f"{'>=' + format(s.target_ratio, '.2f'):>7}  "
             f"{percentile(bare_lat, 50) * 1000:>7.2f}/{percentile(bare_lat, 99) * 1000:<7.2f}  "
             f"{percentile(cw_lat, 50) * 1000:>7.2f}/{percentile(cw_lat, 99) * 1000:<7.2f}  "
-            f"{rows:>22}  {s.bare_peak_mb:>9.1f}/{s.cw_peak_mb:<9.1f}  {verdict(s.ratio >= s.target_ratio)}"
+            f"{rows:>22}  {s.bare_peak_mb:>9.1f}/{s.cw_peak_mb:<9.1f}  {verdict(s.paired_ratio >= s.target_ratio)}"
         )
     if soak is not None:
         rows = f"{soak.store.delivered_clickstream:,} / {soak.received[201]:,} 201s"
@@ -971,10 +989,15 @@ def print_report(scenarios: list[ScenarioReport], soak: SoakReport | None, args:
     if soak is not None:
         print(f"  {'soak':<11} {_kinds(soak.store)}")
 
+    print("\npaired ratios (clickwatch / bare req/s, round by round), ratio of median req/s, event-loop CPU ratio:")
+    for s in scenarios:
+        pairs = " ".join(f"{r:.3f}" for r in s.paired_ratios)
+        print(f"  {s.key:<11} {pairs}  | medians {s.ratio:.3f}  | CPU bare/cw {s.cpu_ratio:.3f}")
+
     print("\ntargets:")
     for s in scenarios:
-        ok = s.ratio >= s.target_ratio
-        print(f"  {s.key + ' throughput ratio':<34} {s.ratio:.3f} >= {s.target_ratio:.2f}  {verdict(ok)}")
+        ok = s.paired_ratio >= s.target_ratio
+        print(f"  {s.key + ' throughput ratio':<34} {s.paired_ratio:.3f} >= {s.target_ratio:.2f}  {verdict(ok)}")
     lost = {s.key: s.lost for s in scenarios}
     if soak is not None:
         lost["soak"] = soak.lost
@@ -1032,7 +1055,10 @@ def summary(scenarios: list[ScenarioReport], soak: SoakReport | None, args: argp
     }
     for s in scenarios:
         out["scenarios"][s.key] = {
-            "ratio": s.ratio,
+            "ratio": s.paired_ratio,
+            "paired_ratios": s.paired_ratios,
+            "ratio_of_medians": s.ratio,
+            "cpu_ratio": s.cpu_ratio,
             "target_ratio": s.target_ratio,
             "rounds": [
                 {

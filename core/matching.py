@@ -39,6 +39,12 @@ class Match:
     target: Kind | None = None
 
 
+# Matches are frozen: one of each, shared, instead of a new dataclass per tracking call (its __init__ costs a
+# microsecond through object.__setattr__).
+_MATCH = {kind: Match(kind) for kind in Kind}
+_PREFLIGHT = {kind: Match(Kind.PREFLIGHT, kind) for kind in Kind}
+
+
 @dataclass(frozen=True, slots=True)
 class Patterns:
     """Compiled patterns that decide which flows are tracking calls."""
@@ -72,16 +78,16 @@ class Patterns:
         path = path.split("?", 1)[0]
         method = method.upper()
         if method in ("GET", "HEAD") and self.tag is not None and self.tag.search(f"{host}/{path.lstrip('/')}"):
-            return Match(Kind.TAG)
+            return _MATCH[Kind.TAG]
         if self.tenant_host is not None and not self.tenant_host.search(host):
             return None
         target = self._tenant_call(path)
         if target is None:
             return None
         if method == "OPTIONS":
-            return Match(Kind.PREFLIGHT, target)
+            return _PREFLIGHT[target]
         expected_method = "GET" if target is Kind.STRATEGY else "POST"
-        return Match(target) if method == expected_method else None
+        return _MATCH[target] if method == expected_method else None
 
     def _tenant_call(self, path: str) -> Kind | None:
         if self.clickstream_path is not None and self.clickstream_path.search(path):
