@@ -390,7 +390,7 @@ def test_request_in_flight_at_shutdown_is_failed_not_left_pending(proxy: Proxy, 
     try:
         wait_until(
             lambda: [r for r in proxy.deliveries() if r["path"] == path and r["verdict"] == "pending"],
-            timeout=5.0,
+            timeout=15.0,  # a fresh proxy's first delivery waits for its store process (slow on a loaded machine)
             what="the hanging delivery to show as pending",
         )
         (row,) = _stopped_rows(proxy, 1)
@@ -413,7 +413,7 @@ def test_deliveries_pending_when_the_proxy_crashed_are_failed_on_restart(
     try:
         wait_until(
             lambda: [r for r in crashed.deliveries() if r["path"] == path and r["verdict"] == "pending"],
-            timeout=5.0,
+            timeout=15.0,  # a fresh proxy's first delivery waits for its store process (slow on a loaded machine)
             what="the hanging delivery to show as pending",
         )
         crashed.kill()  # SIGKILL: no chance to flush or to end anything
