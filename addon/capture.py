@@ -78,6 +78,11 @@ def fail_open[F: Callable[..., Any]](hook: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _raw(value: str) -> bytes:
+    """A header value back as the bytes it came as (mitmproxy decodes them as UTF-8 with surrogateescape)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
 class Clickwatch:
     """Recognises tracking calls, records each as a delivery, and follows consent on storefront traffic."""
 
@@ -270,8 +275,8 @@ class Clickwatch:
             # The common case: nothing for clickwatch in this request's headers.
             runs = self._connection_runs
             metadata[RUN_METADATA] = runs.get(flow.client_conn.id, DEFAULT_RUN) if runs else DEFAULT_RUN
-        if own:
-            return
+        if own or flow.response is not None or flow.error is not None:
+            return  # answered already (e.g. mitmproxy's 407): mitmproxy refuses to stream such a request
         if self._allowed is not None and req.scheme == "http" and not self._intercepted(req):
             metadata[PASSTHROUGH_METADATA] = True
             self.passthrough += 1
@@ -299,7 +304,8 @@ class Clickwatch:
 
     def _count_tunnel(self, data: NextLayer) -> None:
         layer = data.layer
-        if isinstance(layer, layers.TCPLayer) and layer.flow is None:  # mitmproxy's ignored connection
+        # Only what --storefront passes through (not ignore_hosts or tcp_hosts a user set without it).
+        if self._allowed is not None and isinstance(layer, layers.TCPLayer) and layer.flow is None:
             self.passthrough += 1
 
     @fail_open
@@ -327,9 +333,7 @@ class Clickwatch:
         headers = req.headers
         dest = headers.get("sec-fetch-dest")
         accept = headers.get("accept", "")
-        if not matching.is_page_load(
-            req.method, dest.encode("latin-1") if dest is not None else None, accept.encode("latin-1"), content_type
-        ):
+        if not matching.is_page_load(req.method, _raw(dest) if dest is not None else None, _raw(accept), content_type):
             resp.stream = True  # a page is read whole: consent signals, and the observer added to it
 
     def client_disconnected(self, client: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 from typing import Any
 
@@ -64,6 +66,12 @@ def _headers_json(headers: Headers, redaction: Redaction) -> str:
 def _stored_text(body: Body, headers: Headers, redaction: Redaction) -> str | None:
     # Secrets by key leave JSON at any depth, and urlencoded forms; what else a body holds is kept as sent.
     text = body.text
+    if text and body.kind is BodyKind.BINARY:
+        # A base64 prefix cannot be redacted in place: kept only when its bytes name nothing on the list.
+        with contextlib.suppress(ValueError):
+            if redaction.mentions(base64.b64decode(text).decode("latin-1")):
+                return None
+        return text
     if not text or body.kind not in (BodyKind.JSON, BodyKind.TEXT):
         return text
     if body.kind is BodyKind.JSON or text.lstrip()[:1] in ("{", "["):

@@ -118,6 +118,10 @@ def _key(token: str) -> str:
     return key if isinstance(key, str) else token[1:-1]
 
 
+# Headers whose value is a URL: its query parameters are redacted as those of a stored URL are.
+_URL_HEADERS = frozenset({"referer", "location", "contentlocation", "origin"})
+
+
 @dataclass(frozen=True)
 class Redaction:
     """A redaction list, ready to apply: built-in defaults plus the names a setting adds."""
@@ -127,6 +131,10 @@ class Redaction:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", frozenset(normalise(n) for n in (*DEFAULT_NAMES, *self.extra)))
+
+    def mentions(self, text: str) -> bool:
+        """Whether a text may hold a listed name anywhere (a cheap test; False means it certainly does not)."""
+        return self._mentions(text)
 
     def _mentions(self, text: str) -> bool:
         # A cheap first look (substring searches in C): most bodies and URLs name none of these, and then
@@ -157,6 +165,8 @@ class Redaction:
                     value = _redact_set_cookie(value)
                 else:
                     value = REDACTED
+            elif key in _URL_HEADERS:
+                value = self.url(value)  # a Referer or Location carries the page's query: ?token=... too
             out.append((name, value))
         return tuple(out)
 

@@ -330,3 +330,42 @@ async def test_each_tracking_call_is_a_request_and_an_answer_and_every_flow_is_c
     counters = dict(conn.execute("SELECT name, value FROM metric_counters").fetchall())
     conn.close()
     assert (counters["proxy_flows"], counters.get("addon_errors", 0)) == (2, 0)
+
+
+def _big_upload(scheme: bytes = b"https", host: str = "shop.example"):
+    req = tutils.treq(method=b"POST", host=host, port=443, scheme=scheme, path=b"/upload", content=b"")
+    req.headers["transfer-encoding"] = "chunked"
+    del req.headers["content-length"]
+    return tflow.tflow(req=req)
+
+
+async def test_a_large_upload_streams_but_not_one_already_answered(addon_ctx):
+    # mitmproxy refuses to stream a request another addon has answered (its 407 when proxyauth asks for
+    # credentials): "Can't set a response and enable streaming at the same time" would break the connection.
+    addon, tctx, _ = addon_ctx
+    plain = _big_upload()
+    addon.requestheaders(plain)
+    assert plain.request.stream is True
+    answered = _big_upload()
+    answered.response = tutils.tresp(status_code=407, content=b"")
+    addon.requestheaders(answered)
+    assert not answered.request.stream
+    tctx.configure(addon, clickwatch_storefront=["shop.example"])
+    elsewhere = _big_upload(scheme=b"http", host="other.example")
+    addon.requestheaders(elsewhere)
+    assert elsewhere.request.stream is True  # passed through as it is
+    passthrough = _big_upload(scheme=b"http", host="other.example")
+    passthrough.response = tutils.tresp(status_code=407, content=b"")
+    addon.requestheaders(passthrough)
+    assert not passthrough.request.stream
+    assert addon.addon_errors == 0
+
+
+async def test_a_header_that_is_not_latin_1_is_no_addon_error(addon_ctx):
+    addon, _, _ = addon_ctx
+    flow = tflow.tflow(req=tutils.treq(method=b"GET", path=b"/download"), resp=True)
+    flow.request.headers.fields = ((b"accept", "text/html,€".encode()), (b"sec-fetch-dest", b"\xff\xfe"))
+    flow.response.headers.fields = ((b"content-type", b"application/octet-stream"),)
+    addon.responseheaders(flow)
+    assert flow.response.stream is True  # unknown length, not a page: streamed, and no exception on the way
+    assert addon.addon_errors == 0

@@ -597,3 +597,14 @@ def test_an_imported_har_stores_no_non_finite_number_and_exports_none(tmp_path: 
     assert all(math.isfinite(n) for row in numbers for n in row)
     with pytest.raises(HarImportError, match="nested too deeply"):
         import_har(str(_har_file(tmp_path, "[" * 100_000)), db, "deep")
+
+
+def test_commas_inside_strings_are_no_values_a_healthy_long_text_is_parsed() -> None:
+    # A product description full of commas is one value: the bound on values must not refuse it (no finding).
+    text = ", ".join(["red"] * (MAX_JSON_VALUES + 10))
+    body = json.dumps({"events": [{"description": text, "escaped": 'say \\"a, b\\"'}]}).encode()
+    decoded = decode_body(body, "", "application/json", max_decoded=DEFAULT_DECODE_LIMIT)
+    assert decoded.kind is BodyKind.JSON and not decoded.refused, decoded.note
+    many = json.dumps(list(range(MAX_JSON_VALUES + 10))).encode()
+    refused = decode_body(many, "", "application/json", max_decoded=DEFAULT_DECODE_LIMIT)
+    assert refused.refused and "values" in (refused.note or "")

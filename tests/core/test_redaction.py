@@ -201,3 +201,26 @@ def test_data_layer_pushes_are_redacted_by_key() -> None:
     ops = Pipeline().process(BrowserReport("default", "127.0.0.1", "ua", 1.0, json.dumps(batch).encode()))
     [push] = ops.pushes
     assert json.loads(push["data"]) == {"user": {"accessToken": REDACTED, "token": REDACTED}}
+
+
+def test_a_url_in_a_referer_or_location_header_has_its_query_redacted() -> None:
+    headers = (
+        ("Referer", "https://shop.example/reset?token=tok-secret&page=2"),
+        ("Location", "/account?access_token=at-secret#top"),
+        ("Accept", "text/html"),
+    )
+    stored = dict(DEFAULT.headers(headers))
+    assert stored["Referer"] == f"https://shop.example/reset?token={REDACTED}&page=2"
+    assert stored["Location"] == f"/account?access_token={REDACTED}#top"
+    assert stored["Accept"] == "text/html"
+
+
+def test_a_binary_body_naming_a_listed_key_is_not_kept_even_in_part() -> None:
+    # One byte that is not UTF-8 makes the body binary: a base64 prefix would carry the token readably.
+    leaky = b'{"access_token": "' + SECRET.encode() + b'", "x": "\xff"}'
+    row = Pipeline(Config()).process(_request(raw_body=leaky)).inserts[0]
+    assert row["request_body_kind"] == "binary"
+    assert row["request_body"] is None and row["request_body_size"] == len(leaky)
+    plain = b"\x00\x01\xff plain bytes"
+    kept = Pipeline(Config()).process(_request(uid="u2", raw_body=plain)).inserts[0]
+    assert kept["request_body_kind"] == "binary" and kept["request_body"] is not None
