@@ -33,7 +33,8 @@ def _null_paths(value: Any, out: list[str]) -> None:
             stack.extend((child, f"{path}[{index}]") for index, child in reversed(list(enumerate(item))))
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON type of a parsed value, as JSON Schema names it."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -65,7 +66,7 @@ def payload_problems(body: Body, required: tuple[str, ...] | None) -> list[str]:
     elif isinstance(parsed, list) and parsed and all(isinstance(item, dict) for item in parsed):
         events = parsed
     else:
-        shape = "an empty array" if parsed == [] else f"a JSON {_json_type(parsed)}"
+        shape = "an empty array" if parsed == [] else f"a JSON {json_type(parsed)}"
         return [f"the body is {shape}, not an object or an array of objects"]
     problems: list[str] = []
     unnamed = 0

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from clickwatch.core.checks import json_type
 from clickwatch.core.findings import FindingKind, Severity
 
 # What a diff can report, per schema (or, for findings about no clickstream event, for the run as a whole).
@@ -106,21 +107,6 @@ class RunProfile:
     def by_schema(self) -> dict[str, SchemaProfile]:
         """The schemas by name."""
         return {s.schema: s for s in self.schemas}
-
-
-def json_type(value: Any) -> str:
-    """The JSON type of a parsed value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 def add_fields(body: Any, into: dict[str, set[str]]) -> bool:

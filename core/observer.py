@@ -7,6 +7,7 @@ import math
 import re
 from typing import Any
 
+from clickwatch.core.decoding import too_deep
 from clickwatch.core.model import BrowserEvent, BrowserEventType, BrowserSeen
 
 OBSERVER_PATH_PREFIX = "/__clickwatch/"
@@ -27,20 +28,6 @@ _MAX_AGE_MS = 24 * 3600 * 1000
 
 class ObserveFormatError(ValueError):
     """An observe request that is not the observer's format; the message is the (short, fixed) reason."""
-
-
-def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether parsed JSON nests deeper than `limit` (iterative: no recursion on hostile input)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
-    return False
 
 
 def _number(value: Any, what: str) -> float:
@@ -106,7 +93,7 @@ def parse_batch(body: bytes, received_at: float, run: str, client_addr: str, use
         raise ObserveFormatError(f"nested deeper than {MAX_DEPTH} levels") from None
     except ValueError:
         raise ObserveFormatError("not JSON") from None
-    if _too_deep(message):
+    if too_deep(message, MAX_DEPTH):
         raise ObserveFormatError(f"nested deeper than {MAX_DEPTH} levels")
     if not isinstance(message, dict) or message.get("v") != 1:
         raise ObserveFormatError("not a version 1 observer batch")
