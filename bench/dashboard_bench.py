@@ -5,6 +5,7 @@ Run from the repository root:
     .venv/bin/python bench/dashboard_bench.py                         # builds both stores in a temp dir
     .venv/bin/python bench/dashboard_bench.py --reuse /tmp/cw-1m.db   # builds the large store once, then reuses it
     .venv/bin/python bench/dashboard_bench.py --no-live               # skip the proxy -> live page latency
+    .venv/bin/python bench/dashboard_bench.py --write-cost 4000       # only: CPU per delivery of 0013's triggers
 
 Targets (issue 4): with 1,000,000 stored deliveries, the first page of `/api/deliveries` with any single filter,
 `/api/summary` and the live page's first render each answer within 2x of the same call on a 1,000-delivery store,
@@ -62,7 +63,7 @@ if str(REPO) not in sys.path:
 
 import httpx  # noqa: E402
 
-from clickwatch.store.schema import open_database  # noqa: E402
+from clickwatch.store.schema import COUNT_RULES, open_database  # noqa: E402
 
 HOST = "127.0.0.1"
 ADDON = REPO / "addon" / "capture.py"
@@ -332,22 +333,6 @@ def generate_store(path: Path, n: int, seed: int = 4) -> float:
     return time.monotonic() - started
 
 
-_FLAGGED = "(SELECT DISTINCT delivery_id, kind FROM findings WHERE delivery_id IS NOT NULL) fk"
-SUMMARY_TABLES = {  # migration 0012's tables, and how to count them from the rows
-    "finding_class_counts": "SELECT d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, count(*) "
-    "FROM findings f JOIN deliveries d ON d.id = f.delivery_id GROUP BY 1, 2, 3, 4, 5",
-    "flagged_counts": "SELECT fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), d.verdict, count(*) "
-    f"FROM {_FLAGGED} JOIN deliveries d ON d.id = fk.delivery_id GROUP BY 1, 2, 3, 4, 5",
-    "hourly_counts": "SELECT CAST(sent_at / 3600 AS INTEGER), run, kind, COALESCE(schema_name, ''), verdict, count(*) "
-    "FROM deliveries GROUP BY 1, 2, 3, 4, 5",
-    "hourly_finding_counts": "SELECT CAST(d.sent_at / 3600 AS INTEGER), d.run, d.kind, COALESCE(d.schema_name, ''), "
-    "f.kind, f.severity, count(*) FROM findings f JOIN deliveries d ON d.id = f.delivery_id GROUP BY 1, 2, 3, 4, 5, 6",
-    "flagged_finding_counts": "SELECT fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, "
-    f"count(*) FROM {_FLAGGED} JOIN deliveries d ON d.id = fk.delivery_id JOIN findings f "
-    "ON f.delivery_id = fk.delivery_id GROUP BY 1, 2, 3, 4, 5, 6",
-}
-
-
 def check_counts(path: Path) -> tuple[int, int]:
     """Compare the trigger-kept count tables with count(*); returns (deliveries, findings) or raises BenchError."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -364,7 +349,7 @@ def check_counts(path: Path) -> tuple[int, int]:
         kept = set(conn.execute("SELECT run, kind, severity, n FROM finding_counts WHERE n != 0"))
         if expected != kept:
             raise BenchError(f"{path}: finding_counts differ from count(*): {sorted(expected ^ kept)[:5]}")
-        for table, expected_sql in SUMMARY_TABLES.items():
+        for table, expected_sql in COUNT_RULES.items():
             expected = set(conn.execute(expected_sql))
             kept = set(conn.execute(f"SELECT * FROM {table} WHERE n != 0"))
             if expected != kept:
@@ -380,16 +365,25 @@ def reusable(path: Path, n: int) -> bool:
     """Whether `path` is a store this benchmark built with n deliveries, migrated to the current schema."""
     if not path.exists():
         return False
+    applied = "SELECT name FROM _sqlite_migrations WHERE migration_set = 'clickwatch'"
     try:
-        # open_database applies migrations added since the store was built (a new index, say).
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            before = {name for (name,) in conn.execute(applied)}
+        # open_database applies migrations added since the store was built (a new index, new count tables with their
+        # backfill), so an older store is brought up to date rather than rebuilt.
+        started = time.monotonic()
         db = open_database(str(path), timeout=5.0)
         try:
+            added = sorted({name for (name,) in db.conn.execute(applied)} - before)
             row = db.conn.execute("SELECT n FROM bench_mark WHERE mark = ?", (STORE_MARK,)).fetchone()
             count = db.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
         finally:
             db.conn.close()
-    except sqlite3.Error:
+    except sqlite3.Error as exc:
+        print(f"store {path}: not reusable ({exc})")
         return False
+    if added:
+        print(f"store {path}: migrated ({', '.join(added)}) in {time.monotonic() - started:.1f} s")
     return row is not None and row[0] == n and count == n
 
 
@@ -750,6 +744,70 @@ def live_latency(db: Path, dashboard: Dashboard, workdir: Path, rounds: int) -> 
     return shown, first_shown
 
 
+# --- write cost of the time-bucket tables ----------------------------------------------------------------------
+
+# Migration 0013's triggers: dropped for the "without" side of the write-cost comparison.
+BUCKET_TRIGGERS = "name LIKE '%hourly_flagged%' OR name LIKE '%minute%' OR name LIKE '%daily%'"
+
+
+def _write_loop(path: Path, n: int, with_buckets: bool) -> float:
+    """CPU seconds per delivery of the store's SQL for n deliveries written as the writer does: 20 per transaction,
+    each answered by a separate verdict update (a late answer), one in five with findings (one in fifteen with two)."""
+    conn = open_database(str(path)).conn
+    try:
+        if not with_buckets:
+            for (name,) in conn.execute(
+                f"SELECT name FROM sqlite_master WHERE type = 'trigger' AND ({BUCKET_TRIGGERS})"
+            ):
+                conn.execute(f"DROP TRIGGER {name}")
+            conn.commit()
+        started = time.process_time()
+        for batch in range(0, n, 20):
+            with conn:
+                for i in range(batch, min(batch + 20, n)):
+                    at = T_END - n + i * 0.5
+                    conn.execute(
+                        "INSERT INTO deliveries (id, uid, run, kind, verdict, method, url, visitor, sent_at, "
+                        "schema_name, seq) VALUES (?, ?, 'default', 'clickstream', 'pending', 'POST', "
+                        "'https://acme/edge/clickstreamEvents', 'v', ?, ?, ?)",
+                        (i + 1, f"w{i}", at, SCHEMAS[i % 3][0], i + 1),
+                    )
+                    conn.execute(
+                        "UPDATE deliveries SET verdict = ?, status_code = 201, duration_ms = 100.0, answered_at = ?, "
+                        "ended_at = ? WHERE uid = ?",
+                        ("delivered" if i % 30 else "rejected", at + 0.1, at + 0.1, f"w{i}"),
+                    )
+                    if i % 5 == 0:
+                        kinds = [("invalid_payload", "error")] + (
+                            [("duplicate_event", "warning")] if i % 15 == 0 else []
+                        )
+                        for kind, severity in kinds:
+                            conn.execute(
+                                f"INSERT INTO findings ({FINDING_COLUMNS}) VALUES (?, 'default', 'v', ?, ?, 'w', ?)",
+                                (i + 1, kind, severity, at),
+                            )
+        return (time.process_time() - started) / n
+    finally:
+        conn.close()
+
+
+def write_cost(n: int, rounds: int) -> None:
+    """Print the store's SQL CPU per delivery with and without migration 0013's triggers, paired rounds."""
+    with tempfile.TemporaryDirectory(prefix="clickwatch-write-cost-") as tmp:
+        pairs = []
+        for round_ in range(rounds):
+            without = _write_loop(Path(tmp) / f"without-{round_}.db", n, with_buckets=False)
+            with_ = _write_loop(Path(tmp) / f"with-{round_}.db", n, with_buckets=True)
+            pairs.append((without, with_))
+            print(f"  round {round_ + 1}: without {without * 1e6:6.1f} us, with {with_ * 1e6:6.1f} us per delivery")
+    ratios = sorted(with_ / without for without, with_ in pairs)
+    print(
+        f"write cost of migration 0013's triggers, {n:,} deliveries x {rounds} pairs: median "
+        f"{statistics.median(p[0] for p in pairs) * 1e6:.1f} -> {statistics.median(p[1] for p in pairs) * 1e6:.1f} us "
+        f"per delivery; paired ratio median {statistics.median(ratios):.3f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+    )
+
+
 # --- main -------------------------------------------------------------------------------------------------------
 
 
@@ -781,7 +839,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-live", action="store_true", help="skip the proxy -> live page latency")
     parser.add_argument("--only", metavar="TEXT", help="measure only the calls whose label contains TEXT")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--write-cost",
+        type=int,
+        metavar="N",
+        help="only measure the CPU per delivery that migration 0013's triggers add, writing N deliveries (4000)",
+    )
     args = parser.parse_args(argv)
+    if args.write_cost:
+        write_cost(args.write_cost, rounds=5)
+        return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="clickwatch-dashboard-bench-"))
     small_db = workdir / "small.db"

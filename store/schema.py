@@ -417,6 +417,232 @@ def _summary_counts(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations(name="0013_time_bucket_counts")
+def _time_bucket_counts(db: sqlite_utils.Database) -> None:
+    # 0012's flagged tables per hour of sent_at: a summary with a finding and a time filter adds whole hours from
+    # here and counts only the partial hours at its ends (it counted every finding of the kind in range: 100 ms for
+    # a day at 1M). The same rules as 0012's triggers; only a delivery with findings (about one in twenty) pays.
+    # And deliveries per minute, for the partial hours themselves; deliveries and their findings per day, for ranges
+    # of days (a week's hours were thousands of rows to add).
+    hour = "CAST(d.sent_at / 3600 AS INTEGER)"
+    old_hour = "CAST(old.sent_at / 3600 AS INTEGER)"
+    # Keyed by finding first: a summary reads one kind's range of hours. WITHOUT ROWID: one b-tree per table to
+    # update on a write, and the key holds every column a summary groups by.
+    flagged = "ON CONFLICT (finding, hour, run, delivery_kind, schema_name, verdict) DO UPDATE SET n = n + excluded.n"
+    paired = (
+        "ON CONFLICT (finding, hour, run, delivery_kind, schema_name, kind, severity) DO UPDATE SET n = n + excluded.n"
+    )
+    minutes = "ON CONFLICT (minute, run, kind, schema_name, verdict) DO UPDATE SET n = n + 1"
+    days = "ON CONFLICT (day, run, kind, schema_name, verdict) DO UPDATE SET n = n + 1"
+    moved_minutes = "ON CONFLICT (minute, run, kind, schema_name, verdict) DO UPDATE SET n = n + excluded.n"
+    moved_days = "ON CONFLICT (day, run, kind, schema_name, verdict) DO UPDATE SET n = n + excluded.n"
+    daily_found = "ON CONFLICT (day, run, delivery_kind, schema_name, kind, severity) DO UPDATE SET n = n + excluded.n"
+    db.executescript(
+        f"""
+        CREATE TABLE hourly_flagged_counts (
+            hour INTEGER NOT NULL, finding TEXT NOT NULL, run TEXT NOT NULL, delivery_kind TEXT NOT NULL,
+            schema_name TEXT NOT NULL, verdict TEXT NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (finding, hour, run, delivery_kind, schema_name, verdict)
+        ) WITHOUT ROWID;
+        CREATE TABLE hourly_flagged_finding_counts (
+            hour INTEGER NOT NULL, finding TEXT NOT NULL, run TEXT NOT NULL, delivery_kind TEXT NOT NULL,
+            schema_name TEXT NOT NULL, kind TEXT NOT NULL, severity TEXT NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (finding, hour, run, delivery_kind, schema_name, kind, severity)
+        ) WITHOUT ROWID;
+        CREATE TRIGGER findings_hourly_flagged_on_insert AFTER INSERT ON findings WHEN new.delivery_id IS NOT NULL
+        BEGIN
+            INSERT INTO hourly_flagged_counts
+                SELECT {hour}, new.kind, d.run, d.kind, COALESCE(d.schema_name, ''), d.verdict, 1
+                FROM deliveries d WHERE d.id = new.delivery_id AND NOT EXISTS (
+                    SELECT 1 FROM findings f WHERE f.delivery_id = new.delivery_id AND f.kind = new.kind
+                    AND f.id != new.id) {flagged};
+            INSERT INTO hourly_flagged_finding_counts
+                SELECT {hour}, fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), new.kind, new.severity, 1
+                FROM deliveries d, (SELECT DISTINCT kind FROM findings WHERE delivery_id = new.delivery_id) fk
+                WHERE d.id = new.delivery_id {paired};
+            INSERT INTO hourly_flagged_finding_counts
+                SELECT {hour}, new.kind, d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, count(*)
+                FROM deliveries d, findings f
+                WHERE d.id = new.delivery_id AND f.delivery_id = new.delivery_id AND f.id != new.id AND NOT EXISTS (
+                    SELECT 1 FROM findings f2 WHERE f2.delivery_id = new.delivery_id AND f2.kind = new.kind
+                    AND f2.id != new.id)
+                GROUP BY f.kind, f.severity {paired};
+        END;
+        CREATE TRIGGER findings_hourly_flagged_on_delete AFTER DELETE ON findings WHEN old.delivery_id IS NOT NULL
+        BEGIN
+            INSERT INTO hourly_flagged_counts
+                SELECT {hour}, old.kind, d.run, d.kind, COALESCE(d.schema_name, ''), d.verdict, -1
+                FROM deliveries d WHERE d.id = old.delivery_id AND NOT EXISTS (
+                    SELECT 1 FROM findings f WHERE f.delivery_id = old.delivery_id AND f.kind = old.kind) {flagged};
+            INSERT INTO hourly_flagged_finding_counts
+                SELECT {hour}, fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), old.kind, old.severity, -1
+                FROM deliveries d,
+                    (SELECT kind FROM findings WHERE delivery_id = old.delivery_id UNION SELECT old.kind) fk
+                WHERE d.id = old.delivery_id {paired};
+            INSERT INTO hourly_flagged_finding_counts
+                SELECT {hour}, old.kind, d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, -count(*)
+                FROM deliveries d, findings f
+                WHERE d.id = old.delivery_id AND f.delivery_id = old.delivery_id AND NOT EXISTS (
+                    SELECT 1 FROM findings f2 WHERE f2.delivery_id = old.delivery_id AND f2.kind = old.kind)
+                GROUP BY f.kind, f.severity {paired};
+        END;
+        -- A delivery without findings (nineteen in twenty) costs one probe of the (delivery_id, kind) index here.
+        CREATE TRIGGER deliveries_hourly_flagged_on_delete AFTER DELETE ON deliveries
+        WHEN EXISTS (SELECT 1 FROM findings WHERE delivery_id = old.id) BEGIN
+            INSERT INTO hourly_flagged_counts
+                SELECT DISTINCT {old_hour}, f.kind, old.run, old.kind, COALESCE(old.schema_name, ''), old.verdict, -1
+                FROM findings f WHERE f.delivery_id = old.id {flagged};
+            INSERT INTO hourly_flagged_finding_counts
+                SELECT {old_hour}, fk.kind, old.run, old.kind, COALESCE(old.schema_name, ''), f.kind, f.severity,
+                    -count(*)
+                FROM (SELECT DISTINCT kind FROM findings WHERE delivery_id = old.id) fk, findings f
+                WHERE f.delivery_id = old.id GROUP BY fk.kind, f.kind, f.severity {paired};
+        END;
+        CREATE TRIGGER deliveries_hourly_flagged_on_verdict AFTER UPDATE OF verdict ON deliveries
+        WHEN old.verdict IS NOT new.verdict AND EXISTS (SELECT 1 FROM findings WHERE delivery_id = old.id) BEGIN
+            INSERT INTO hourly_flagged_counts
+                SELECT DISTINCT {old_hour}, f.kind, old.run, old.kind, COALESCE(old.schema_name, ''), old.verdict, -1
+                FROM findings f WHERE f.delivery_id = old.id {flagged};
+            INSERT INTO hourly_flagged_counts
+                SELECT DISTINCT CAST(new.sent_at / 3600 AS INTEGER), f.kind, new.run, new.kind,
+                    COALESCE(new.schema_name, ''), new.verdict, 1
+                FROM findings f WHERE f.delivery_id = new.id {flagged};
+        END;
+        -- Per minute, deliveries only: the partial hours at a time filter's ends count whole minutes from here and
+        -- only the rows of the partial minutes (a table lookup per row made half an hour of rows 20 ms at 1M).
+        -- Per day (UTC, 24 of 0012's hours): a filter spanning days reads days, then hours at its ends.
+        CREATE TABLE minute_counts (
+            minute INTEGER NOT NULL, run TEXT NOT NULL, kind TEXT NOT NULL, schema_name TEXT NOT NULL,
+            verdict TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (minute, run, kind, schema_name, verdict)
+        ) WITHOUT ROWID;
+        CREATE TABLE daily_counts (
+            day INTEGER NOT NULL, run TEXT NOT NULL, kind TEXT NOT NULL, schema_name TEXT NOT NULL,
+            verdict TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (day, run, kind, schema_name, verdict)
+        ) WITHOUT ROWID;
+        CREATE TABLE daily_finding_counts (
+            day INTEGER NOT NULL, run TEXT NOT NULL, delivery_kind TEXT NOT NULL, schema_name TEXT NOT NULL,
+            kind TEXT NOT NULL, severity TEXT NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (day, run, delivery_kind, schema_name, kind, severity)
+        ) WITHOUT ROWID;
+        CREATE TRIGGER deliveries_minute_daily_on_insert AFTER INSERT ON deliveries BEGIN
+            INSERT INTO minute_counts VALUES (
+                CAST(new.sent_at / 60 AS INTEGER), new.run, new.kind, COALESCE(new.schema_name, ''), new.verdict, 1
+            ) {minutes};
+            INSERT INTO daily_counts VALUES (
+                CAST(new.sent_at / 86400 AS INTEGER), new.run, new.kind, COALESCE(new.schema_name, ''), new.verdict, 1
+            ) {days};
+        END;
+        -- One statement per table (the old row's bucket -1, the new one's +1): a late answer is the common update.
+        CREATE TRIGGER deliveries_minute_daily_on_verdict AFTER UPDATE OF verdict ON deliveries
+        WHEN old.verdict IS NOT new.verdict BEGIN
+            INSERT INTO minute_counts VALUES
+                (CAST(old.sent_at / 60 AS INTEGER), old.run, old.kind, COALESCE(old.schema_name, ''), old.verdict, -1),
+                (CAST(new.sent_at / 60 AS INTEGER), new.run, new.kind, COALESCE(new.schema_name, ''), new.verdict, 1)
+            {moved_minutes};
+            INSERT INTO daily_counts VALUES
+                (CAST(old.sent_at / 86400 AS INTEGER), old.run, old.kind, COALESCE(old.schema_name, ''), old.verdict,
+                    -1),
+                (CAST(new.sent_at / 86400 AS INTEGER), new.run, new.kind, COALESCE(new.schema_name, ''), new.verdict,
+                    1)
+            {moved_days};
+        END;
+        -- Retention and resets empty whole minutes: their rows go rather than stay as zeros.
+        CREATE TRIGGER deliveries_minute_daily_on_delete AFTER DELETE ON deliveries BEGIN
+            UPDATE minute_counts SET n = n - 1 WHERE minute = CAST(old.sent_at / 60 AS INTEGER) AND run = old.run
+                AND kind = old.kind AND schema_name = COALESCE(old.schema_name, '') AND verdict = old.verdict;
+            DELETE FROM minute_counts WHERE minute = CAST(old.sent_at / 60 AS INTEGER) AND run = old.run
+                AND kind = old.kind AND schema_name = COALESCE(old.schema_name, '') AND verdict = old.verdict
+                AND n = 0;
+            UPDATE daily_counts SET n = n - 1 WHERE day = CAST(old.sent_at / 86400 AS INTEGER) AND run = old.run
+                AND kind = old.kind AND schema_name = COALESCE(old.schema_name, '') AND verdict = old.verdict;
+            INSERT INTO daily_finding_counts
+                SELECT CAST(old.sent_at / 86400 AS INTEGER), old.run, old.kind, COALESCE(old.schema_name, ''), f.kind,
+                    f.severity, -count(*)
+                FROM findings f WHERE f.delivery_id = old.id GROUP BY f.kind, f.severity {daily_found};
+        END;
+        CREATE TRIGGER findings_daily_on_insert AFTER INSERT ON findings WHEN new.delivery_id IS NOT NULL BEGIN
+            INSERT INTO daily_finding_counts
+                SELECT CAST(d.sent_at / 86400 AS INTEGER), d.run, d.kind, COALESCE(d.schema_name, ''), new.kind,
+                    new.severity, 1
+                FROM deliveries d WHERE d.id = new.delivery_id {daily_found};
+        END;
+        CREATE TRIGGER findings_daily_on_delete AFTER DELETE ON findings WHEN old.delivery_id IS NOT NULL BEGIN
+            INSERT INTO daily_finding_counts
+                SELECT CAST(d.sent_at / 86400 AS INTEGER), d.run, d.kind, COALESCE(d.schema_name, ''), old.kind,
+                    old.severity, -1
+                FROM deliveries d WHERE d.id = old.delivery_id {daily_found};
+        END;
+        INSERT INTO minute_counts
+            SELECT CAST(sent_at / 60 AS INTEGER), run, kind, COALESCE(schema_name, ''), verdict, count(*)
+            FROM deliveries GROUP BY 1, 2, 3, 4, 5;
+        INSERT INTO daily_counts
+            SELECT CAST(sent_at / 86400 AS INTEGER), run, kind, COALESCE(schema_name, ''), verdict, count(*)
+            FROM deliveries GROUP BY 1, 2, 3, 4, 5;
+        INSERT INTO daily_finding_counts
+            SELECT CAST(d.sent_at / 86400 AS INTEGER), d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity,
+                count(*)
+            FROM findings f JOIN deliveries d ON d.id = f.delivery_id GROUP BY 1, 2, 3, 4, 5, 6;
+        INSERT INTO hourly_flagged_counts
+            SELECT {hour}, fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), d.verdict, count(*)
+            FROM (SELECT DISTINCT delivery_id, kind FROM findings WHERE delivery_id IS NOT NULL) fk
+            JOIN deliveries d ON d.id = fk.delivery_id GROUP BY 1, 2, 3, 4, 5, 6;
+        INSERT INTO hourly_flagged_finding_counts
+            SELECT {hour}, fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, count(*)
+            FROM (SELECT DISTINCT delivery_id, kind FROM findings WHERE delivery_id IS NOT NULL) fk
+            JOIN deliveries d ON d.id = fk.delivery_id JOIN findings f ON f.delivery_id = fk.delivery_id
+            GROUP BY 1, 2, 3, 4, 5, 6, 7;
+        """
+    )
+
+
+@migrations(name="0014_change_counter")
+def _change_counter(db: sqlite_utils.Database) -> None:
+    # The newest change number ever handed out (seq was MAX(seq) + 1: a reset of the run holding the newest rows
+    # made new changes reuse numbers a live viewer had seen, and it missed them), updated in the transaction that
+    # hands numbers out; `resets` counts the resets that removed every run, which a reader of the changes can watch.
+    db.executescript(
+        """
+        CREATE TABLE change_counter (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL,
+            resets INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO change_counter (id, seq) SELECT 1, COALESCE(MAX(seq), 0) FROM deliveries;
+        """
+    )
+
+
+# The summary tables the triggers of migrations 0012 and 0013 keep, each with the query that counts the same from the
+# rows (`SELECT * FROM table WHERE n != 0` must equal it): what the tests and the dashboard benchmark check them by.
+_FLAGGED_BY = "(SELECT DISTINCT delivery_id, kind FROM findings WHERE delivery_id IS NOT NULL) fk"
+COUNT_RULES: dict[str, str] = {
+    "finding_class_counts": "SELECT d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, count(*) "
+    "FROM findings f JOIN deliveries d ON d.id = f.delivery_id GROUP BY 1, 2, 3, 4, 5",
+    "flagged_counts": "SELECT fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), d.verdict, count(*) "
+    f"FROM {_FLAGGED_BY} JOIN deliveries d ON d.id = fk.delivery_id GROUP BY 1, 2, 3, 4, 5",
+    "hourly_counts": "SELECT CAST(sent_at / 3600 AS INTEGER), run, kind, COALESCE(schema_name, ''), verdict, count(*) "
+    "FROM deliveries GROUP BY 1, 2, 3, 4, 5",
+    "hourly_finding_counts": "SELECT CAST(d.sent_at / 3600 AS INTEGER), d.run, d.kind, COALESCE(d.schema_name, ''), "
+    "f.kind, f.severity, count(*) FROM findings f JOIN deliveries d ON d.id = f.delivery_id GROUP BY 1, 2, 3, 4, 5, 6",
+    "flagged_finding_counts": "SELECT fk.kind, d.run, d.kind, COALESCE(d.schema_name, ''), f.kind, f.severity, "
+    f"count(*) FROM {_FLAGGED_BY} JOIN deliveries d ON d.id = fk.delivery_id JOIN findings f "
+    "ON f.delivery_id = fk.delivery_id GROUP BY 1, 2, 3, 4, 5, 6",
+    # migration 0013
+    "minute_counts": "SELECT CAST(sent_at / 60 AS INTEGER), run, kind, COALESCE(schema_name, ''), verdict, count(*) "
+    "FROM deliveries GROUP BY 1, 2, 3, 4, 5",
+    "daily_counts": "SELECT CAST(sent_at / 86400 AS INTEGER), run, kind, COALESCE(schema_name, ''), verdict, count(*) "
+    "FROM deliveries GROUP BY 1, 2, 3, 4, 5",
+    "daily_finding_counts": "SELECT CAST(d.sent_at / 86400 AS INTEGER), d.run, d.kind, COALESCE(d.schema_name, ''), "
+    "f.kind, f.severity, count(*) FROM findings f JOIN deliveries d ON d.id = f.delivery_id GROUP BY 1, 2, 3, 4, 5, 6",
+    "hourly_flagged_counts": "SELECT CAST(d.sent_at / 3600 AS INTEGER), fk.kind, d.run, d.kind, "
+    f"COALESCE(d.schema_name, ''), d.verdict, count(*) FROM {_FLAGGED_BY} JOIN deliveries d ON d.id = fk.delivery_id "
+    "GROUP BY 1, 2, 3, 4, 5, 6",
+    "hourly_flagged_finding_counts": "SELECT CAST(d.sent_at / 3600 AS INTEGER), fk.kind, d.run, d.kind, "
+    f"COALESCE(d.schema_name, ''), f.kind, f.severity, count(*) FROM {_FLAGGED_BY} JOIN deliveries d "
+    "ON d.id = fk.delivery_id JOIN findings f ON f.delivery_id = fk.delivery_id GROUP BY 1, 2, 3, 4, 5, 6, 7",
+}
+
+
 # The last migration: a store without it is still being created or upgraded, and readers wait for it.
 LATEST_MIGRATION: str = migrations._migrations[-1].name
 
