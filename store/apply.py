@@ -24,9 +24,19 @@ _FINDING_INSERT = (
 CAPTURED_TABLES = ("findings", "consent_signals", "datalayer", "visitors", "deliveries")
 
 
-def _next_seq(conn: sqlite3.Connection) -> int:
-    # Read inside the write transaction: no other writer can interleave.
-    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()[0])
+def next_changes(conn: sqlite3.Connection, count: int) -> int:
+    """Hand out `count` change numbers (inside the caller's write transaction); the first of them.
+
+    They only ever grow, resets included: the high-water mark lives in `change_counter` (migration 0014), so a
+    reset of the run holding the newest changes never makes a number a viewer has seen come again. (A row whose
+    seq was written by other means, an older version say, still counts: the mark never falls behind MAX(seq).)
+    """
+    newest = conn.execute(
+        "UPDATE change_counter SET seq = MAX(seq, (SELECT COALESCE(MAX(seq), 0) FROM deliveries)) + ? WHERE id = 1 "
+        "RETURNING seq",
+        (count,),
+    ).fetchone()
+    return int(newest[0]) - count + 1
 
 
 def coalesce(ops: StoreOps) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -115,7 +125,7 @@ def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
         + [row["delivery_uid"] for row in ops.findings if row["delivery_uid"]]
         + [row["delivery_uid"] for row in ops.links if not row.get("folded")]
     )
-    start = _next_seq(conn) if touched else 0
+    start = next_changes(conn, len(touched)) if touched else 0
     seq = {uid: start + i for i, uid in enumerate(touched)}
     groups: dict[tuple[str, ...], list[dict[str, object]]] = {}
     for row in ops.inserts:
@@ -172,9 +182,12 @@ def apply_ops(conn: sqlite3.Connection, ops: StoreOps) -> None:
 def remove_captured(conn: sqlite3.Connection, run: str | None = None) -> int:
     """Remove captured data (of one run, or all) inside the caller's transaction; the deliveries removed.
 
-    The counters behind the metrics stay: they only ever grow.
+    The counters behind the metrics stay: they only ever grow, and so do change numbers (`next_changes`). A reset
+    of every run is counted in `change_counter.resets`: what a live reader watches to restart its streams.
     """
     clause, params = ("WHERE run = ?", (run,)) if run is not None else ("", ())
+    if run is None:
+        conn.execute("UPDATE change_counter SET resets = resets + 1 WHERE id = 1")
     removed = conn.execute(f"SELECT count(*) FROM deliveries {clause}", params).fetchone()[0]
     for table in CAPTURED_TABLES:
         conn.execute(f"DELETE FROM {table} {clause}", params)

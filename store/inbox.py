@@ -3,6 +3,11 @@
 One policy: observations beyond the bound (a count, and bytes of bodies) are dropped and counted, with an error
 logged at most every few seconds; an answer that finds the inbox full keeps its verdict and sheds its headers and
 body; settings and counts are never dropped. Putting never blocks, and wakes a taker only when one sleeps.
+
+Observations have one putting thread (the proxy's event loop, or the store process's reader), which keeps the
+inbox lock-free. Controls (a setting, a reset) may come from any thread (a reset from a dashboard thread): they
+go into a small locked lane of their own, each marked with how many observations were put before it, and the
+taker hands each on behind exactly those, so a reset stays a barrier behind what was captured before it.
 """
 
 from __future__ import annotations
@@ -48,12 +53,18 @@ class Inbox:
         self._sizes: deque[int] = deque()
         self._bytes_in = 0
         self._bytes_out = 0
+        # Observations put and taken so far, each counted by its one thread; controls wait in their own lane with
+        # the number of observations put before them.
+        self._put = 0
+        self._taken = 0
+        self._controls: deque[tuple[int, Control]] = deque()
+        self._controls_lock = threading.Lock()
         self._ready = threading.Event()
         self._asleep = False
         self._last_log = 0.0
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._controls)
 
     @property
     def bytes(self) -> int:
@@ -70,6 +81,7 @@ class Inbox:
             self._bytes_in += size
             self._sizes.append(size)
             items.append(message)
+            self._put += 1
             if self._asleep:
                 self._asleep = False
                 self._ready.set()
@@ -79,6 +91,7 @@ class Inbox:
             # so no delivery is left pending for want of room.
             self._sizes.append(0)
             items.append(shed_answer(message, OVERFLOW_NOTE))
+            self._put += 1
             self.shed += 1
             return True
         self.dropped += 1
@@ -95,39 +108,63 @@ class Inbox:
         return False
 
     def put_control(self, message: Control) -> None:
-        """Queue a setting, counts or a reset: never dropped."""
-        self._sizes.append(0)
-        self._items.append(message)
+        """Queue a setting, counts or a reset, from any thread, behind every observation put before: never dropped."""
+        with self._controls_lock:
+            # An observation being put at this very moment by the other thread may come after it: a reset then
+            # drops it by its capture time (StoreWriter), as it does anything captured before it that comes later.
+            self._controls.append((self._put, message))
         self.wake()
 
     def take(self, limit: int | None = None, until: type | None = None) -> list[Message]:
         """The oldest messages, at most `limit` of them (all when None), ending with the first of class `until`."""
         items = self._items
-        count = len(items) if limit is None else min(limit, len(items))
-        if until is None:
-            taken = [items.popleft() for _ in range(count)]
-        else:
-            taken = []
-            for _ in range(count):
-                message = items.popleft()
-                taken.append(message)
-                if type(message) is until:
+        # Observations present now (the putting thread only adds): the prefix of them before the next control.
+        count = len(items)
+        taken: list[Message] = []
+        room = len(self) if limit is None else limit
+        while room > 0:
+            control = self._controls[0] if self._controls else None
+            if control is not None and control[0] <= self._taken:
+                with self._controls_lock:
+                    self._controls.popleft()
+                taken.append(control[1])
+                room -= 1
+                if type(control[1]) is until:
                     break
-        sizes = self._sizes
-        self._bytes_out += sum([sizes.popleft() for _ in range(len(taken))])
+                continue
+            n = min(room, count if control is None else min(count, control[0] - self._taken))
+            if n <= 0:
+                break
+            if until is None:
+                run = [items.popleft() for _ in range(n)]
+            else:
+                run = []
+                for _ in range(n):
+                    message = items.popleft()
+                    run.append(message)
+                    if type(message) is until:
+                        break
+            count -= len(run)
+            room -= len(run)
+            self._taken += len(run)
+            sizes = self._sizes
+            self._bytes_out += sum([sizes.popleft() for _ in range(len(run))])
+            taken += run
+            if until is not None and run and type(run[-1]) is until:
+                break
         return taken
 
     def wait(self, timeout: float) -> bool:
         """Sleep until something is put or `wake` is called, at most `timeout` s; True if something waits."""
-        if self._items:
+        if self._items or self._controls:
             return True
         self._asleep = True
         self._ready.clear()
         # Checked again after clear(): a put just before it must not be slept through.
-        if not self._items:
+        if not (self._items or self._controls):
             self._ready.wait(timeout)
         self._asleep = False
-        return bool(self._items)
+        return bool(self._items or self._controls)
 
     def wake(self) -> None:
         """End a taker's wait now (something was put, or it should stop waiting)."""

@@ -375,8 +375,9 @@ class StoreLink:
             "store_dropped": self.dropped,
         }
 
-    def _counts(self, due: bool) -> Counts | None:
-        """What was counted since the last Counts, when `due` or the last was a while ago and there is news."""
+    def _counts(self, due: bool, news: bool = False) -> Counts | None:
+        """What was counted since the last Counts, when `due` or the last was a while ago and there is news (or
+        always, with `news`)."""
         now = time.monotonic()
         if not due and now - self._last_counts < IDLE_SECONDS:
             return None
@@ -384,7 +385,7 @@ class StoreLink:
         sent, self._sent_totals = self._sent_totals, totals
         increments = {name: max(0, value - sent[name]) for name, value in totals.items()}
         waiting = len(self._inbox)
-        if not any(increments.values()) and waiting == self._last_waiting:
+        if not news and not any(increments.values()) and waiting == self._last_waiting:
             return None
         self._last_counts = now
         self._last_waiting = waiting
@@ -511,6 +512,9 @@ class StoreLink:
         if isinstance(old, _ProcessBackend):
             old.discard()
         self._backend = self._new_backend(use_process, take_over=True)
+        # What is handed again ends with a Counts (a fresh one, news or not): the new store writes nothing before
+        # it, and leaves the calls handed again before it to its own judge rather than settling them as orphans.
+        self._counts(due=True, news=True)
         # The settings again, resets not done, what it had not settled and what was not handed on, and every
         # Counts the old store did not report written (the new one skips any it did write). A reset handed again
         # before older observations still holds: the store drops what was captured before a reset's time.

@@ -8,7 +8,9 @@ counts handed again after a store died are added once.
 A reset (wire.Reset) is a barrier: what was handed in before it is written, then removed in the same transaction;
 the judge forgets the run's visitors; what comes after it but was captured before it is dropped. `settled` says
 how many observations handed in (in order) are written or dropped, so a proxy whose store process died can hand
-the rest to the next one. Decisions a dead store left pending are decided when the next one starts.
+the rest to the next one. Decisions a dead store left pending are decided when the next one starts; a store that
+takes over first lets the proxy hand again what the dead one had not settled (ending with a Counts), and leaves the
+calls handed again to its own judge: they get their real decision, never also the dead store's "unknown".
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from clickwatch.core.config import Config
 from clickwatch.core.findings import FindingKind
 from clickwatch.core.pipeline import Notice, Pipeline, StoreOps
 from clickwatch.core.settings import default
-from clickwatch.store.apply import apply_ops, remove_captured
+from clickwatch.store.apply import apply_ops, next_changes, remove_captured
 from clickwatch.store.inbox import Inbox
 from clickwatch.store.metrics_schema import COUNTERS, QUEUE_DEPTH
 from clickwatch.store.schema import open_database
@@ -54,6 +56,9 @@ DIED_BEFORE_DECIDING = "the store process died before deciding"
 STOPPED_BEFORE_DECIDING = "clickwatch stopped before deciding"
 # Resets whose outcome the store reports (the proxy waits for its own, so a few are plenty).
 RESETS_REMEMBERED = 64
+# How long a store taking over waits for what the proxy hands again before it writes anything (the link hands it
+# at once, in one batch ending with a Counts; the bound is for a feeder that never does).
+HANDED_AGAIN_WAIT_SECONDS = 5.0
 # When each observation was captured: what a reset compares with its own time.
 _CAPTURED_AT: dict[type, int] = {cls: cls._fields.index(name) for cls, name in (
     (Request, "sent_at"), (Storefront, "request_at"), (Browser, "received_at"), (Blocked, "at"),
@@ -176,6 +181,12 @@ class StoreWriter:
         # False for a store that takes over from one that died while its proxy runs on: answers to the
         # requests it left pending are still on their way.
         self._fail_stale_pending = fail_stale_pending
+        # A store taking over: the calls the proxy hands again (their uids), up to the first Counts, which ends
+        # what is handed again. Their consent is decided by this store's judge, so they are no orphans.
+        self._handed_again: set[str] = set()
+        self._handed_again_in = threading.Event()
+        if fail_stale_pending:
+            self._handed_again_in.set()
 
     @property
     def config(self) -> Config:
@@ -212,6 +223,8 @@ class StoreWriter:
 
     def submit(self, message: Observed) -> bool:
         """Queue an observation without blocking; False if the queue was full and it was dropped (and counted)."""
+        if type(message) is Request and not self._handed_again_in.is_set():
+            self._handed_again.add(message.uid)
         with self._arrivals:
             self._arrived += 1
             if self._inbox.put(message):
@@ -225,6 +238,8 @@ class StoreWriter:
 
     def count(self, counts: Counts) -> None:
         """Add a proxy's Counts to the counters with the next batch written."""
+        # The first Counts ends what a proxy hands again to a store taking over (StoreLink._replace_backend).
+        self._handed_again_in.set()
         tally = self._tally
         with tally.lock:
             tally.proxy_waiting = counts.waiting
@@ -268,6 +283,11 @@ class StoreWriter:
             self._connect()
         except sqlite3.Error as exc:
             self._note_failure(exc, 0)
+        # Taking over: nothing is written (and no orphan settled) before what the proxy hands again is all in.
+        waited = time.monotonic() + HANDED_AGAIN_WAIT_SECONDS
+        while not self._handed_again_in.is_set() and not self._stopping.is_set() and time.monotonic() < waited:
+            self._handed_again_in.wait(0.05)
+        self._handed_again_in.set()
         while True:
             if ops is None:
                 ops, held = self._next_ops()
@@ -458,7 +478,9 @@ class StoreWriter:
             apply_ops(conn, ops)
             if reset is not None:
                 removed = remove_captured(conn, reset.run)
-        self._orphans_settled = True
+        if not self._orphans_settled:
+            self._orphans_settled = True
+            self._handed_again = set()
         return removed
 
     def _settle_orphans(self, conn: sqlite3.Connection) -> None:
@@ -466,21 +488,35 @@ class StoreWriter:
 
         Its judge's memory of those visitors went with it, so nobody can decide them any more; a check waiting for
         them would wait for ever. (Their verdicts: failed at a start, see _connect; a store that takes over leaves
-        them pending, as their answers, and those the dead store had not written, are handed to it.)
+        them pending, as their answers, and those the dead store had not written, are handed to it.) A call the
+        proxy handed again (the dead store may have written it just before it died, unbeknown to the proxy) is no
+        orphan: this store's judge decides it.
         """
         reason = STOPPED_BEFORE_DECIDING if self._fail_stale_pending else DIED_BEFORE_DECIDING
         severity = self.config.severity[FindingKind.CONSENT_UNKNOWN].value
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS handed_again (uid TEXT PRIMARY KEY)")
+        conn.execute("DELETE FROM temp.handed_again")
+        conn.executemany("INSERT OR IGNORE INTO temp.handed_again (uid) VALUES (?)", [(u,) for u in self._handed_again])
+        orphan = (
+            "consent = 'pending' AND kind IN ('clickstream', 'consent_reference') "
+            "AND uid NOT IN (SELECT uid FROM temp.handed_again)"
+        )
         conn.execute(
             "INSERT INTO findings (delivery_id, run, visitor, kind, severity, message, at) "
             "SELECT MIN(id), run, COALESCE(visitor, ''), ?, ?, "
             "'consent cannot be judged: ' || ? || ' (' || count(*) || ' call(s) waited for their decision)', "
-            "MIN(sent_at) FROM deliveries WHERE consent = 'pending' AND kind IN ('clickstream', 'consent_reference') "
-            "GROUP BY run, visitor",
+            f"MIN(sent_at) FROM deliveries WHERE {orphan} GROUP BY run, visitor",
             (FindingKind.CONSENT_UNKNOWN.value, severity, reason),
         )
-        pending = [uid for (uid,) in conn.execute("SELECT uid FROM deliveries WHERE consent = 'pending' ORDER BY id")]
+        pending = [
+            uid
+            for (uid,) in conn.execute(
+                "SELECT uid FROM deliveries WHERE consent = 'pending' "
+                "AND uid NOT IN (SELECT uid FROM temp.handed_again) ORDER BY id"
+            )
+        ]
         if pending:
-            start = int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM deliveries").fetchone()[0])
+            start = next_changes(conn, len(pending))
             conn.executemany(
                 "UPDATE deliveries SET consent = 'unknown', seq = ? WHERE uid = ?",
                 [(start + n, uid) for n, uid in enumerate(pending)],
