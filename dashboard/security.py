@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -26,6 +27,10 @@ SESSION_SECONDS = 12 * 3600
 MAX_BODY_BYTES = 64 * 1024
 # Wrong tokens per client address (an IPv6 /64 counts as one) before it must wait.
 GUESSES_PER_MINUTE = 5
+# While an address waits, one token a second from it is still compared: the right one gets in (behind a reverse
+# proxy every user shares the proxy's address, and one user's typos must not lock the others out), and a guesser
+# gets one answer a second at most, never more.
+THROTTLED_CHECK_SECONDS = 1.0
 _TRACKED_ADDRESSES = 10_000
 
 Scope = MutableMapping[str, Any]
@@ -102,13 +107,22 @@ def client_key(address: str | None) -> str:
 
 
 class Throttle:
-    """Wrong tokens per client in a sliding minute: beyond `limit`, the client waits (429 with Retry-After)."""
+    """Wrong tokens per client in a sliding minute: beyond `limit`, wrong ones are answered 429 with Retry-After.
 
-    def __init__(self, limit: int = GUESSES_PER_MINUTE, window: float = 60.0) -> None:
+    The right token is always let in (`check`), also while its address waits; a waiting address has at most one
+    token a second compared (`check_every`), so throttling still bounds guessing.
+    """
+
+    def __init__(
+        self, limit: int = GUESSES_PER_MINUTE, window: float = 60.0, check_every: float = THROTTLED_CHECK_SECONDS
+    ) -> None:
         self.limit = limit
         self.window = window
+        self.check_every = check_every
         # Bounded: the least recently failing clients are forgotten first.
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        # When a waiting client last had a token compared.
+        self._checked: dict[str, float] = {}
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         times = self._failures.get(key)
@@ -139,6 +153,29 @@ class Throttle:
     def succeeded(self, key: str) -> None:
         """A right token clears the client's count."""
         self._failures.pop(key, None)
+        self._checked.pop(key, None)
+
+    def check(self, key: str, right: Callable[[], bool], now: float | None = None) -> tuple[bool, int]:
+        """Compare a supplied token (`right`, constant-time) for a client: (let in, seconds to wait when not).
+
+        A right token is let in and clears the count, waiting or not. A wrong one is counted; the wait is 0 (401)
+        until the client is past its limit (429). A waiting client has a token compared at most every
+        `check_every` s; sooner, it is answered 429 unread.
+        """
+        now = time.monotonic() if now is None else now
+        wait = self.retry_after(key, now)
+        if wait:
+            if now - self._checked.get(key, -math.inf) < self.check_every:
+                return False, wait
+            self._checked.pop(key, None)
+            self._checked[key] = now
+            while len(self._checked) > _TRACKED_ADDRESSES:
+                del self._checked[next(iter(self._checked))]
+        if right():
+            self.succeeded(key)
+            return True, 0
+        self.failed(key, now)
+        return False, self.retry_after(key, now) if wait else 0
 
 
 def too_many(retry_after: int) -> JSONResponse:
@@ -179,13 +216,13 @@ class TokenGuard:
         supplied = supplied_token(request)
         if supplied is not None:
             key = client_key(request.client.host if request.client else None)
-            if wait := self.throttle.retry_after(key):
-                await too_many(wait)(scope, receive, send)
-                return
-            if token_matches(supplied, self.token):
+            granted, wait = self.throttle.check(key, lambda: token_matches(supplied, self.token))
+            if granted:
                 await self.app(scope, receive, send)
                 return
-            self.throttle.failed(key)
+            if wait:
+                await too_many(wait)(scope, receive, send)
+                return
         if path.startswith("/api/") or path == "/metrics" or path in ("/openapi.json", "/docs"):
             refusal = JSONResponse(
                 {"detail": "access token required: send 'Authorization: Bearer <token>' or log in at /login"},
@@ -231,7 +268,9 @@ def cross_origin_write(request: HTTPConnection) -> bool:
     site = request.headers.get("sec-fetch-site")
     if site is not None:
         # The browser's own word. "same-site" is another port or subdomain: another origin all the same. Trusted
-        # over Origin, which is "null" on the dashboard's own forms (its pages send Referrer-Policy: no-referrer).
+        # over Origin, which a page with Referrer-Policy: no-referrer sends as "null" even to its own origin. (The
+        # dashboard's pages send same-origin, so a browser without Sec-Fetch-Site, Safari before 16.4, sends its
+        # real Origin on the login form; "null" alone is still refused: sandboxed frames and file:// pages send it.)
         return site not in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:

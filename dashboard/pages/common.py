@@ -33,7 +33,9 @@ PAGE_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: captured URLs still never reach another site, and a same-origin form POST
+    # carries its real Origin (with no-referrer, Safari before 16.4 sent "null" and the login form was refused).
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 

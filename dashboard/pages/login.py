@@ -42,11 +42,8 @@ async def login(request: Request, settings: SettingsDep) -> Response:
         return RedirectResponse("/", status_code=303)
     throttle: Throttle = request.app.state.throttle
     key = client_key(request.client.host if request.client else None)
-    # Refused before the body is read: a throttled client costs nothing, and neither does a huge body.
-    if wait := throttle.retry_after(key):
-        answer = page(request, "login.html", {"next": "/", "failed": False, "wait": wait}, 429)
-        answer.headers["Retry-After"] = str(wait)
-        return answer
+    # Read (8 KB at most) before the throttle: the right token gets in even while this address waits for wrong
+    # ones (behind a reverse proxy, everyone's address), and only wrong ones are answered 429.
     raw = await read_bounded(request, MAX_LOGIN_BODY)
     if raw is None:
         return JSONResponse({"detail": f"login form larger than {MAX_LOGIN_BODY} bytes"}, status_code=413)
@@ -54,10 +51,14 @@ async def login(request: Request, settings: SettingsDep) -> Response:
     form = parse_qs(raw.decode("utf-8", "replace"))
     supplied = (form.get("token") or [""])[0]
     target = safe_next((form.get("next") or [""])[0])
-    if not token_matches(supplied, settings.token):
-        throttle.failed(key)
+    token = settings.token
+    granted, wait = throttle.check(key, lambda: token_matches(supplied, token))
+    if wait:
+        answer = page(request, "login.html", {"next": target, "failed": False, "wait": wait}, 429)
+        answer.headers["Retry-After"] = str(wait)
+        return answer
+    if not granted:
         return page(request, "login.html", {"next": target, "failed": True}, 401)
-    throttle.succeeded(key)
     sessions: Sessions = request.app.state.sessions
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -9,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
-from starlette.background import BackgroundTask
+from starlette.types import Receive, Scope, Send
 
 from clickwatch.core import __version__
 from clickwatch.dashboard.deps import SettingsDep
@@ -18,6 +19,21 @@ from clickwatch.store import bundle, reader
 
 router = APIRouter(prefix="/api", tags=["api"])
 MEDIA_TYPE = "application/zip"
+
+
+class TemporaryFileResponse(FileResponse):
+    """A file sent once, then removed whatever happens: sent whole, client gone, stop of the server, an error.
+
+    (A background task would not do: it runs only after a response that ended normally, so a download cancelled
+    by the server's stop, or a send that raised, left the zip in the temporary folder.)
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 def download_name(run: str) -> str:
@@ -59,9 +75,4 @@ def export_bundle(
         conn.close()
         if not built:
             os.unlink(handle.name)
-    return FileResponse(
-        handle.name,
-        media_type=MEDIA_TYPE,
-        filename=download_name(run),
-        background=BackgroundTask(os.unlink, handle.name),
-    )
+    return TemporaryFileResponse(handle.name, media_type=MEDIA_TYPE, filename=download_name(run))
