@@ -34,7 +34,6 @@ import asyncio
 import http.server
 import multiprocessing
 import os
-import re
 import shutil
 import signal
 import socket
@@ -53,8 +52,9 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 TARGET_RATIO = 0.90
 TARGET_SECONDS = 1.0
-FINAL = re.compile(rb'"verdict":"(delivered|rejected|failed)".*?"consent_reference":"lb-(\d+)"')
-EVENT_ID = re.compile(rb"^id: ?(\d+)", re.M)
+VERDICT = b'"verdict":"'
+FINAL_VERDICTS = (b"delivered", b"rejected", b"failed")
+TOKEN = b'"consent_reference":"lb-'
 
 
 class BenchError(Exception):
@@ -213,26 +213,70 @@ class Load:
             writer.close()
 
 
-class Viewer:
-    """One live-page viewer: follows /api/stream with a plain socket and notes when each token arrived, final."""
+def final_tokens(frames: bytes) -> list[int]:
+    """The tokens of the deliveries that complete events in `frames` show with a final verdict (each event's own).
 
-    def __init__(self, port: int) -> None:
+    What a viewer does with each chunk, so it must be cheap: bytes.find over the chunk, no JSON parsing and no
+    regular expression that walks every byte between a verdict and its token (each cost the viewers' processes
+    a core at 200 viewers, on the two cores the proxy needs). A test holds it to json.loads of every event.
+    """
+    tokens = []
+    find = frames.find
+    at = find(VERDICT)
+    while at >= 0:
+        at += len(VERDICT)
+        if frames.startswith(FINAL_VERDICTS, at):
+            end_of_event = find(b"\n", at)  # an event's data is one line: JSON escapes newlines
+            if end_of_event < 0:
+                break
+            ref = find(TOKEN, at, end_of_event)
+            if ref >= 0:
+                ref += len(TOKEN)
+                close = find(b'"', ref, end_of_event)
+                if close > ref and frames[ref:close].isdigit():
+                    tokens.append(int(frames[ref:close]))
+            at = end_of_event
+        at = find(VERDICT, at)
+    return tokens
+
+
+class Viewer:
+    """One live-page viewer: follows /api/stream with a plain socket and notes when each token arrived, final.
+
+    With `page`, it also asks what a live page asks (static/live.js): `/api/summary` and `/api/funnel`, each at most
+    once a second after events arrived and the funnel every 5 s, on a keep-alive connection of its own; and, as the
+    page does, it follows the stream with `totals=true` and stops asking for either once the stream brought it.
+    """
+
+    def __init__(self, port: int, page: bool = True) -> None:
         self.port = port
+        self.page = page
         self.seen: dict[int, float] = {}
         self.reconnects = 0
         self.received = 0
+        self.asked = 0  # summary and funnel requests made
         self.last_id = ""
         self.connected = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.poll: asyncio.Task[None] | None = None
+        self.pushed: set[str] = set()  # "summary", "funnel": the stream brings them
+        self._asking: dict[str, asyncio.Task[None]] = {}
+        self._last_asked: dict[str, float] = {}
+        self._api: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._api_lock = asyncio.Lock()
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._follow())
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._follow())
+        if self.page:
+            self.poll = loop.create_task(self._funnel_poll())
 
     async def _follow(self) -> None:
+        path = "/api/stream?totals=true" if self.page else "/api/stream"
         while True:
             reader, writer = await asyncio.open_connection(HOST, self.port)
             resume = f"Last-Event-ID: {self.last_id}\r\n" if self.last_id else ""
-            head = f"GET /api/stream HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nAccept: text/event-stream\r\n"
+            head = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nAccept: text/event-stream\r\n"
             writer.write(f"{head}{resume}\r\n".encode())
             try:
                 rest = b""
@@ -240,20 +284,65 @@ class Viewer:
                     self.connected.set()
                     self.received += len(chunk)
                     now = time.perf_counter()
-                    data = rest + chunk
+                    data = rest + chunk if rest else chunk
                     cut = data.rfind(b"\n\n")
                     if cut < 0:
                         rest = data
                         continue
                     complete, rest = data[: cut + 2], data[cut + 2 :]
-                    for match in FINAL.finditer(complete):
-                        self.seen.setdefault(int(match.group(2)), now)
-                    ids = EVENT_ID.findall(complete)
-                    if ids:
-                        self.last_id = ids[-1].decode()
+                    for token in final_tokens(complete):
+                        self.seen.setdefault(token, now)
+                    last = complete.rfind(b"\nid: ")
+                    if last >= 0:
+                        self.last_id = complete[last + 5 : complete.index(b"\n", last + 5)].decode()
+                    if self.page:
+                        self._as_a_page(complete)
                 self.reconnects += 1  # the server ended the stream (a `reconnect` event): resume
             finally:
                 writer.close()
+
+    def _as_a_page(self, complete: bytes) -> None:
+        for what in ("summary", "funnel"):
+            if what not in self.pushed and f"event: {what}\n".encode() in complete:
+                self.pushed.add(what)
+        if b"event: delivery\n" in complete:
+            for what in ("summary", "funnel"):
+                self._ask(what)
+
+    def _ask(self, what: str) -> None:
+        """As live.js: one request for `what` at most once a second, none once the stream brings it."""
+        if what in self.pushed or (what in self._asking and not self._asking[what].done()):
+            return
+        delay = max(0.0, self._last_asked.get(what, 0.0) + 1.0 - time.monotonic())
+        self._asking[what] = asyncio.get_running_loop().create_task(self._get(what, delay))
+
+    async def _get(self, what: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if what in self.pushed:
+            return
+        self._last_asked[what] = time.monotonic()
+        async with self._api_lock:
+            try:
+                if self._api is None:
+                    self._api = await asyncio.open_connection(HOST, self.port)
+                reader, writer = self._api
+                writer.write(f"GET /api/{what} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n\r\n".encode())
+                self.asked += 1
+                await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                if self._api is not None:
+                    self._api[1].close()
+                self._api = None
+
+    async def _funnel_poll(self) -> None:
+        while "funnel" not in self.pushed:
+            await asyncio.sleep(5.0)
+            self._ask("funnel")
 
 
 def _store_watch(db: Path, stored: dict[int, float], stop: threading.Event) -> None:
@@ -272,14 +361,16 @@ def _store_watch(db: Path, stored: dict[int, float], stop: threading.Event) -> N
         for _seq, reference in rows:
             if reference and reference.startswith("lb-"):
                 stored.setdefault(int(reference[3:]), now)
+        if rows:
+            seq = rows[-1][0]  # a row's seq grows with each change: what comes later has a larger one
     conn.close()
 
 
-def _viewers_process(port: int, count: int, db: Path | None, conn: Connection) -> None:
+def _viewers_process(port: int, count: int, db: Path | None, page: bool, conn: Connection) -> None:
     """In a child process: `count` viewers; says "ready" once all are connected, reports when told to stop."""
 
     async def follow() -> None:
-        viewers = [Viewer(port) for _ in range(count)]
+        viewers = [Viewer(port, page) for _ in range(count)]
         for viewer in viewers:
             viewer.start()
         await asyncio.wait_for(asyncio.gather(*(v.connected.wait() for v in viewers)), 60)
@@ -293,10 +384,12 @@ def _viewers_process(port: int, count: int, db: Path | None, conn: Connection) -
         for viewer in viewers:
             assert viewer.task is not None
             viewer.task.cancel()
+            if viewer.poll is not None:
+                viewer.poll.cancel()
         stop.set()
         if db is not None:
             watch.join(5)
-        conn.send([(v.seen, v.reconnects, v.received) for v in viewers])
+        conn.send([(v.seen, v.reconnects, v.received, v.asked) for v in viewers])
         conn.send((time.process_time(), stored))
 
     asyncio.run(follow())
@@ -321,12 +414,12 @@ async def measure(layout: Layout, upstream_port: int, args: argparse.Namespace) 
         ours, theirs = spawn.Pipe()
         child = spawn.Process(
             target=_viewers_process,
-            args=(layout.dashboard_port, share, layout.db if n == 0 else None, theirs),
+            args=(layout.dashboard_port, share, layout.db if n == 0 else None, not args.stream_only, theirs),
             daemon=True,
         )
         child.start()
         children.append((ours, child))
-    reports: list[tuple[dict[int, float], int, int]] = []
+    reports: list[tuple[dict[int, float], int, int, int]] = []
     viewers_cpu = 0.0
     stored: dict[int, float] = {}
     try:
@@ -358,7 +451,7 @@ async def measure(layout: Layout, upstream_port: int, args: argparse.Namespace) 
     late = [0] * len(reports)
     missing = [0] * len(reports)
     delays: list[float] = []
-    for n, (seen, _, _) in enumerate(reports):
+    for n, (seen, *_) in enumerate(reports):
         for token, answered in tokens.items():
             arrived = seen.get(token)
             if arrived is None:
@@ -369,7 +462,7 @@ async def measure(layout: Layout, upstream_port: int, args: argparse.Namespace) 
             late[n] += delay > TARGET_SECONDS
     delays.sort()
     # The dashboard's own part: from final in the store (seen by polling it every 20 ms) to the viewer.
-    own = sorted(at - stored[t] for seen, _, _ in reports for t, at in seen.items() if t in tokens and t in stored)
+    own = sorted(at - stored[t] for seen, *_ in reports for t, at in seen.items() if t in tokens and t in stored)
     return {
         "alone": alone,
         "watched": watched,
@@ -383,6 +476,7 @@ async def measure(layout: Layout, upstream_port: int, args: argparse.Namespace) 
         "reconnects": sum(r[1] for r in reports),
         "missing_median": statistics.median(missing) if missing else 0,
         "received_mb": sum(r[2] for r in reports) / 1e6,
+        "asked": sum(r[3] for r in reports),
         "viewers_cpu": viewers_cpu,
         "own_p50": statistics.median(own) if own else float("nan"),
         "own_p99": own[int(0.99 * (len(own) - 1))] if own else float("nan"),
@@ -399,12 +493,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewer-processes", type=int, default=4, help="processes the viewers are spread over (4)")
     parser.add_argument("--concurrency", type=int, default=10, help="keep-alive load connections (10)")
     parser.add_argument("--grace", type=float, default=2.0, help="seconds the viewers get after the load (2)")
+    parser.add_argument(
+        "--stream-only",
+        action="store_true",
+        help="viewers only follow the stream (by default each also asks what a live page asks: summary, funnel)",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="clickwatch-live-bench-"))
     upstream = http.server.ThreadingHTTPServer((HOST, 0), _Upstream)
     upstream.daemon_threads = True
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    print(f"clickwatch live bench: {args.viewers} viewers, {args.seconds:g} s per phase, {os.cpu_count()} CPUs")
+    what = "stream only" if args.stream_only else "as live pages: stream, summary and funnel"
+    print(
+        f"clickwatch live bench: {args.viewers} viewers ({what}), {args.seconds:g} s per phase, {os.cpu_count()} CPUs"
+    )
     layouts = ("up", "separate") if args.layout == "both" else (args.layout,)
     rows = []
     try:
@@ -423,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\n{'layout':<9} {'alone':>8} {'viewed':>8} {'ratio':>6} {'POSTs':>6} {'missing':>8} {'>1 s':>6} "
-        f"{'p50':>7} {'p99':>7} {'max':>7} {'reconn':>6} {'ms/POST':>11} {'viewers':>12} {'store→viewer':>13}  result"
+        f"{'p50':>7} {'p99':>7} {'max':>7} {'reconn':>6} {'ms/POST':>11} {'viewers':>12} {'store→viewer':>13} "
+        f"{'asked':>6}  result"
     )
     for name, f in rows:
         ratio = f["watched"] / f["alone"] if f["alone"] else 0.0
@@ -434,12 +537,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{f['max'] * 1e3:>5.0f}ms {f['reconnects']:>6} "
             f"{f['cpu_alone'] * 1e3:>4.1f}→{f['cpu_watched'] * 1e3:<5.1f} "
             f"{f['viewers_cpu']:>4.1f}s {f['received_mb']:>4.0f}MB "
-            f"{f['own_p50'] * 1e3:>5.0f}/{f['own_p99'] * 1e3:<5.0f}ms  {'PASS' if ok else 'MISS'}"
+            f"{f['own_p50'] * 1e3:>5.0f}/{f['own_p99'] * 1e3:<5.0f}ms {f['asked']:>6}  {'PASS' if ok else 'MISS'}"
         )
     print("missing / >1 s: the worst viewer's count of deliveries not seen at all / seen later than 1 s after the 201")
     print("ms/POST: CPU of the proxy's processes (store process and dashboard included) per POST, alone → viewed;")
     print("viewers: CPU time and bytes of the viewers' process (its own process: it must not slow the load down)")
     print("store→viewer: p50/p99 from final in the store to the viewer, the dashboard's own part of the delay")
+    print("asked: /api/summary and /api/funnel requests the viewers made as live pages do (0 with --stream-only)")
     return 0
 
 

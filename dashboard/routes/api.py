@@ -47,7 +47,9 @@ STREAM_EVENTS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": (
             "event `delivery` per new or changed delivery; a comment as keep-alive; event `reconnect` (then the "
-            "stream ends) when this client fell too far behind: reconnect with Last-Event-ID to resume"
+            "stream ends) when this client fell too far behind: reconnect with Last-Event-ID to resume; with "
+            "`totals=true`, events `summary` and `funnel` (as /api/summary and /api/funnel answer for the stream's "
+            "run) when they change, at most once a second (`summary` only when no filter but `run` is set)"
         ),
         "content": {
             "text/event-stream": {
@@ -219,13 +221,22 @@ async def stream(
     feed: FeedDep,
     flt: FilterDep,
     start: Annotated[int | None, Depends(resume_point)],
+    totals: Annotated[
+        bool,
+        Query(
+            description="also send events `summary` and `funnel` of the stream's run, when they change (the live page)"
+        ),
+    ] = False,
 ) -> EventSourceResponse:
     return EventSourceResponse(
-        _follow(settings.db, feed, flt, start), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        _follow(settings.db, feed, flt, start, totals),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _follow(db: str, feed: ChangeFeed, flt: reader.DeliveryFilter, start: int | None) -> AsyncIterator[bytes]:
+async def _follow(
+    db: str, feed: ChangeFeed, flt: reader.DeliveryFilter, start: int | None, totals: bool = False
+) -> AsyncIterator[bytes]:
     """One stream's bytes: the catch-up from the store, then the feed's batches, one write per batch (or fewer).
 
     A stream that takes everything writes the batch's frames as the feed joined them, the same bytes object for every
@@ -233,7 +244,7 @@ async def _follow(db: str, feed: ChangeFeed, flt: reader.DeliveryFilter, start: 
     """
     # Subscribe first, then catch up from the store: whatever the feed publishes from now on reaches this subscriber,
     # and the catch-up reads at least up to where the feed started, so nothing falls between (duplicates are skipped).
-    sub = feed.subscribe(flt)
+    sub = feed.subscribe(flt, totals=totals)
     try:
         position = await feed.ready()
         # "From now" is the feed's position: what comes after it, the feed brings, so the store is not touched (200
@@ -246,26 +257,19 @@ async def _follow(db: str, feed: ChangeFeed, flt: reader.DeliveryFilter, start: 
                 yield b"".join(c.frame for c in backlog)
             if len(backlog) < CATCH_UP_BATCH:
                 break
+        sub.sent = sent
         while True:
-            batches = await sub.next(KEEP_ALIVE_SECONDS)
+            # The subscription picks this stream's part of each batch (for one that takes everything, the batch's
+            # own bytes) and goes back to waiting when a batch holds nothing for it: one write per wake-up, or none.
+            out = await sub.next(KEEP_ALIVE_SECONDS)
             if sub.overflowed:
                 # This client fell too far behind (or the store was emptied): rather than buffer without bound, end
                 # the stream; EventSource reconnects after `retry` ms and resumes from its Last-Event-ID.
+                sent = sub.sent
                 note = json.dumps({"after": sent, "reason": "fell behind the live feed: reconnect with Last-Event-ID"})
                 yield f"event: reconnect\ndata: {note}\nid: {sent}\nretry: {RECONNECT_MS}\n\n".encode()
                 return
-            if not batches:
-                yield b": keep-alive\n\n"
-                continue
-            chunks = []
-            for batch in batches:
-                if sub.everything and batch.first > sent:
-                    chunks.append(batch.frames)
-                else:
-                    chunks.extend(c.frame for c in batch.changes if c.seq > sent and flt.matches(c.item))
-                sent = max(sent, batch.changes[-1].seq)
-            if chunks:
-                yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            yield out or b": keep-alive\n\n"
     finally:
         feed.unsubscribe(sub)
 

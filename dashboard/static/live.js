@@ -17,6 +17,10 @@
   var summaryTimer = null;
   var summaryLast = 0;
   var SUMMARY_EVERY_MS = 1000; // at most one summary request per second and page, however fast events arrive
+  // Once the stream brings the summary (and the funnel) itself, computed once a second for every page of the run,
+  // this page stops asking for them: 200 open pages cost one summary a second, not 200.
+  var summaryPushed = false;
+  var funnelPushed = false;
   var funnel = document.getElementById("funnel");
   var funnelRows = document.getElementById("funnel-rows");
   var funnelEmpty = document.getElementById("funnel-empty");
@@ -166,6 +170,7 @@
 
   function refreshSummary() {
     summaryTimer = null;
+    if (summaryPushed) return;
     summaryLast = Date.now();
     fetch("/api/summary" + (query ? "?" + query : ""), { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) { return r.ok ? r.json() : null; })
@@ -175,7 +180,7 @@
 
   function scheduleSummary() {
     // Coalesced: the events of a second (a batch of the live feed arrives at once) cost one request, not one each.
-    if (summaryTimer !== null) return;
+    if (summaryPushed || summaryTimer !== null) return;
     summaryTimer = window.setTimeout(refreshSummary, Math.max(0, SUMMARY_EVERY_MS - (Date.now() - summaryLast)));
   }
 
@@ -235,6 +240,7 @@
 
   function refreshFunnel() {
     funnelTimer = null;
+    if (funnelPushed) return;
     funnelLast = Date.now();
     var url = "/api/funnel" + (funnelRun ? "?run=" + encodeURIComponent(funnelRun) : "");
     fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
@@ -244,13 +250,14 @@
   }
 
   function scheduleFunnel() {
-    if (!funnel || funnelTimer !== null) return;
+    if (!funnel || funnelPushed || funnelTimer !== null) return;
     funnelTimer = window.setTimeout(refreshFunnel, Math.max(0, FUNNEL_EVERY_MS - (Date.now() - funnelLast)));
   }
 
   function connect() {
     var params = new URLSearchParams(query);
     params.set("after", String(lastSeq));
+    params.set("totals", "true");
     source = new EventSource("/api/stream?" + params.toString());
     source.addEventListener("open", function () { setConn("live", "live"); });
     source.addEventListener("delivery", function (event) {
@@ -265,6 +272,27 @@
       upsert(item);
       scheduleSummary();
       scheduleFunnel();
+    });
+    source.addEventListener("summary", function (event) {
+      var s;
+      try {
+        s = JSON.parse(event.data);
+      } catch (e) {
+        return;
+      }
+      summaryPushed = true;
+      applySummary(s);
+    });
+    source.addEventListener("funnel", function (event) {
+      var f;
+      try {
+        f = JSON.parse(event.data);
+      } catch (e) {
+        return;
+      }
+      if (!funnel || (f && f.run ? String(f.run) : "") !== funnelRun) return;
+      funnelPushed = true;
+      applyFunnel(f);
     });
     source.addEventListener("reconnect", function () {
       // This page fell too far behind the live feed: the stream ends and EventSource resumes from Last-Event-ID.
@@ -283,6 +311,7 @@
 
   connect();
   if (funnel) {
+    // Until the stream brings the funnel: pushes that bring no delivery (no stream event) still show within seconds.
     window.setInterval(function () { if (!document.hidden) scheduleFunnel(); }, FUNNEL_POLL_MS);
   }
 })();

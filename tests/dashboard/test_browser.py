@@ -215,8 +215,10 @@ def test_the_funnel_follows_pushes_and_deliveries_without_a_reload(
         )
         expect(page.locator("#rows tr")).to_have_count(5)
         assert page.evaluate("window.__marker") == "still the same document"
+        # The stream brings the funnel (event `funnel`, issue 15): the page asks /api/funnel itself at most once a
+        # second, and only until the stream's first funnel arrived (test_live_totals_browser.py: not at all).
         gaps = [later - earlier for earlier, later in itertools.pairwise(asked)]
-        assert asked and min(gaps, default=1.0) >= 0.9, gaps
+        assert min(gaps, default=1.0) >= 0.9, gaps
         page.close()
     assert _csp_violations(tab) == []
     assert tab.problems() == [], tab.problems()
