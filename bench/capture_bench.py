@@ -63,6 +63,32 @@ EVENT_BODY = (
     b'"productCategoryName":"Bench","productPrice":19.99,"productCurrency":"EUR","timestamp":%d}'
 )
 
+# The control proxy of `--control`: mitmdump with a script defining every hook clickwatch's addon defines, each
+# returning at once (the same script bench/hook_bench.py dispatches to).
+CONTROL = "script"
+EMPTY_ADDON = (
+    '"""Every hook clickwatch defines, each returning at once: what mitmproxy\'s dispatch to an addon costs."""\n\n\n'
+    "class Empty:\n"
+    + "".join(
+        f"    def {name}(self, *args):\n        return None\n\n"
+        for name in (
+            "load",
+            "configure",
+            "running",
+            "done",
+            "http_connect",
+            "next_layer",
+            "client_disconnected",
+            "error",
+            "requestheaders",
+            "request",
+            "responseheaders",
+            "response",
+        )
+    )
+    + "\naddons = [Empty()]\n"
+)
+
 TARGET_TRACKING_RATIO = 0.93
 TARGET_STOREFRONT_RATIO = 0.97
 TARGET_RSS_GROWTH_MB = 20.0
@@ -469,6 +495,7 @@ class Proxy:
         workdir: Path,
         db: Path | None,
         timeout: float = 30.0,
+        script: Path | None = None,
     ) -> Proxy:
         port = free_port()
         command = [
@@ -485,6 +512,8 @@ class Proxy:
             command += ["-s", str(args.addon), "--set", f"clickwatch_db={db}"]
             for option in args.set:
                 command += ["--set", option]
+        elif script is not None:
+            command += ["-s", str(script)]
         log_path = workdir / f"{name}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
@@ -725,8 +754,17 @@ class ScenarioReport:
     @property
     def paired_ratios(self) -> list[float]:
         """clickwatch / bare req/s of each round: the two ran back to back, so a slow spell hits the pair alike."""
-        bare = {r.number: r.result.rps for r in self.of("bare")}
-        return [r.result.rps / bare[r.number] for r in self.of("clickwatch") if bare.get(r.number)]
+        return self.pairs("clickwatch", "bare")
+
+    def pairs(self, proxy: str, base: str) -> list[float]:
+        """`proxy` / `base` req/s of each round in which both ran."""
+        by_round = {r.number: r.result.rps for r in self.of(base)}
+        return [r.result.rps / by_round[r.number] for r in self.of(proxy) if by_round.get(r.number)]
+
+    @property
+    def controlled(self) -> bool:
+        """Whether the run had the control proxy (`--control`: a script whose hooks return at once)."""
+        return bool(self.of(CONTROL))
 
     @property
     def paired_ratio(self) -> float:
@@ -780,22 +818,27 @@ def run_scenario(
     )
     bare = Proxy.start(f"{key}-bare", args, workdir, None)
     cw: Proxy | None = None
+    control: Proxy | None = None
     errors: list[str] = []
     rounds: list[Round] = []
     try:
         cw = Proxy.start(f"{key}-clickwatch", args, workdir, workdir / f"{key}.db")
         cw.wait_capturing(upstream.port)
         proxies = {"bare": bare, "clickwatch": cw}
-        foreign = ForeignLoad([upstream.process.pid or 0, bare.pid, cw.pid, *cw.children()])
+        if args.control:
+            empty = workdir / "empty_addon.py"
+            empty.write_text(EMPTY_ADDON)
+            control = proxies[CONTROL] = Proxy.start(f"{key}-{CONTROL}", args, workdir, None, script=empty)
+        foreign = ForeignLoad([upstream.process.pid or 0, *(p.pid for p in proxies.values()), *cw.children()])
         for name, proxy in proxies.items():
             warm = proxy.load(upstream.port, builder, args.warmup, args.concurrency, args.timeout)
             errors += check_result(f"{key} warm-up {name}", warm, expected_status)
         for number in range(args.rounds):
             # Alternate which proxy goes first (ABBA...) so drift on a shared machine hits both alike.
-            order = ["bare", "clickwatch"] if number % 2 == 0 else ["clickwatch", "bare"]
+            order = list(proxies) if number % 2 == 0 else list(reversed(proxies))
             for name in order:
                 proxy = proxies[name]
-                settle([bare, cw])
+                settle(list(proxies.values()))
                 before = proxy.cpu()
                 foreign.start()
                 result = proxy.load(upstream.port, builder, args.requests, args.concurrency, args.timeout)
@@ -816,9 +859,11 @@ def run_scenario(
         bare_peak, cw_peak, store_peak = bare.peak_rss_mb(), cw.peak_rss_mb(), cw.store_peak_rss_mb()
     finally:
         bare.stop()
+        if control is not None:
+            control.stop()
         if cw is not None:
             cw.stop(timeout=60)
-    errors += proxy_problems([bare, cw])
+    errors += proxy_problems([bare, cw] if control is None else [bare, cw, control])
     assert cw.db is not None
     store = count_rows(cw.db)
     return ScenarioReport(
@@ -975,7 +1020,7 @@ def print_report(scenarios: list[ScenarioReport], soak: SoakReport | None, args:
         "sums over rounds):"
     )
     for s in scenarios:
-        for name in ("bare", "clickwatch"):
+        for name in ("bare", CONTROL, "clickwatch") if s.controlled else ("bare", "clickwatch"):
             loop, other, children = s.cpu_ms_per_request(name)
             print(f"  {s.key:<11} {name:<10} {loop:.3f} + {other:.3f} + {children:.3f} = {loop + other + children:.3f}")
     if any(s.store_peak_mb for s in scenarios):
@@ -993,6 +1038,17 @@ def print_report(scenarios: list[ScenarioReport], soak: SoakReport | None, args:
     for s in scenarios:
         pairs = " ".join(f"{r:.3f}" for r in s.paired_ratios)
         print(f"  {s.key:<11} {pairs}  | medians {s.ratio:.3f}  | CPU bare/cw {s.cpu_ratio:.3f}")
+    for s in (s for s in scenarios if s.controlled):
+        # What any script addon costs (mitmproxy's dispatch to it) against what clickwatch's own hooks add to that.
+        script_ratios, own_ratios = s.pairs(CONTROL, "bare"), s.pairs("clickwatch", CONTROL)
+        bare_cpu, script_cpu, cw_cpu = (s.cpu_ms_per_request(n)[0] for n in ("bare", CONTROL, "clickwatch"))
+        print(
+            f"  {s.key:<11} control: empty script / bare {' '.join(f'{r:.3f}' for r in script_ratios)}"
+            f"  median {statistics.median(script_ratios):.3f}; clickwatch / empty script "
+            f"{' '.join(f'{r:.3f}' for r in own_ratios)}  median {statistics.median(own_ratios):.3f}; event-loop ms "
+            f"per request bare {bare_cpu:.3f}, empty script {script_cpu:.3f} (+{script_cpu - bare_cpu:.3f}), "
+            f"clickwatch {cw_cpu:.3f} (+{cw_cpu - script_cpu:.3f} on top)"
+        )
 
     print("\ntargets:")
     for s in scenarios:
@@ -1060,6 +1116,14 @@ def summary(scenarios: list[ScenarioReport], soak: SoakReport | None, args: argp
             "ratio_of_medians": s.ratio,
             "cpu_ratio": s.cpu_ratio,
             "target_ratio": s.target_ratio,
+            "control": {
+                "paired_ratios_vs_bare": s.pairs(CONTROL, "bare"),
+                "clickwatch_vs_control": s.pairs("clickwatch", CONTROL),
+                "median_rps": s.median_rps(CONTROL),
+                "cpu_loop_ms_per_request": s.cpu_ms_per_request(CONTROL)[0],
+            }
+            if s.controlled
+            else None,
             "rounds": [
                 {
                     "round": r.number,
@@ -1128,6 +1192,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME=VALUE",
         help="an option for the clickwatch proxy only, e.g. clickwatch_observer=false (repeatable)",
+    )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also measure mitmdump with a script whose hooks return at once, in the same rounds: what mitmproxy's "
+        "dispatch to any addon costs, apart from clickwatch's own work",
     )
     parser.add_argument(
         "--live",

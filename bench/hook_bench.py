@@ -39,25 +39,7 @@ import capture_bench as cb  # the same requests and answers as the capture bench
 
 REPO = Path(__file__).resolve().parent.parent
 HOOKS = ("requestheaders", "request", "responseheaders", "response")
-EMPTY_ADDON = (
-    '"""Every hook clickwatch defines, each returning at once: what mitmproxy\'s dispatch to an addon costs."""\n\n\n'
-    "class Empty:\n"
-    + "".join(
-        f"    def {name}(self, *args):\n        return None\n\n"
-        for name in (
-            "load",
-            "configure",
-            "running",
-            "done",
-            "http_connect",
-            "next_layer",
-            "client_disconnected",
-            "error",
-            *HOOKS,
-        )
-    )
-    + "\naddons = [Empty()]\n"
-)
+EMPTY_ADDON = cb.EMPTY_ADDON  # every hook clickwatch defines, each returning at once
 UPSTREAM_PORT = 8000
 
 
