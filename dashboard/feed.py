@@ -170,6 +170,7 @@ class ChangeFeed:
         self.subscribers: set[Subscription] = set()
         self.position: int | None = None  # the newest change read; None until the first read
         self.generation: int | None = None  # the store's count of full resets when the position was taken
+        self._awaiting_store = False  # the position was taken before the store existed: its first count is no reset
         self.rows_read = 0  # deliveries read from the store, for all subscribers together
         self.reads = 0  # reads of the store (each may also compute the totals followed)
         self.published = 0  # changes published since the feed was made
@@ -257,6 +258,7 @@ class ChangeFeed:
                         log.warning("the live feed cannot read %s: %s", self.db, exc)
                     failing = True
                     changes, reset = [], False
+                    computed.clear()  # totals of part of the runs: publishing them would drop the others' for a while
                 else:
                     failing = False
                 self._ready.set()
@@ -280,6 +282,7 @@ class ChangeFeed:
         if conn is None:
             if self.position is None:
                 self.position = 0  # no store yet: everything it will hold is new
+                self._awaiting_store = True
             return [], False
         try:
             generation = reader.reset_generation(conn)
@@ -287,7 +290,9 @@ class ChangeFeed:
                 self.position, self.generation = reader.last_seq(conn), generation
                 self._compute_totals(conn, wanted, computed)
                 return [], False
-            if generation != self.generation:
+            if self._awaiting_store:
+                self.generation, self._awaiting_store = generation, False
+            elif generation != self.generation:
                 # Everything was removed (change numbers go on growing, so the count of full resets says so, even
                 # when new deliveries came before this read): streams restart from the new newest.
                 self.position, self.generation = reader.last_seq(conn), generation

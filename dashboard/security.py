@@ -27,10 +27,10 @@ SESSION_SECONDS = 12 * 3600
 MAX_BODY_BYTES = 64 * 1024
 # Wrong tokens per client address (an IPv6 /64 counts as one) before it must wait.
 GUESSES_PER_MINUTE = 5
-# While an address waits, one token a second from it is still compared: the right one gets in (behind a reverse
-# proxy every user shares the proxy's address, and one user's typos must not lock the others out), and a guesser
-# gets one answer a second at most, never more.
-THROTTLED_CHECK_SECONDS = 1.0
+# While an address waits, one token from it is still compared every so often: the right one gets in (behind a
+# reverse proxy every user shares the proxy's address, and one user's typos must not lock the others out), and a
+# guesser still gets no more answers than the limit allows (one every 60 / 5 = 12 s).
+THROTTLED_CHECK_SECONDS = 60.0 / GUESSES_PER_MINUTE
 _TRACKED_ADDRESSES = 10_000
 
 Scope = MutableMapping[str, Any]

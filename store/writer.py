@@ -56,9 +56,6 @@ DIED_BEFORE_DECIDING = "the store process died before deciding"
 STOPPED_BEFORE_DECIDING = "clickwatch stopped before deciding"
 # Resets whose outcome the store reports (the proxy waits for its own, so a few are plenty).
 RESETS_REMEMBERED = 64
-# How long a store taking over waits for what the proxy hands again before it writes anything (the link hands it
-# at once, in one batch ending with a Counts; the bound is for a feeder that never does).
-HANDED_AGAIN_WAIT_SECONDS = 5.0
 # When each observation was captured: what a reset compares with its own time.
 _CAPTURED_AT: dict[type, int] = {cls: cls._fields.index(name) for cls, name in (
     (Request, "sent_at"), (Storefront, "request_at"), (Browser, "received_at"), (Blocked, "at"),
@@ -184,6 +181,7 @@ class StoreWriter:
         # A store taking over: the calls the proxy hands again (their uids), up to the first Counts, which ends
         # what is handed again. Their consent is decided by this store's judge, so they are no orphans.
         self._handed_again: set[str] = set()
+        self._handed_again_lock = threading.Lock()  # added to by the thread that submits, read by the writer
         self._handed_again_in = threading.Event()
         if fail_stale_pending:
             self._handed_again_in.set()
@@ -223,14 +221,15 @@ class StoreWriter:
 
     def submit(self, message: Observed) -> bool:
         """Queue an observation without blocking; False if the queue was full and it was dropped (and counted)."""
-        if type(message) is Request and not self._handed_again_in.is_set():
-            self._handed_again.add(message.uid)
         with self._arrivals:
             self._arrived += 1
-            if self._inbox.put(message):
-                self._marks.append(self._arrived)
-                return True
-            return False
+            if not self._inbox.put(message):
+                return False  # dropped: not handed again either, so an orphan if the dead store left it pending
+            self._marks.append(self._arrived)
+        if type(message) is Request and not self._handed_again_in.is_set():
+            with self._handed_again_lock:
+                self._handed_again.add(message.uid)
+        return True
 
     def reset(self, message: Reset) -> None:
         """Queue a reset behind everything handed in before it; `resets_done` says when it is done."""
@@ -283,11 +282,6 @@ class StoreWriter:
             self._connect()
         except sqlite3.Error as exc:
             self._note_failure(exc, 0)
-        # Taking over: nothing is written (and no orphan settled) before what the proxy hands again is all in.
-        waited = time.monotonic() + HANDED_AGAIN_WAIT_SECONDS
-        while not self._handed_again_in.is_set() and not self._stopping.is_set() and time.monotonic() < waited:
-            self._handed_again_in.wait(0.05)
-        self._handed_again_in.set()
         while True:
             if ops is None:
                 ops, held = self._next_ops()
@@ -472,15 +466,19 @@ class StoreWriter:
         """Write a batch (then the reset it ends with, if any) in one transaction; the deliveries the reset removed."""
         conn = self._connect().conn
         removed = 0
+        # Taking over: orphans are settled once what the proxy hands again is all in (its first Counts), however long
+        # that takes; batches before it are written as usual, and a call handed again is never an orphan.
+        settle = not self._orphans_settled and (self._handed_again_in.is_set() or self._stopping.is_set())
         with conn:
-            if not self._orphans_settled:
+            if settle:
                 self._settle_orphans(conn)
             apply_ops(conn, ops)
             if reset is not None:
                 removed = remove_captured(conn, reset.run)
-        if not self._orphans_settled:
+        if settle:
             self._orphans_settled = True
-            self._handed_again = set()
+            with self._handed_again_lock:
+                self._handed_again = set()
         return removed
 
     def _settle_orphans(self, conn: sqlite3.Connection) -> None:
@@ -496,7 +494,9 @@ class StoreWriter:
         severity = self.config.severity[FindingKind.CONSENT_UNKNOWN].value
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS handed_again (uid TEXT PRIMARY KEY)")
         conn.execute("DELETE FROM temp.handed_again")
-        conn.executemany("INSERT OR IGNORE INTO temp.handed_again (uid) VALUES (?)", [(u,) for u in self._handed_again])
+        with self._handed_again_lock:
+            handed_again = [(uid,) for uid in self._handed_again]
+        conn.executemany("INSERT OR IGNORE INTO temp.handed_again (uid) VALUES (?)", handed_again)
         orphan = (
             "consent = 'pending' AND kind IN ('clickstream', 'consent_reference') "
             "AND uid NOT IN (SELECT uid FROM temp.handed_again)"

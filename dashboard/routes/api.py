@@ -275,8 +275,8 @@ async def _follow(
 
 
 def _start_seq(db: str, start: int | None) -> int:
-    """Where a stream starts: after `start`, or after the newest change; never beyond the newest (a store that was
-    emptied numbers its changes from 1 again)."""
+    """Where a stream starts: after `start`, or after the newest change; never beyond the newest (a Last-Event-ID
+    from another store, or from before a reset, must not skip changes that come later)."""
     try:
         conn = reader.connect(db)
     except reader.StoreUnavailable:

@@ -8,6 +8,8 @@ import sqlite3
 import tempfile
 from typing import Annotated
 
+import anyio
+import anyio.lowlevel
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 from starlette.types import Receive, Scope, Send
@@ -50,29 +52,43 @@ def download_name(run: str) -> str:
     | NOT_FOUND
     | UNAVAILABLE,
 )
-def export_bundle(
+async def export_bundle(
     settings: SettingsDep,
     run: Annotated[str, Query(min_length=1, max_length=200, description="run name")],
 ) -> FileResponse:
+    built: list[str] = []  # the zip's path once the worker thread has made it
     try:
-        conn = reader.connect(settings.db)
+        path = await anyio.to_thread.run_sync(_build, settings.db, run, built)
+        # A cancellation while the thread ran is held until it ends, and is raised at the next checkpoint: here,
+        # not after a response that nobody will send has been returned.
+        await anyio.lowlevel.checkpoint()
+    except BaseException:
+        # The build failed, or the request was cancelled while it ran (the server stopping): the thread finishes
+        # first (it is not abandoned), and a zip it made is sent to nobody, so it goes.
+        for made in built:
+            with contextlib.suppress(OSError):
+                os.unlink(made)
+        raise
+    return TemporaryFileResponse(path, media_type=MEDIA_TYPE, filename=download_name(run))
+
+
+def _build(db: str, run: str, built: list[str]) -> str:
+    """In a worker thread: the run's bundle in a new temporary file (mkstemp: mode 0600); its path."""
+    try:
+        conn = reader.connect(db)
     except reader.StoreUnavailable as exc:
         raise HTTPException(status_code=503, detail=f"store unavailable: {exc}") from None
-    # Built in a temporary file (mkstemp: mode 0600), then sent and removed: the zip is streamed to disk as it is
-    # read from the store, so a big run never sits in memory, and a failure is an error answer rather than a
-    # cut-off download.
+    # Built in a temporary file, then sent and removed: the zip is streamed to disk as it is read from the store,
+    # so a big run never sits in memory, and a failure is an error answer rather than a cut-off download.
     handle = tempfile.NamedTemporaryFile(prefix="clickwatch-bundle-", suffix=".zip", delete=False)  # noqa: SIM115
-    built = False
+    built.append(handle.name)
     try:
         with handle:
             bundle.write_bundle(conn, run, handle, version=__version__)
-        built = True
     except bundle.UnknownRun as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from None
     except (OSError, sqlite3.Error) as exc:
         raise HTTPException(status_code=503, detail=f"cannot build the bundle: {exc}") from None
     finally:
         conn.close()
-        if not built:
-            os.unlink(handle.name)
-    return TemporaryFileResponse(handle.name, media_type=MEDIA_TYPE, filename=download_name(run))
+    return handle.name

@@ -7,9 +7,12 @@ import base64
 import os
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -90,3 +93,45 @@ def test_the_zip_is_removed_after_a_whole_download_and_after_an_error(
         assert unknown.status_code == 404
         assert not _bundles(temp_dir)
     print(f"\nbundle of 40 deliveries: {len(answer.content):,} bytes")
+
+
+def test_the_zip_is_removed_when_the_request_is_cancelled_while_it_is_built(
+    store_builder: Callable[..., StoreBuilder], temp_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stopping while the zip is built cancels the request: the build thread finishes its zip, which
+    nobody will be sent, and it is removed. (A slower build is injected: a real one of this store takes
+    milliseconds.)"""
+    from clickwatch.dashboard.routes import bundle as route
+    from clickwatch.dashboard.settings import DashboardSettings
+
+    store = _big_run(store_builder)
+    building = threading.Event()
+    real_write = route.bundle.write_bundle
+
+    def slow_write(*args: object, **kwargs: object) -> None:
+        building.set()
+        time.sleep(0.5)
+        real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(route.bundle, "write_bundle", slow_write)
+    cancelled: list[bool] = []
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+
+            async def request() -> None:
+                try:
+                    await route.export_bundle(DashboardSettings(db=str(store.path)), "big")
+                except anyio.get_cancelled_exc_class():
+                    cancelled.append(True)
+                    raise
+
+            group.start_soon(request)
+            await anyio.to_thread.run_sync(building.wait, 10.0)
+            group.cancel_scope.cancel()  # as uvicorn's stop does to a request in flight
+
+    thread = threading.Thread(target=anyio.run, args=(main,))  # the browser tests keep a loop in the main thread
+    thread.start()
+    thread.join(30)
+    assert cancelled == [True]
+    assert not _bundles(temp_dir)

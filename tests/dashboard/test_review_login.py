@@ -22,7 +22,32 @@ def guarded(store_builder: Callable[..., StoreBuilder], client_for: Callable[...
     store = store_builder()
     store.event(at=T0 + 1)
     store.close()
-    return client_for(store.path, listen_host="0.0.0.0", token=TOKEN)
+    client = client_for(store.path, listen_host="0.0.0.0", token=TOKEN)
+    client.app.state.throttle.check_every = CHECK_EVERY  # type: ignore[attr-defined]
+    return client
+
+
+# The compare rhythm of a waiting address, shortened so that the tests need not sleep 12 s (the default's own
+# bound is checked below).
+CHECK_EVERY = 0.5
+
+
+def test_the_default_rhythm_keeps_guessing_within_the_limit() -> None:
+    """A waiting address gets about as many compares as the limit allows, however long it tries: 5 a minute, plus
+    the compare every 12 s that lets a right token in (each such wrong one pushes the oldest out of the count), so
+    at most twice the limit; one a second, as the first version allowed, would be 3,600 an hour."""
+    assert THROTTLED_CHECK_SECONDS * GUESSES_PER_MINUTE >= 60.0
+    throttle = Throttle()
+    compared = [0]
+
+    def wrong() -> bool:
+        compared[0] += 1
+        return False
+
+    for second in range(3600):  # an hour of one guess a second from one address
+        assert throttle.check("guesser", wrong, now=float(second))[0] is False
+    assert compared[0] <= 2 * GUESSES_PER_MINUTE * 60  # measured: 358 (about 6 a minute)
+    assert compared[0] >= 3600 / THROTTLED_CHECK_SECONDS  # and still compared: a right token would get in
 
 
 def _throttle(client: TestClient) -> None:
@@ -35,7 +60,7 @@ def _throttle(client: TestClient) -> None:
 
 def test_the_right_token_gets_in_while_the_shared_address_waits_for_wrong_ones(guarded: TestClient) -> None:
     _throttle(guarded)
-    time.sleep(THROTTLED_CHECK_SECONDS + 0.05)  # another user, a moment later, from the same proxy address
+    time.sleep(CHECK_EVERY + 0.05)  # another user, a moment later, from the same proxy address
     answer = guarded.post("/login", data={"token": TOKEN, "next": "/runs"}, follow_redirects=False)
     assert answer.status_code == 303 and answer.headers["location"] == "/runs"
     assert COOKIE in answer.cookies
@@ -49,7 +74,7 @@ def test_a_right_bearer_token_gets_in_while_the_address_waits_and_wrong_ones_sti
         assert guarded.get("/api/summary", headers={"Authorization": "Bearer typo"}).status_code == 401
     refused = guarded.get("/api/summary", headers={"Authorization": "Bearer typo"})
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
-    time.sleep(THROTTLED_CHECK_SECONDS + 0.05)
+    time.sleep(CHECK_EVERY + 0.05)
     assert guarded.get("/api/summary", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
