@@ -68,6 +68,9 @@ def interception_lines(plan: Interception | None) -> list[str]:
         "every other host passes through untouched"
     ]
     lines += [f"                    ({note})" for note in plan.notes]
+    # Consent also comes from the storefront's Commerce API (a signed-in shopper's consent lives in the account):
+    # served from a host of its own, it is tunnelled unread unless named too.
+    lines.append(" " * 20 + "(name the storefront's API host too if it has its own, e.g. api.example-shop.com)")
     return lines
 
 

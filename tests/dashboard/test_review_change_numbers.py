@@ -73,7 +73,7 @@ def test_a_reset_of_the_run_holding_the_newest_changes_never_hands_out_a_number_
     store.close()
 
 
-def test_a_reset_of_everything_keeps_numbering_upwards_and_streams_still_restart(
+def test_a_reset_of_everything_keeps_numbering_upwards_and_counts_the_reset(
     store_builder: Callable[..., StoreBuilder],
 ) -> None:
     store = store_builder()

@@ -195,8 +195,10 @@ def test_only_the_storefront_and_tracking_hosts_are_intercepted(
         wait_until(lambda: metric(up, "clickwatch_passthrough_connections_total") == 3.0, 10, "the passthrough count")
         setup = httpx.get(f"{up.dashboard_url}/setup", timeout=WAIT, trust_env=False).text
         assert f"decrypts only the storefront (<code>{STOREFRONT}</code>)" in setup
+        assert "Commerce API has a host of its own" in setup  # its consent answers would be tunnelled unread
     banner = up.log()
     assert f"intercepting:       storefront {STOREFRONT} and the tracking hosts" in banner
+    assert "name the storefront's API host too" in banner
     assert sorted(stored_hosts(up, root)) == [TENANT, TENANT]
 
 
