@@ -46,87 +46,61 @@ UPSTREAM_PORT = 8000
 def tracking_flow(number: int) -> http.HTTPFlow:
     """A clickstream POST and its 201, as the proxy holds them after reading both."""
     body = cb.EVENT_BODY % (number, number % 997, int(time.time() * 1000))
-    request = http.Request(
-        cb.HOST,
-        UPSTREAM_PORT,
-        b"POST",
-        b"http",
-        f"{cb.HOST}:{UPSTREAM_PORT}".encode(),
-        cb.CLICKSTREAM_PATH.encode(),
-        b"HTTP/1.1",
-        http.Headers(
-            [
-                (b"Host", f"{cb.HOST}:{UPSTREAM_PORT}".encode()),
-                (b"User-Agent", f"{cb.USER_AGENT} bench/{number % 20}".encode()),
-                (b"Accept", b"*/*"),
-                (b"Content-Type", b"application/json"),
-                (b"hybris-schema", b"context/commerce/ProductView"),
-                (b"consent-reference", b"6a1f6f1e-0b8e-4a43-9c55-6c8f3d1e9a%02d" % (number % 20)),
-                (b"Content-Length", str(len(body)).encode()),
-            ]
-        ),
-        body,
-        None,
-        time.time(),
-        time.time(),
-    )
-    response = http.Response(
-        b"HTTP/1.1",
-        201,
-        b"Created",
-        http.Headers([(b"Content-Type", b"application/json"), (b"Content-Length", b"2")]),
-        b"{}",
-        None,
-        time.time(),
-        time.time(),
-    )
-    return _flow(request, response, number)
+    headers = [
+        (b"Accept", b"*/*"),
+        (b"Content-Type", b"application/json"),
+        (b"hybris-schema", b"context/commerce/ProductView"),
+        (b"consent-reference", b"6a1f6f1e-0b8e-4a43-9c55-6c8f3d1e9a%02d" % (number % 20)),
+        (b"Content-Length", str(len(body)).encode()),
+    ]
+    answer_headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"2")]
+    return _flow(number, b"POST", cb.CLICKSTREAM_PATH, headers, body, (201, b"Created", answer_headers, b"{}"))
 
 
 def storefront_flow(number: int) -> http.HTTPFlow:
     """A product page GET with the consent cookie and its 200 text/html answer."""
-    request = http.Request(
-        cb.HOST,
-        UPSTREAM_PORT,
-        b"GET",
-        b"http",
-        f"{cb.HOST}:{UPSTREAM_PORT}".encode(),
-        cb.PAGE_PATH.encode(),
-        b"HTTP/1.1",
-        http.Headers(
-            [
-                (b"Host", f"{cb.HOST}:{UPSTREAM_PORT}".encode()),
-                (b"User-Agent", f"{cb.USER_AGENT} bench/{number % 20}".encode()),
-                (b"Accept", b"text/html"),
-                (b"Accept-Language", b"en-GB,en;q=0.8"),
-                (b"Cookie", cb.CONSENT_COOKIE.encode()),
-            ]
-        ),
-        b"",
-        None,
-        time.time(),
-        time.time(),
-    )
-    response = http.Response(
-        b"HTTP/1.1",
-        200,
-        b"OK",
-        http.Headers(
-            [(b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(cb._PAGE)).encode())]
-        ),
-        cb._PAGE,
-        None,
-        time.time(),
-        time.time(),
-    )
-    return _flow(request, response, number)
+    headers = [
+        (b"Accept", b"text/html"),
+        (b"Accept-Language", b"en-GB,en;q=0.8"),
+        (b"Cookie", cb.CONSENT_COOKIE.encode()),
+    ]
+    answer_headers = [(b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", str(len(cb._PAGE)).encode())]
+    return _flow(number, b"GET", cb.PAGE_PATH, headers, b"", (200, b"OK", answer_headers, cb._PAGE))
 
 
 _CLIENTS = [tflow.tclient_conn() for _ in range(20)]  # 20 keep-alive connections, as the capture benchmark opens
 _SERVER = tflow.tserver_conn()
 
 
-def _flow(request: http.Request, response: http.Response, number: int) -> http.HTTPFlow:
+def _flow(
+    number: int,
+    method: bytes,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    answer: tuple[int, bytes, list[tuple[bytes, bytes]], bytes],
+) -> http.HTTPFlow:
+    """A request from one of the 20 connections (Host and User-Agent first, as the capture benchmark sends them)
+    and its answer (status, reason, headers, body), held on the flow until the proxy would have read it."""
+    authority = f"{cb.HOST}:{UPSTREAM_PORT}".encode()
+    agent = f"{cb.USER_AGENT} bench/{number % 20}".encode()
+    now = time.time()
+    request = http.Request(
+        cb.HOST,
+        UPSTREAM_PORT,
+        method,
+        b"http",
+        authority,
+        path.encode(),
+        b"HTTP/1.1",
+        http.Headers([(b"Host", authority), (b"User-Agent", agent), *headers]),
+        body,
+        None,
+        now,
+        now,
+    )
+    status, reason, answer_headers, content = answer
+    response = http.Response(b"HTTP/1.1", status, reason, http.Headers(answer_headers), content, None, now, now)
     flow = http.HTTPFlow(_CLIENTS[number % len(_CLIENTS)], _SERVER)
     flow.request = request
     flow.metadata["bench_response"] = response  # set on the flow just before responseheaders, as the proxy does
