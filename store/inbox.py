@@ -135,23 +135,13 @@ class Inbox:
             n = min(room, count if control is None else min(count, control[0] - self._taken))
             if n <= 0:
                 break
-            if until is None:
-                run = [items.popleft() for _ in range(n)]
-            else:
-                run = []
-                for _ in range(n):
-                    message = items.popleft()
-                    run.append(message)
-                    if type(message) is until:
-                        break
-            count -= len(run)
-            room -= len(run)
-            self._taken += len(run)
+            # Observations only: `until` (a reset, a setting) is always a control, so no run ends early.
+            taken += [items.popleft() for _ in range(n)]
+            count -= n
+            room -= n
+            self._taken += n
             sizes = self._sizes
-            self._bytes_out += sum([sizes.popleft() for _ in range(len(run))])
-            taken += run
-            if until is not None and run and type(run[-1]) is until:
-                break
+            self._bytes_out += sum([sizes.popleft() for _ in range(n)])
         return taken
 
     def wait(self, timeout: float) -> bool:
