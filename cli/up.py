@@ -113,6 +113,7 @@ async def _run(given: CommandSettings, sets: list[str]) -> int:
         listen_host=given.listen_host,
         dashboard_port=given.dashboard_port,
         token=given.token or None,
+        forwarded_allow_ips=given.forwarded_allow_ips,
         proxy_url=f"http://{host}:{given.proxy_port}",
         confdir=opts.confdir,
         # What the addon took (a --set clickwatch_storefront counts too), for the setup page.

@@ -11,6 +11,7 @@ table, regenerate the reference: `python -m clickwatch.core.settings --markdown 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -66,6 +67,7 @@ class Setting:
     unit: str = ""
     nonempty: bool = False
     pattern: bool = False  # a regular expression (empty: no restriction)
+    addresses: bool = False  # a list of IP addresses or networks
     keys: tuple[str, ...] = ()  # a dict's known keys; empty means any name
 
     @property
@@ -82,6 +84,12 @@ class Setting:
         """What is wrong with a well-typed value, or None."""
         if self.nonempty and not value:
             return "must not be empty"
+        if self.addresses:
+            for item in value:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    return f"expected IP addresses or networks such as 10.0.0.0/8, {item!r} is neither"
         if self.type in (int, float):
             if self.maximum is not None and self.minimum is not None and not self.minimum <= value <= self.maximum:
                 return f"must be a port number {self.minimum:g}-{self.maximum:g}"
@@ -231,6 +239,15 @@ SETTINGS: tuple[Setting, ...] = (
         "intercepts every host.",
         ("up", "addon", "dashboard"), flag="--storefront", env="CLICKWATCH_STOREFRONT", key="up.storefront",
         option="clickwatch_storefront",
+    ),
+    Setting(
+        "forwarded_allow_ips", tuple, (),
+        "Reverse proxies in front of the dashboard that are trusted to name the client (X-Forwarded-For) and the "
+        "scheme (X-Forwarded-Proto): IP addresses or networks such as 10.0.0.0/8; repeatable, comma-separated in "
+        "the environment. Wrong tokens are counted per client address: empty trusts no proxy, so every connection "
+        "counts as the address it comes from.",
+        ("up", "dashboard"), flag="--forwarded-allow-ips", env="CLICKWATCH_FORWARDED_ALLOW_IPS",
+        key="up.forwarded_allow_ips", addresses=True,
     ),
     Setting(
         "url", str, "http://127.0.0.1:8000", "The running dashboard `clickwatch check` reads (unless given --db).",
@@ -521,10 +538,12 @@ def resolve(
                 raise SettingError(f"{where}: {exc}") from None
         if value is None:
             value = file_values.get(s.name, s.default)
-        elif s.type is tuple:
-            value = tuple(value)  # a repeatable flag gives a list
-        elif (problem := s.problem(value)) is not None:
-            raise SettingError(f"{where}: {problem}" + (f", not {value}" if where == s.flag else ""))
+        else:
+            if s.type is tuple:
+                value = tuple(value)  # a repeatable flag gives a list
+            if (problem := s.problem(value)) is not None:
+                shown = where == s.flag and s.type is not tuple  # a list's problem names the bad item
+                raise SettingError(f"{where}: {problem}" + (f", not {value}" if shown else ""))
         values[s.name] = value
     return values
 
@@ -548,6 +567,7 @@ class CommandSettings:
     url: str = default("url")
     observer_enabled: bool = default("observer_enabled")
     storefront: tuple[str, ...] = default("storefront")
+    forwarded_allow_ips: tuple[str, ...] = default("forwarded_allow_ips")
 
 
 def _cell(text: str) -> str:

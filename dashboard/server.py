@@ -1,4 +1,5 @@
-"""Serve the dashboard with uvicorn in a thread beside the proxy's event loop."""
+"""Serve the dashboard with uvicorn: in a thread beside the proxy's event loop, or alone (`python -m
+clickwatch.dashboard`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,25 @@ from clickwatch.dashboard.main import create_app
 from clickwatch.dashboard.settings import DashboardSettings
 
 
+def uvicorn_config(settings: DashboardSettings, log_level: str = "warning") -> uvicorn.Config:
+    """How uvicorn serves the dashboard: X-Forwarded-For is read only from the proxies the settings trust.
+
+    uvicorn's own default trusts it from loopback, and every request arrives from loopback when clickwatch sits
+    behind nothing: any client could then name its own address and guess tokens unthrottled.
+    """
+    trusted = list(settings.forwarded_allow_ips)
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.listen_host,
+        port=settings.dashboard_port,
+        log_level=log_level,
+        timeout_graceful_shutdown=2,
+        lifespan="off",
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted,
+    )
+
+
 class DashboardServer:
     """uvicorn in a background thread; `stop()` lets open requests finish, bounded in time."""
 
@@ -19,15 +39,7 @@ class DashboardServer:
         settings: DashboardSettings,
         log_level: str = "warning",
     ) -> None:
-        config = uvicorn.Config(
-            create_app(settings),
-            host=settings.listen_host,
-            port=settings.dashboard_port,
-            log_level=log_level,
-            timeout_graceful_shutdown=2,
-            lifespan="off",
-        )
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(uvicorn_config(settings, log_level))
         self.thread = threading.Thread(target=self.server.run, name="clickwatch-dashboard", daemon=True)
 
     def start(self, timeout: float = 10.0) -> None:

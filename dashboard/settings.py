@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from clickwatch.core.settings import ENV_PREFIX, default
+from clickwatch.core.settings import BY_NAME, ENV_PREFIX, default
 
 
 def is_loopback(host: str) -> bool:
@@ -39,11 +39,21 @@ class DashboardSettings(BaseSettings):
     poll_seconds: float = default("poll_seconds")
     # The storefront hosts the proxy intercepts (the setup page says which): comma-separated in the environment.
     storefront: Annotated[tuple[str, ...], NoDecode] = default("storefront")
+    # The reverse proxies whose X-Forwarded-For names the client (docs/operations.md, "Security"): comma-separated.
+    forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = default("forwarded_allow_ips")
 
-    @field_validator("storefront", mode="before")
+    @field_validator("storefront", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
         return tuple(h.strip() for h in value.split(",") if h.strip()) if isinstance(value, str) else value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problem = BY_NAME["forwarded_allow_ips"].problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     def needs_token(self) -> bool:
         """Anything but loopback must be protected by an access token."""

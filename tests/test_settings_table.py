@@ -33,6 +33,8 @@ SAMPLES: dict[type, tuple[Any, str]] = {
 def sample(setting: settings.Setting) -> tuple[Any, str]:
     if setting.type is bool:
         return (not setting.default, "true" if not setting.default else "false")
+    if setting.addresses:
+        return (("10.0.0.1", "192.0.2.0/24"), "10.0.0.1, 192.0.2.0/24")
     return SAMPLES[setting.type]
 
 

@@ -7,14 +7,16 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.rig import CLICKWATCH, clickwatch_up, free_port, wait_until
+from tests.rig import CLICKWATCH, clean_env, clickwatch_up, free_port, listening, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +146,84 @@ def test_quiet_hides_the_progress_line_but_not_a_store_process_crash(tmp_path: P
             wait_until(lambda: "store process ended unexpectedly" in up.log(), 20, "the crash in the output")
         time.sleep(2.5)  # longer than one progress period: --quiet must have kept the progress line out
         assert "delivered," not in up.log()
+
+
+def _guesses(url: str, count: int, forwarded: Callable[[int], str | None]) -> list[int]:
+    """`count` wrong bearer tokens, the n-th sent with X-Forwarded-For `forwarded(n)` (None: without one)."""
+    with httpx.Client(base_url=url, timeout=10, trust_env=False) as client:
+        answers = []
+        for n in range(count):
+            headers = {"Authorization": f"Bearer guess{n}"}
+            if (address := forwarded(n)) is not None:
+                headers["X-Forwarded-For"] = address
+            answers.append(client.get("/api/summary", headers=headers).status_code)
+        return answers
+
+
+def _rotating(n: int) -> str:
+    return f"198.51.{n // 250}.{n % 250 + 1}"
+
+
+@contextlib.contextmanager
+def _dashboard_alone(tmp_path: Path, **env: str) -> Iterator[str]:
+    """`python -m clickwatch.dashboard` with a token, configured by its environment; its URL while it serves."""
+    port = free_port()
+    environment = clean_env({"CLICKWATCH_DB": str(tmp_path / "cw.db"), "CLICKWATCH_TOKEN": TOKEN, **env})
+    environment["CLICKWATCH_DASHBOARD_PORT"] = str(port)
+    with (tmp_path / "dashboard.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "clickwatch.dashboard"], env=environment, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_until(lambda: listening(port) or process.poll() is not None, 30, "the dashboard to listen")
+        assert process.poll() is None, (tmp_path / "dashboard.log").read_text()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(process)
+
+
+@pytest.mark.parametrize("served", ["clickwatch up", "python -m clickwatch.dashboard"])
+def test_a_new_x_forwarded_for_per_guess_does_not_escape_the_throttle(tmp_path: Path, served: str) -> None:
+    # uvicorn's default trusts X-Forwarded-For from loopback, where every request came from: 300 of 300 compared.
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    with contextlib.ExitStack() as stack:
+        if served == "clickwatch up":
+            url = stack.enter_context(clickwatch_up(tmp_path, "--token-file", str(token_file))).dashboard_url
+        else:
+            url = stack.enter_context(_dashboard_alone(tmp_path))
+        answers = _guesses(url, 300, _rotating)
+    assert answers[:5] == [401] * 5
+    assert set(answers[5:]) == {429}, f"{answers.count(401)} of 300 guesses compared"
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_the_one_counted(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
+    args = ("--token-file", str(token_file), "--forwarded-allow-ips", "127.0.0.1")
+    with clickwatch_up(tmp_path, *args) as up:
+        url = up.dashboard_url
+        # One shopper behind the proxy guesses: it waits ...
+        assert _guesses(url, 6, lambda n: "203.0.113.7") == [401] * 5 + [429]
+        # ... while another client of the same proxy, and the proxy's own address, still have all their tries.
+        assert _guesses(url, 5, lambda n: "203.0.113.8") == [401] * 5
+        assert _guesses(url, 1, lambda n: None) == [401]
+        # A client cannot hide behind a forged first hop: the proxy appends the address it saw, and that counts.
+        assert _guesses(url, 3, lambda n: f"{_rotating(n)}, 203.0.113.7") == [429] * 3
+        with httpx.Client(base_url=url, timeout=10, trust_env=False) as client:
+            right = client.get("/api/summary", headers={"Authorization": f"Bearer {TOKEN}", "X-Forwarded-For": "x"})
+            assert right.status_code in (200, 503)
+
+
+def test_a_forwarded_allow_ips_that_is_no_address_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(CLICKWATCH), "up", "--db", str(tmp_path / "cw.db"), "--forwarded-allow-ips", "proxy.internal"],
+        capture_output=True, text=True, timeout=60, env=clean_env(),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "clickwatch: --forwarded-allow-ips: expected IP addresses or networks such as 10.0.0.0/8, "
+        "'proxy.internal' is neither"
+    )
