@@ -21,6 +21,7 @@ from clickwatch.core.findings import FindingKind
 from clickwatch.core.model import Kind, Verdict
 from clickwatch.core.settings import CommandSettings, SettingError
 from clickwatch.store.diff import DEFAULT_SAMPLE as DIFF_SAMPLE
+from clickwatch.store.reader import StoreDamaged, check_intact
 
 EXIT_USAGE = 2
 
@@ -105,6 +106,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from clickwatch.dashboard.settings import is_loopback
 
     _check_db_path(given.db)
+    check_intact(given.db)  # a damaged store is refused before anything starts (StoreDamaged: exit 2)
     if not is_loopback(given.listen_host) and not given.token:
         token = settings.BY_NAME["token"]
         raise UsageError(
@@ -175,6 +177,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     given, config = resolve(args)
     _check_db_path(given.db)
+    check_intact(given.db)  # not one more run into a damaged store (StoreDamaged: exit 2)
     try:
         result = import_har(args.file, given.db, args.run, config)
     except HarImportError as exc:
@@ -261,6 +264,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 out.write(chunk)
     except OSError as exc:
         raise UsageError(f"--output {args.output}: {exc.strerror or exc}") from None
+    except StoreDamaged:
+        # What was written so far would pass for a whole export.
+        if args.output != "-":
+            with contextlib.suppress(OSError):
+                os.unlink(args.output)
+        raise
     finally:
         conn.close()
     return 0
@@ -492,7 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except UsageError as exc:
+    except (UsageError, StoreDamaged) as exc:
+        # A damaged store is no verdict: exit 1 would read as "unhealthy" or "regressed" in CI.
         print(f"clickwatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -45,10 +45,16 @@ async def _progress(db: str, out: TextIO) -> None:
             conn = reader.connect(db)
         except reader.StoreUnavailable:
             continue
-        try:
-            line = progress_line(reader.summary(conn, reader.DeliveryFilter()), reader.list_findings(conn, limit=3))
-        finally:
-            conn.close()
+        except reader.StoreDamaged as exc:
+            line = f"[{time.strftime('%H:%M:%S')}] {exc}"
+        else:
+            try:
+                summary = reader.summary(conn, reader.DeliveryFilter())
+                line = progress_line(summary, reader.list_findings(conn, limit=3))
+            except reader.StoreDamaged as exc:
+                line = f"[{time.strftime('%H:%M:%S')}] {exc}"
+            finally:
+                conn.close()
         core = line.split("] ", 1)[1]
         if core != last:
             last = core

@@ -11,10 +11,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from clickwatch.core import __version__
 from clickwatch.dashboard.metrics import StoreCollector, registry_for, render
 from clickwatch.dashboard.pages import delivery, diff, live, login, setup, visitors
+from clickwatch.dashboard.pages.common import store_damaged
 from clickwatch.dashboard.routes import api, bundle, health
 from clickwatch.dashboard.routes import diff as diff_api
 from clickwatch.dashboard.security import BodyLimit, BrowserGuard, Sessions, Throttle, TokenGuard
 from clickwatch.dashboard.settings import DashboardSettings
+from clickwatch.store.reader import StoreDamaged
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -37,6 +39,8 @@ def create_app(settings: DashboardSettings | None = None) -> FastAPI:
         description="Deliveries of SAP Intelligent Selling Services tracking calls, their verdicts and findings.",
     )
     app.state.settings = settings
+    # A damaged store is answered where it is found, by any route: 500 and one sentence, never a traceback.
+    app.add_exception_handler(StoreDamaged, store_damaged)
     app.state.throttle = Throttle()
     if settings.token:
         app.state.sessions = Sessions(settings.token)

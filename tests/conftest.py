@@ -8,8 +8,9 @@ from playwright.sync_api import Playwright, sync_playwright
 
 from tests.dashboard.conftest import client_for, store_builder
 from tests.integration.conftest import upstream
+from tests.store.damage import damaged_stores
 
-__all__ = ["client_for", "playwright_driver", "store_builder", "upstream"]
+__all__ = ["client_for", "damaged_stores", "playwright_driver", "store_builder", "upstream"]
 
 
 @pytest.fixture(scope="session")

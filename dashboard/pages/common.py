@@ -13,7 +13,7 @@ from typing import Any
 
 import jinja2
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from clickwatch.core import __version__
@@ -127,6 +127,15 @@ def error_page(request: Request, status_code: int, title: str, message: str, **e
     """A readable error page (never a stack trace)."""
     context = {"status": status_code, "title": title, "message": message, **extra}
     return page(request, "error.html", context, status_code)
+
+
+def store_damaged(request: Request, exc: Exception) -> Response:
+    """The answer to any request that found the store damaged (reader.StoreDamaged): 500 and one sentence, a page
+    for a browser, JSON for the API and /metrics. The server goes on serving what it still can read."""
+    if not request.url.path.startswith(("/api/", "/metrics")) and "text/html" in request.headers.get("accept", ""):
+        message = "The dashboard cannot read the clickwatch store: the file is damaged."
+        return error_page(request, 500, "Store damaged", message, detail=str(exc))
+    return JSONResponse({"detail": str(exc)}, status_code=500)
 
 
 def _store_unavailable(request: Request, settings: DashboardSettings, reason: str) -> Response:
