@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rig import CLICKWATCH, clean_env, free_port
+from tests.rig import CLICKWATCH, clean_env, clickwatch_up, free_port, wait_until
 from tests.store.damage import MALFORMED, UNDECODABLE
 
 pytestmark = pytest.mark.integration
@@ -114,3 +114,14 @@ def test_up_refuses_a_store_with_damaged_pages_before_starting(damaged_stores: d
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"clickwatch: {damaged_stores['pages']} is damaged: {MALFORMED}")
     assert result.stdout == ""  # refused before anything started
+
+
+def test_up_on_a_store_with_undecodable_values_serves_and_says_so(
+    damaged_stores: dict[str, Path], tmp_path: Path
+) -> None:
+    # No SQLite check reads values: `up` starts, and its progress line says what it meets in place of the counts.
+    with clickwatch_up(tmp_path / "up", quiet=False, db=damaged_stores["text"]) as up:
+        wanted = f"{damaged_stores['text']} is damaged: {UNDECODABLE} 'message' (not UTF-8 text)"
+        wait_until(lambda: wanted in up.log(), 30, "the damage in the progress line")
+        assert up.healthy() and up.alive()
+    assert "Traceback" not in up.log()
