@@ -350,6 +350,55 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
 
 
+def _cmd_browse(args: argparse.Namespace) -> int:
+    from clickwatch.cli.browse import BrowseError, BrowseOptions, default_run, run_browse
+    from clickwatch.cli.check import CheckUsageError
+
+    given = with_token_file(resolve(args)[0])
+    remote = _given("url", args)
+    if args.wait < 0:
+        raise UsageError("--wait: must be 0 or more seconds")
+    if remote:
+        names = ("db", "config", "storefront", "upstream_insecure", "observer_enabled")
+        started_only = [settings.BY_NAME[n].flag or n for n in names if getattr(args, n) is not None]
+        started_only += ["--set"] if args.set else []
+        if started_only:
+            raise UsageError(
+                f"{', '.join(started_only)}: for the clickwatch browse starts; with --url the running one is used"
+            )
+    elif args.proxy:
+        raise UsageError("--proxy names the proxy of the clickwatch --url gives")
+    up_args: list[str] = [f"--storefront={host}" for host in given.storefront]
+    if given.upstream_insecure:
+        up_args.append("--upstream-insecure")
+    if not given.observer_enabled:
+        up_args.append("--no-observer")
+    for item in args.set:
+        up_args += ["--set", item]
+    if _given("db", args):
+        _check_db_path(given.db)
+    if args.headless and not args.page:
+        raise UsageError("--headless: give the URL of the page to audit")
+    options = BrowseOptions(
+        url=args.page or "about:blank",
+        run=args.run or default_run(),
+        browser=args.browser,
+        headless=args.headless,
+        dashboard=given.url if remote else None,
+        proxy=args.proxy,
+        token=given.token or None,
+        db=os.path.abspath(given.db) if _given("db", args) else None,
+        config=given.config or None,
+        up_args=up_args,
+        wait=args.wait,
+        fail_on=args.fail_on,
+    )
+    try:
+        return run_browse(options)
+    except (BrowseError, CheckUsageError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
     """The flags of the settings a command takes, from the settings table (default None: not given)."""
     for s in settings.for_command(command):
@@ -380,12 +429,19 @@ def _filter_options(parser: argparse.ArgumentParser, *, full: bool) -> None:
         parser.add_argument("--visitor", default=None, help="visitor key")
 
 
+def _version() -> str:
+    from clickwatch import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every clickwatch command."""
     parser = argparse.ArgumentParser(
         prog="clickwatch",
         description="Event-validation proxy and monitor for SAP Intelligent Selling Services tracking calls.",
     )
+    parser.add_argument("--version", action="version", version=f"clickwatch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start the capturing proxy and the dashboard")
@@ -489,6 +545,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-baseline", default=None, metavar="FILE.json", help="write RUN's tracking profile to FILE.json and stop"
     )
     diff.set_defaults(func=_cmd_diff)
+
+    browse = sub.add_parser(
+        "browse",
+        help="open a browser with a fresh profile through the proxy as a run of its own (--headless: audit a page)",
+    )
+    browse.add_argument("page", nargs="?", default=None, metavar="URL", help="the page to open (default a blank one)")
+    _setting_flags(browse, "browse")
+    browse.add_argument("--run", default=None, help="the run the browser's traffic belongs to (default browse-TIME)")
+    browse.add_argument(
+        "--browser",
+        default="chromium",
+        metavar="chromium|chrome|firefox|PATH",
+        help="the browser to open (default chromium)",
+    )
+    browse.add_argument(
+        "--headless", action="store_true", help="load URL without a window, print the run's verdict, exit 0/1"
+    )
+    browse.add_argument(
+        "--proxy", default=None, metavar="HOST:PORT", help="the proxy of the clickwatch --url names (default port 8080)"
+    )
+    browse.add_argument(
+        "--wait", type=float, default=30.0, help="--headless: wait up to this many seconds for pending decisions"
+    )
+    browse.add_argument("--fail-on", default="rejected,failed,error", help="--headless: what makes the run unhealthy")
+    browse.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="an option for the clickwatch up it starts"
+    )
+    browse.set_defaults(func=_cmd_browse)
 
     addon_path = sub.add_parser("addon-path", help="print the addon script path for `mitmdump -s`")
     addon_path.set_defaults(func=_cmd_addon_path)

@@ -29,12 +29,13 @@ USED_BY = {
     "import": "`clickwatch import`",
     "export": "`clickwatch export`",
     "diff": "`clickwatch diff`",
+    "browse": "`clickwatch browse`",
     "addon": "the mitmproxy addon",
     "store": "the store process",
     "judge": "the judge (a field of `core.config.Config`)",
     "dashboard": "the dashboard",
 }
-COMMANDS = ("up", "check", "import", "export", "diff")
+COMMANDS = ("up", "check", "import", "export", "diff", "browse")
 ENV_PREFIX = "CLICKWATCH_"
 OPTION_PREFIX = "clickwatch_"
 _TRUE = ("1", "true", "yes", "on")
@@ -193,14 +194,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "db", str, "clickwatch.db",
         "Path of the SQLite file clickwatch stores deliveries, findings and consent signals in.",
-        ("up", "check", "import", "export", "diff", "addon", "dashboard"),
+        ("up", "check", "import", "export", "diff", "browse", "addon", "dashboard"),
         flag="--db", env="CLICKWATCH_DB", key="store.db", option="clickwatch_db",
     ),
     Setting(
         "config", str, "",
         "Path of a clickwatch TOML configuration file (patterns, statuses, consent, windows, schemas, "
         "severities); empty means built-in defaults.",
-        ("up", "check", "import", "export", "diff", "addon"),
+        ("up", "check", "import", "export", "diff", "browse", "addon"),
         flag="--config", env="CLICKWATCH_CONFIG", option="clickwatch_config",
     ),
     _port("proxy_port", 8080, "Port the proxy listens on.", ("up",)),
@@ -214,18 +215,18 @@ SETTINGS: tuple[Setting, ...] = (
         "upstream_insecure", bool, False,
         "Accept self-signed certificates of a QA storefront or stand-in tenant (the browser side stays protected "
         "by clickwatch's CA).",
-        ("up",), flag="--upstream-insecure", env="CLICKWATCH_UPSTREAM_INSECURE", key="up.upstream_insecure",
+        ("up", "browse"), flag="--upstream-insecure", env="CLICKWATCH_UPSTREAM_INSECURE", key="up.upstream_insecure",
     ),
     Setting(
         "token", str, "",
         "Access token for the dashboard and its API; required when listening beyond loopback. A flag shows in "
         "`ps` to every user of the machine: prefer token_file or the environment.",
-        ("up", "check", "dashboard"), flag="--token", env="CLICKWATCH_TOKEN", key="up.token",
+        ("up", "check", "browse", "dashboard"), flag="--token", env="CLICKWATCH_TOKEN", key="up.token",
     ),
     Setting(
         "token_file", str, "",
         "Path of a file holding the access token (its first line); wins over token however that is given.",
-        ("up", "check"), flag="--token-file", env="CLICKWATCH_TOKEN_FILE", key="up.token_file",
+        ("up", "check", "browse"), flag="--token-file", env="CLICKWATCH_TOKEN_FILE", key="up.token_file",
     ),
     Setting(
         "quiet", bool, False, "No live progress line in the terminal; warnings and errors still show.",
@@ -237,7 +238,7 @@ SETTINGS: tuple[Setting, ...] = (
         "such as *.example-shop.com; repeatable, comma-separated in the environment. Every other HTTPS connection "
         "passes through as an opaque tunnel and plain-HTTP requests to other hosts are forwarded unjudged; empty "
         "intercepts every host.",
-        ("up", "addon", "dashboard"), flag="--storefront", env="CLICKWATCH_STOREFRONT", key="up.storefront",
+        ("up", "browse", "addon", "dashboard"), flag="--storefront", env="CLICKWATCH_STOREFRONT", key="up.storefront",
         option="clickwatch_storefront",
     ),
     Setting(
@@ -250,8 +251,10 @@ SETTINGS: tuple[Setting, ...] = (
         key="up.forwarded_allow_ips", addresses=True,
     ),
     Setting(
-        "url", str, "http://127.0.0.1:8000", "The running dashboard `clickwatch check` reads (unless given --db).",
-        ("check",), flag="--url", env="CLICKWATCH_URL",
+        "url", str, "http://127.0.0.1:8000",
+        "The running dashboard `clickwatch check` reads (unless given --db); `clickwatch browse` uses that "
+        "clickwatch when given, else starts one.",
+        ("check", "browse"), flag="--url", env="CLICKWATCH_URL",
     ),
     # What is captured.
     _capture(
@@ -320,7 +323,7 @@ SETTINGS: tuple[Setting, ...] = (
         "observer_enabled", bool, True,
         "Add clickwatch's data-layer observer (<script src=\"/__clickwatch/observer.js\">) to storefront pages, "
         "so consent and intended events are read in the browser; off, they are judged from network traffic only.",
-        ("up", "addon", "judge"),
+        ("up", "browse", "addon", "judge"),
         flag="--no-observer", env="CLICKWATCH_OBSERVER", key="observer.enabled", option="clickwatch_observer",
     ),
     _seconds(

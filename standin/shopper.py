@@ -84,9 +84,15 @@ def wait_for_certificate(path: Path, timeout: float = 30.0) -> None:
 
 def trusting_home(directory: Path, ca_cert: Path) -> Path:
     """A home directory whose NSS database (~/.pki/nssdb, read by Chromium on Linux) trusts `ca_cert`."""
-    certutil = require_certutil()
     wait_for_certificate(ca_cert)
-    database = directory / ".pki" / "nssdb"
+    trust_in_database(directory / ".pki" / "nssdb", ca_cert)
+    return directory
+
+
+def trust_in_database(database: Path, ca_cert: Path) -> Path:
+    """A new NSS certificate database in `database` (Chromium's ~/.pki/nssdb, a Firefox profile) trusting
+    `ca_cert` as a certificate authority for web sites."""
+    certutil = require_certutil()
     database.mkdir(parents=True, exist_ok=True)
     for command in (
         [certutil, "-d", f"sql:{database}", "-N", "--empty-password"],
@@ -95,7 +101,7 @@ def trusting_home(directory: Path, ca_cert: Path) -> Path:
         result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
         if result.returncode != 0:
             raise ShopperError(f"{' '.join(command[:4])} failed: {(result.stderr or result.stdout).strip()}")
-    return directory
+    return database
 
 
 def launch(playwright: Playwright, home: Path, chromium: Path = CHROMIUM) -> Browser:

@@ -286,3 +286,11 @@ def test_export_to_stdout_and_its_errors(healthy_store: StoreBuilder) -> None:
     assert len(result.stdout.splitlines()) == 1
     assert clickwatch("export", "--db", "/no/such.db").returncode == 2
     assert clickwatch("export", "--db", str(healthy_store.path), "--format", "xml").returncode == 2
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    result = clickwatch("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"clickwatch {version('clickwatch')}"
