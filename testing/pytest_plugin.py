@@ -1,5 +1,7 @@
 """The pytest plugin: the `clickwatch` fixture (one proxy per session, one run per test), the
-`@pytest.mark.clickwatch(fail_on=...)` marker, and the consent timeline in the report of a failed test.
+`@pytest.mark.clickwatch(fail_on=...)` marker, and the consent timeline in the report of a failed test; a
+Playwright browser that trusts the session's CA (`clickwatch_browser`), a page of the test's run
+(`clickwatch_page`) and the stand-in shop (`clickwatch_standin`).
 
 Loaded through the `pytest11` entry point in every pytest run where clickwatch is installed, so it imports
 nothing heavy until a test asks for the fixture, and does nothing to tests that do not. Reference:
@@ -17,8 +19,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+    from clickwatch.standin.server import StandIn
     from clickwatch.testing.run import ClickwatchRun
     from clickwatch.testing.server import Server
+    from clickwatch.testing.site import StandInSite
 
 MARKER = "clickwatch"
 TIMELINE_SECTION = "clickwatch consent timeline"
@@ -28,6 +34,8 @@ _CHECK = pytest.StashKey[dict[str, Any]]()
 _TIMELINE_SHOWN = pytest.StashKey[bool]()
 _RUNS_TAKEN = pytest.StashKey[set[str]]()
 _SESSION_TAG = pytest.StashKey[str]()
+_STANDIN_USED = pytest.StashKey[bool]()
+STANDIN_FIXTURE = "clickwatch_standin"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -69,12 +77,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The marker means the test browses as a run of its own: it gets the fixture even if it did not ask.
     for item in items:
         marked = isinstance(item, pytest.Function) and item.get_closest_marker(MARKER) is not None
         if marked and MARKER not in item.fixturenames:  # type: ignore[attr-defined]
             item.fixturenames.append(MARKER)  # type: ignore[attr-defined]
+    # The clickwatch a session starts learns the stand-in's tag host when a test will shop there.
+    config.stash[_STANDIN_USED] = any(STANDIN_FIXTURE in getattr(item, "fixturenames", ()) for item in items)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +105,13 @@ def clickwatch_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.T
         config_file = config.getoption("--clickwatch-config") or config.getini("clickwatch_config") or None
         given = config.getoption("--clickwatch-up-args")
         extra = shlex.split(given) if given is not None else list(config.getini("clickwatch_up_args"))
-        with start_local(tmp_path_factory.mktemp("clickwatch"), config_file, extra) as server:
+        root = tmp_path_factory.mktemp("clickwatch")
+        if config.stash.get(_STANDIN_USED, False):
+            from clickwatch.testing.site import standin_up_args
+
+            config_file, standin_args = standin_up_args(config_file, root)
+            extra = [*standin_args, *extra]
+        with start_local(root, config_file, extra) as server:
             yield server
     except ServerError as exc:
         pytest.fail(f"clickwatch: {exc}", pytrace=False)
@@ -116,6 +132,49 @@ def clickwatch(request: pytest.FixtureRequest, clickwatch_server: Server) -> Cli
     if check is not None:
         request.node.stash[_CHECK] = check
     return handle
+
+
+@pytest.fixture(scope="session")
+def clickwatch_browser(clickwatch_server: Server) -> Iterator[Browser]:
+    """A Playwright Chromium that trusts the session's CA (by its key pin, for this browser only) and sends
+    loopback through the proxy too: Playwright's own Chromium, else the system's."""
+    from clickwatch.testing.site import BrowserError, launch_browser
+
+    try:
+        with launch_browser(clickwatch_server.ca_cert) as browser:
+            yield browser
+    except BrowserError as exc:
+        pytest.fail(f"clickwatch_browser: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def clickwatch_page(clickwatch: ClickwatchRun, clickwatch_browser: Browser) -> Iterator[Page]:
+    """A page in a fresh browser context of its own, browsing through the proxy as this test's run."""
+    context = clickwatch_browser.new_context(proxy=clickwatch.playwright_proxy)  # type: ignore[arg-type]
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def clickwatch_standin_server() -> Iterator[StandIn]:
+    """The stand-in storefront and ISS tenant of the session (clickwatch.standin.server.StandIn)."""
+    from clickwatch.standin.server import StandIn
+
+    with StandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+def clickwatch_standin(clickwatch_standin_server: StandIn) -> StandInSite:
+    """The stand-in shop for this test: `shop` and `tenant` URLs, `tag_pattern` (already in the configuration of
+    the clickwatch the session starts), `faults(...)` to make it misbehave for this test only."""
+    from clickwatch.testing.site import StandInSite
+
+    site = StandInSite(clickwatch_standin_server)
+    site.faults()  # a fault set by an earlier test does not leak into this one
+    return site
 
 
 @pytest.hookimpl(wrapper=True)

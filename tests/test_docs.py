@@ -23,7 +23,7 @@ ALLOWED_IMPORTS = {
     "addon": {"core", "store"},
     "dashboard": {"core", "store"},
     "cli": {"core", "store", "addon", "dashboard", "standin"},
-    "testing": {"core", "store", "cli"},
+    "testing": {"core", "store", "cli", "standin"},
 }
 
 
