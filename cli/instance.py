@@ -32,11 +32,6 @@ class ServerError(Exception):
 class Dashboard(ApiSource):
     """A running dashboard's JSON API: what `clickwatch check` reads, plus visitors and their timelines."""
 
-    def visitors(self, run: str) -> list[dict[str, object]]:
-        """The run's visitors, most recently seen first (GET /api/visitors)."""
-        items: list[dict[str, object]] = self._get("/api/visitors", {"run": run, "limit": 100})["items"]
-        return items
-
     def timeline(self, visitor: str, run: str) -> dict[str, object]:
         """One visitor's consent timeline within the run (GET /api/visitors/{visitor})."""
         answer: dict[str, object] = self._get(f"/api/visitors/{urllib.parse.quote(visitor, safe='')}", {"run": run})

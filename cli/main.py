@@ -157,8 +157,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             source: Any = StoreSource(given.db)
         else:
             source = ApiSource(given.url, given.token or None)
-        report = run_check(source, filters, fail_on, expectations, args.wait)
-    except SourceError as exc:
+        report = run_check(source, filters, fail_on, expectations, args.wait, allow_empty=args.allow_empty)
+    except (SourceError, CheckUsageError) as exc:
         raise UsageError(str(exc)) from None
     print_report(report, sys.stdout)
     if args.junit:
@@ -472,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds for pending decisions")
     check.add_argument("--junit", default=None, metavar="FILE", help="write a JUnit XML report")
+    check.add_argument(
+        "--allow-empty", action="store_true", help="a run without any clickstream event is healthy (default: it is not)"
+    )
     check.set_defaults(func=_cmd_check)
 
     imp = sub.add_parser("import", help="import and judge a HAR file exported from a browser")

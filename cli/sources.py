@@ -76,6 +76,16 @@ class ApiSource:
         items: list[dict[str, Any]] = self._get("/api/findings", {**filters, "limit": reader.MAX_LIMIT})["items"]
         return items
 
+    def runs(self, name: str | None = None, limit: int = 20) -> tuple[list[str], bool]:
+        """As ReaderSource.runs, from GET /api/runs."""
+        answer = self._get("/api/runs", {"name": name, "limit": limit})
+        return list(answer["items"]), bool(answer["more"])
+
+    def visitors(self, run: str) -> list[dict[str, Any]]:
+        """The run's visitors, most recently seen first (GET /api/visitors)."""
+        items: list[dict[str, Any]] = self._get("/api/visitors", {"run": run, "limit": reader.MAX_LIMIT})["items"]
+        return items
+
     def funnel(self, run: str | None = None) -> list[dict[str, Any]]:
         """Per schema: pushed, pushed with consent, sent, delivered (GET /api/funnel)."""
         schemas: list[dict[str, Any]] = self._get("/api/funnel", {"run": run})["schemas"]

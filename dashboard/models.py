@@ -160,6 +160,11 @@ class VisitorList(Contract):
     items: list[Visitor]
 
 
+class RunList(Contract):
+    items: list[str] = Field(description="run names, sorted")
+    more: bool = Field(description="whether the store holds more runs than listed")
+
+
 class ConsentEvent(Contract):
     type: Literal["consent"]
     run: str

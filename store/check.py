@@ -28,6 +28,19 @@ class CheckUsageError(ValueError):
     """A bad --fail-on or --expect value."""
 
 
+class UnknownRun(CheckUsageError):
+    """The run asked for holds nothing: a typo, or traffic that went to another run (exit code 2)."""
+
+
+def unknown_run(run: str, runs: list[str], more: bool) -> UnknownRun:
+    """The error for a run the store holds nothing of, listing the runs it does hold."""
+    if not runs:
+        return UnknownRun(f"no run {run!r}: the store holds no runs yet")
+    shown = ", ".join(repr(r) for r in runs) + (", ..." if more else "")
+    hint = " (traffic without proxy credentials goes to 'default')" if "default" in runs else ""
+    return UnknownRun(f"no run {run!r}; the store holds: {shown}{hint}")
+
+
 class Source(Protocol):
     """What a check needs to know."""
 
@@ -36,6 +49,10 @@ class Source(Protocol):
     def deliveries(self, **filters: Any) -> Iterator[dict[str, Any]]: ...
 
     def findings(self, **filters: Any) -> list[dict[str, Any]]: ...
+
+    def runs(self, name: str | None = None, limit: int = 20) -> tuple[list[str], bool]: ...
+
+    def visitors(self, run: str) -> list[dict[str, Any]]: ...
 
 
 def delivery_filter(filters: dict[str, Any]) -> reader.DeliveryFilter:
@@ -71,6 +88,21 @@ class ReaderSource:
 
     def findings(self, **filters: Any) -> list[dict[str, Any]]:
         return reader.list_findings(self.conn, limit=reader.MAX_LIMIT, **filters)
+
+    def runs(self, name: str | None = None, limit: int = 20) -> tuple[list[str], bool]:
+        """[name] when the store holds anything of that run (else []); without a name, the first `limit` runs
+        and whether there are more."""
+        from clickwatch.store.bundle import run_exists
+        from clickwatch.store.diff import known_runs
+
+        if name is not None:
+            return ([name] if run_exists(self.conn, name) else []), False
+        names = known_runs(self.conn, limit)
+        return names[:limit], len(names) > limit
+
+    def visitors(self, run: str) -> list[dict[str, Any]]:
+        """The run's visitors, most recently seen first."""
+        return reader.list_visitors(self.conn, run, reader.MAX_LIMIT)
 
 
 def parse_fail_on(text: str) -> frozenset[str]:

@@ -185,11 +185,14 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     check, handle = item.stash.get(_CHECK, None), item.stash.get(_RUN, None)
     if check is None or handle is None:
         return result
+    from clickwatch.cli.check import UnknownRun
     from clickwatch.cli.sources import SourceError
     from clickwatch.testing.run import report_text
 
     try:
         report = handle.check(**check)
+    except UnknownRun as exc:
+        pytest.fail(f"clickwatch: nothing arrived in the test's run: {exc}", pytrace=False)
     except SourceError as exc:
         pytest.fail(f"clickwatch: cannot check run {handle.run!r}: {exc}", pytrace=False)
     if not report.healthy:

@@ -197,14 +197,30 @@ class ClickwatchRun:
         self.quiet(max(wait, QUIET_SECONDS * 2))
         return run_check(self.server.api(), {"run": self.run}, parse_fail_on(tokens), expectations, wait)
 
+    def _elsewhere(self) -> str:
+        """Where traffic may have gone instead: the runs the clickwatch holds."""
+        from clickwatch.cli.sources import SourceError
+
+        try:
+            runs, more = self.server.api().runs(limit=10)
+        except SourceError:
+            runs, more = [], False
+        others = [r for r in runs if r != self.run]
+        held = (
+            f"; the clickwatch holds runs {', '.join(repr(r) for r in others)}{', ...' if more else ''}"
+            if others
+            else ""
+        )
+        return (
+            "(did the client use clickwatch.proxy_url or clickwatch.playwright_proxy? A client without proxy "
+            f"credentials lands in run 'default', and a request header does not name a browser's run{held})"
+        )
+
     def describe(self) -> str:
         """What arrived in the run: each delivery with its verdict and findings, and the visitor findings."""
         deliveries = self.deliveries()
         if not deliveries:
-            return (
-                f"nothing arrived in run {self.run!r} (did the client use clickwatch.proxy_url or "
-                "clickwatch.playwright_proxy?)"
-            )
+            return f"nothing arrived in run {self.run!r} " + self._elsewhere()
         schemas = Counter(d["schema_name"] or d["kind"] for d in deliveries)
         lines = [
             f"what arrived in run {self.run!r}: {len(deliveries)} deliveries ("

@@ -28,11 +28,14 @@ from clickwatch.dashboard.models import (
     FindingList,
     Funnel,
     Reset,
+    RunList,
     Summary,
     Timeline,
     VisitorList,
 )
 from clickwatch.store import admin, export, reader
+from clickwatch.store.bundle import run_exists
+from clickwatch.store.diff import known_runs
 
 router = APIRouter(prefix="/api", tags=["api"])
 # SQLite integers are signed 64-bit: a larger id or change number cannot even be bound (OverflowError, a 500).
@@ -181,6 +184,23 @@ def list_visitors(
     limit: LimitQuery = 100,
 ) -> Response:
     return trusted_json({"items": reader.list_visitors(conn, run, limit)})
+
+
+@router.get(
+    "/runs",
+    summary="The runs the store holds something of, by name; or whether it holds one (`name`)",
+    response_model=RunList,
+    responses=UNAVAILABLE,
+)
+def list_runs(
+    conn: ConnDep,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    limit: LimitQuery = 100,
+) -> Response:
+    if name is not None:
+        return trusted_json({"items": [name] if run_exists(conn, name) else [], "more": False})
+    names = known_runs(conn, limit)
+    return trusted_json({"items": names[:limit], "more": len(names) > limit})
 
 
 @router.get(

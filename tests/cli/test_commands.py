@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from clickwatch.core.model import Kind
 from tests.dashboard.browser_fixtures import CHROMIUM, CHROMIUM_ARGS, serve_dashboard
 from tests.dashboard.conftest import T0, StoreBuilder
 from tests.integration.conftest import start_proxy
@@ -127,8 +129,55 @@ def test_check_wait_gives_pending_decisions_time(store_builder: Callable[..., St
     result = clickwatch("check", "--db", str(store.path), "--wait", "1.5")
     waited = time.monotonic() - started
     assert result.returncode == 1
-    assert "still pending after 1.5 s" in result.stdout
+    assert "UNHEALTHY: 1 delivery(ies) still without an answer after 1.5 s" in result.stdout
     assert waited >= 1.5
+
+
+def test_check_a_wait_ending_on_an_open_window_names_it(store_builder: Callable[..., StoreBuilder]) -> None:
+    store = store_builder()
+    store.page(at=time.time(), consent="GIVEN")  # consent and a page load: the silence window opens
+    deadline = time.monotonic() + 30  # the writer is left open: closing it decides every window
+    while time.monotonic() < deadline:
+        with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(store.path) as conn:
+            if conn.execute("SELECT 1 FROM visitors WHERE pending_decision IS NOT NULL").fetchone():
+                break
+        time.sleep(0.1)
+    try:
+        result = clickwatch("check", "--db", str(store.path), "--run", "default", "--wait", "0.5", "--allow-empty")
+    finally:
+        store.writer.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "  pending            0\n  deciding           1\n" in result.stdout
+    assert "UNHEALTHY: 1 decision(s) still open after 0.5 s: visitor " in result.stdout
+    assert "silence window (windows.silence_seconds), open for " in result.stdout
+
+
+@pytest.mark.parametrize("where", ["db", "url"])
+def test_check_a_run_that_does_not_exist_exits_2_listing_the_runs(healthy_store: StoreBuilder, where: str) -> None:
+    with serve_dashboard(healthy_store.path) as dashboard:
+        source = ["--db", str(healthy_store.path)] if where == "db" else ["--url", dashboard.url]
+        result = clickwatch("check", *source, "--run", "nosuchrun")
+        waited = clickwatch("check", *source, "--run", "nosuchrun", "--wait", "0.5")
+    for answer in (result, waited):
+        assert answer.returncode == 2, answer.stdout + answer.stderr
+        assert answer.stdout == ""
+        assert answer.stderr == (
+            "clickwatch: no run 'nosuchrun'; the store holds: 'default', 'other' "
+            "(traffic without proxy credentials goes to 'default')\n"
+        )
+
+
+def test_check_a_run_without_clickstream_events_is_unhealthy_unless_allowed(
+    store_builder: Callable[..., StoreBuilder],
+) -> None:
+    store = store_builder()
+    store.event(at=T0 + 1, kind=Kind.TAG, status=200, path="/js/profile-tag.js", run="pages-only")
+    store.close()
+    strict = clickwatch("check", "--db", str(store.path), "--run", "pages-only")
+    allowed = clickwatch("check", "--db", str(store.path), "--run", "pages-only", "--allow-empty")
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "UNHEALTHY: no clickstream event in run 'pages-only' (--allow-empty accepts that)" in strict.stdout
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
 
 
 # --- import ----------------------------------------------------------------------------------------------------
