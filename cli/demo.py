@@ -56,6 +56,9 @@ class DemoOptions:
     dashboard_port: int
     db: str | None
     chromium: Path
+    shop_port: int = 0  # 0: a free port
+    tenant_port: int = 0
+    set_options: tuple[str, ...] = ()
 
 
 def parse_faults(names: list[str]) -> Faults:
@@ -101,9 +104,12 @@ def clickwatch_up(options: DemoOptions, db: str, config: Path, log: Path) -> Ite
         "--proxy-port", str(options.proxy_port), "--dashboard-port", str(options.dashboard_port),
         "--listen-host", LISTEN, "--db", db, "--config", str(config), "--upstream-insecure",
     ]  # fmt: skip
+    # Proxy credentials name the run (any user name, any password), for the scripted browser and a person's alike.
+    command += ["--set", "proxyauth=any"]
+    for option in options.set_options:
+        command += ["--set", option]
     if options.journey:
-        # Proxy credentials name the run; only the scripted browser uses this proxy.
-        command += ["--quiet", "--set", "proxyauth=any"]
+        command += ["--quiet"]
     with log.open("wb") as log_file:
         output = log_file if options.journey else None  # a person watches the progress lines
         child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT if options.journey else None)
@@ -143,6 +149,7 @@ def print_banner(standin: StandIn, options: DemoOptions, db: str, ca_cert: Path,
             f"Browse the storefront through the proxy, e.g.\n"
             f"  chromium --proxy-server={proxy} --proxy-bypass-list='<-loopback>' {standin.storefront_url()}\n"
             f"(trust the CA certificate first, see the README), accept the consent banner, view a product.\n"
+            f"The proxy asks for credentials: the user name is the run (any password), e.g. http://alice:x@{proxy[7:]}\n"
             f"Switch faults while it runs:\n"
             f'  curl --insecure -X POST {standin.tenant_origin()}/admin/faults -d \'{{"faults": ["status:503"]}}\'\n'
             f"Ctrl-C stops everything.\n"
@@ -246,7 +253,12 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
         ca_cert = Path("~/.mitmproxy/mitmproxy-ca-cert.pem").expanduser()
         try:
             with (
-                StandIn(spartacus=options.spartacus, faults=options.faults, directory=state / "standin") as standin,
+                StandIn(
+                    spartacus=options.spartacus,
+                    faults=options.faults,
+                    directory=state / "standin",
+                    ports={k: v for k, v in (("storefront", options.shop_port), ("tenant", options.tenant_port)) if v},
+                ) as standin,
                 clickwatch_up(options, db, config, state / "clickwatch-up.log") as child,
             ):
                 print_banner(standin, options, db, ca_cert, out)

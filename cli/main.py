@@ -335,7 +335,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             dashboard_port=args.dashboard_port,
             db=args.db,
             chromium=Path(args.chromium),
+            shop_port=args.shop_port,
+            tenant_port=args.tenant_port,
+            set_options=tuple(args.set),
         )
+        for flag, value in (("--shop-port", args.shop_port), ("--tenant-port", args.tenant_port)):
+            if value and not 1 <= value <= 65535:
+                raise UsageError(f"{flag}: must be a port number 1-65535, not {value}")
+            if value:
+                _check_port_free("127.0.0.1", value)
         for name in ("proxy_port", "dashboard_port"):
             port = settings.BY_NAME[name]
             problem = port.problem(getattr(args, name))
@@ -510,6 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
         demo.add_argument(
             port.flag, dest=name, type=int, default=port.default, help=f"{port.help} (default {port.default})"
         )
+    demo.add_argument(
+        "--shop-port", type=int, default=0, help="HTTPS port of the stand-in storefront (default a free one)"
+    )
+    demo.add_argument(
+        "--tenant-port", type=int, default=0, help="HTTPS port of the stand-in tenant (default a free one)"
+    )
+    demo.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="an option for its clickwatch up (repeatable)"
+    )
     demo.add_argument("--db", default=None, help="SQLite store (default: a temporary file removed at exit)")
     demo.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium for --journey")
     demo.set_defaults(func=_cmd_demo)

@@ -96,8 +96,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, standin: StandIn, handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None) -> None:
-        super().__init__((BIND, 0), handler)
+    def __init__(
+        self, standin: StandIn, handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None, port: int = 0
+    ) -> None:
+        super().__init__((BIND, port), handler)
         self.standin = standin
         self.tls = tls
         self.scheme = "https" if tls else "http"
@@ -590,6 +592,8 @@ class StandIn:
     directory: Path | None = None
     carousel: bool = False  # the home page's merchandising carousel (read at every page load)
     csp: str | None = None  # None, "nonce" or "paths": see content_security_policy
+    # Fixed HTTPS ports by role ("storefront", "tenant"); a role not named gets a free one (so do the HTTP ones).
+    ports: dict[str, int] = field(default_factory=dict)
     carts: catalog.Carts = field(default_factory=catalog.Carts, init=False)
     stopping: threading.Event = field(default_factory=threading.Event, init=False)
     static: dict[str, bytes] = field(default_factory=dict, init=False)
@@ -616,7 +620,7 @@ class StandIn:
         self.static = {p.name: p.read_bytes() for p in STATIC.iterdir() if p.is_file()}
         for role, handler in (("storefront", StorefrontHandler), ("tenant", TenantHandler)):
             for scheme, context in (("http", None), ("https", tls)):
-                server = _Server(self, handler, context)
+                server = _Server(self, handler, context, self.ports.get(role, 0) if scheme == "https" else 0)
                 self._servers[(role, scheme)] = server
                 name = f"standin-{role}-{scheme}"
                 thread = threading.Thread(target=server.serve_forever, args=(0.1,), name=name, daemon=True)

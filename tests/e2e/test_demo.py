@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -78,8 +79,11 @@ def _ignore_sigint() -> None:
 @pytest.mark.parametrize("background", [False, True], ids=["terminal", "started-with-sigint-ignored"])
 def test_demo_without_journey_serves_until_interrupted(tmp_path: Path, background: bool) -> None:
     # A shell script's `clickwatch demo &` starts with SIGINT ignored; `kill -INT` must stop it all the same.
-    proxy_port, dashboard_port = free_port(), free_port()
-    command = [str(CLICKWATCH), "demo", "--proxy-port", str(proxy_port), "--dashboard-port", str(dashboard_port)]
+    proxy_port, dashboard_port, shop_port, tenant_port = free_port(), free_port(), free_port(), free_port()
+    command = [
+        str(CLICKWATCH), "demo", "--proxy-port", str(proxy_port), "--dashboard-port", str(dashboard_port),
+        "--shop-port", str(shop_port), "--tenant-port", str(tenant_port), "--set", "connection_strategy=lazy",
+    ]  # fmt: skip
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -100,10 +104,21 @@ def test_demo_without_journey_serves_until_interrupted(tmp_path: Path, backgroun
         storefront = re.search(r"also (http://localhost:\d+/)", banner)
         assert storefront, banner
         assert f"--proxy-server=http://127.0.0.1:{proxy_port}" in banner
-        # The storefront answers through the proxy, and the dashboard is up.
-        with httpx.Client(proxy=f"http://127.0.0.1:{proxy_port}", trust_env=False, timeout=10) as through_proxy:
+        # The ports asked for: the addresses are known before it starts.
+        assert f"storefront  https://localhost:{shop_port}/" in banner
+        assert f"tenant      https://127.0.0.1:{tenant_port}" in banner
+        # The storefront answers through the proxy, to a client naming its run by proxy credentials.
+        with httpx.Client(proxy=f"http://127.0.0.1:{proxy_port}", trust_env=False, timeout=10) as anonymous:
+            assert anonymous.get(storefront[1]).status_code == 407
+        credentials = f"http://demo-tester:x@127.0.0.1:{proxy_port}"
+        with httpx.Client(proxy=credentials, trust_env=False, timeout=10) as through_proxy:
             assert "Stand-in Electronics" in through_proxy.get(storefront[1]).text
-        assert httpx.get(f"http://127.0.0.1:{dashboard_port}/healthz", trust_env=False).status_code == 200
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        assert httpx.get(f"{dashboard}/healthz", trust_env=False).status_code == 200
+        deadline = time.monotonic() + 15
+        while not httpx.get(f"{dashboard}/api/runs", params={"name": "demo-tester"}, trust_env=False).json()["items"]:
+            assert time.monotonic() < deadline, "the page load never reached run demo-tester"
+            time.sleep(0.2)
         process.send_signal(signal.SIGINT)
         try:
             rest, _ = process.communicate(timeout=30)
