@@ -108,6 +108,10 @@ def _tokens(value: str | None) -> list[str]:
     return [token.strip().lower() for token in (value or "").split(",") if token.strip()]
 
 
+# The request header that names a run (addon/capture.py's RUN_HEADER, lower-cased as header names are compared).
+RUN_HEADER = "x-clickwatch-run"
+
+
 def _joined(headers: Headers, name: str) -> str | None:
     # Repeated list-valued header lines mean the same as one line joined with commas (RFC 9110 5.3).
     values = [value for key, value in headers if key.lower() == name]
@@ -142,4 +146,10 @@ def cors_problems(request_headers: Headers, status_code: int, response_headers: 
             allows = listed([clip(name, 60) for name in allowed], _MAX_NAMES) if allowed else "nothing"
             named = listed([clip(name, 60) for name in missing], _MAX_NAMES)
             problems.append(f"request header(s) {named} not allowed by Access-Control-Allow-Headers (allows {allows})")
+            if RUN_HEADER in missing:
+                problems.append(
+                    f"{RUN_HEADER} is clickwatch's run header, added by the client (e.g. Playwright's "
+                    "extra_http_headers) to every request, cross-origin ones too: name a browser's run by proxy "
+                    "credentials instead"
+                )
     return problems

@@ -77,8 +77,14 @@ class Patterns:
         """Return what kind of tracking call this is, or None for ordinary traffic."""
         path = path.split("?", 1)[0]
         method = method.upper()
-        if method in ("GET", "HEAD") and self.tag is not None and self.tag.search(f"{host}/{path.lstrip('/')}"):
-            return _MATCH[Kind.TAG]
+        if (
+            self.tag is not None
+            and method in ("GET", "HEAD", "OPTIONS")
+            and self.tag.search(f"{host}/{path.lstrip('/')}")
+        ):
+            # A preflight of a tag load: only a header the page (or a tool in the browser) added makes one, and
+            # its refusal blocks the tag; recorded so that the refusal is seen.
+            return _PREFLIGHT[Kind.TAG] if method == "OPTIONS" else _MATCH[Kind.TAG]
         if self.tenant_host is not None and not self.tenant_host.search(host):
             return None
         target = self._tenant_call(path)

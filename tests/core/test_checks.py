@@ -347,6 +347,22 @@ def test_a_refusal_of_consent_reference_names_it():
     assert "consent-reference" in problems[0]
 
 
+def test_a_refusal_of_clickwatchs_own_run_header_says_who_added_it_and_what_to_do_instead():
+    problems = cors_problems(preflight(method="GET", headers="x-clickwatch-run"), 204, allow(headers="content-type"))
+    assert problems[0].startswith("request header(s) x-clickwatch-run not allowed by Access-Control-Allow-Headers")
+    assert problems[1] == (
+        "x-clickwatch-run is clickwatch's run header, added by the client (e.g. Playwright's extra_http_headers) to "
+        "every request, cross-origin ones too: name a browser's run by proxy credentials instead"
+    )
+
+
+def test_the_run_header_is_the_addons():
+    from clickwatch.addon.capture import RUN_HEADER
+    from clickwatch.core.checks import RUN_HEADER as CHECKED
+
+    assert RUN_HEADER.lower() == CHECKED
+
+
 def test_repeated_allow_headers_lines_are_combined():
     response = (
         ("Access-Control-Allow-Origin", ORIGIN),

@@ -19,6 +19,8 @@ DEFAULT = Patterns.compile()
         ("GET", "t.example", "/strategy/v1/sites/electronics/strategies/abc/products", Match(Kind.STRATEGY)),
         ("GET", "tag.static.us.context.cloud.sap", "/js/profile-tag.js", Match(Kind.TAG)),
         ("GET", "tag.static.eu.context.cloud.sap", "/config/acme-electronics-default", Match(Kind.TAG)),
+        # A preflight of the tag's configuration (a header added by the page or a tool): recorded, judged as CORS.
+        ("OPTIONS", "tag.static.eu.context.cloud.sap", "/config/acme", Match(Kind.PREFLIGHT, Kind.TAG)),
         # Ordinary traffic is not ours.
         ("GET", "t.example", "/edge/clickstreamEvents", None),
         ("POST", "t.example", "/edge/clickstreamEventsX", None),
