@@ -119,6 +119,9 @@ class Summary(Contract):
     severities: dict[str, int]
     last_delivered_at: float | None
     pending_decisions: int = Field(description="decisions still waiting on a window")
+    oldest_pending_at: float | None = Field(
+        default=None, description="when the oldest delivery still without an answer was sent (null: none)"
+    )
 
 
 class Finding(Contract):

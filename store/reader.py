@@ -388,6 +388,7 @@ def summary(conn: sqlite3.Connection, flt: DeliveryFilter) -> dict[str, Any]:
         "severities": severities,
         "last_delivered_at": last,
         "pending_decisions": pending_decisions(conn, flt.run),
+        "oldest_pending_at": _oldest_pending(conn, flt) if deliveries["pending"] else None,
     }
 
 
@@ -704,6 +705,15 @@ def _count_from_tables(
     for row in conn.execute(by_kind.format(" AND ".join(finding_clauses)), finding_params):
         findings[row["kind"]] = findings.get(row["kind"], 0) + int(row["n"])
         severities[row["severity"]] = severities.get(row["severity"], 0) + int(row["n"])
+
+
+def _oldest_pending(conn: sqlite3.Connection, flt: DeliveryFilter) -> float | None:
+    """When the oldest matching delivery still without an answer was sent (through the (verdict, sent_at) index)."""
+    if flt.finding is not None:
+        return None  # a delivery without an answer has no finding about its answer yet: not worth a walk
+    where, params = replace(flt, verdict=Verdict.PENDING).where()
+    value = conn.execute(f"SELECT MIN(d.sent_at) FROM deliveries d WHERE {where}", params).fetchone()[0]
+    return float(value) if value is not None else None
 
 
 def _last_delivered(conn: sqlite3.Connection, flt: DeliveryFilter) -> float | None:

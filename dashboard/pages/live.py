@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -104,6 +105,9 @@ def live(
                 "items": items,
                 "summary": summary,
                 "total": sum(summary["deliveries"].values()),
+                "pending_age": (
+                    max(0, round(time.time() - summary["oldest_pending_at"])) if summary["oldest_pending_at"] else None
+                ),
                 "filters": filters,
                 "seq": seq,
                 "live": not cursor,

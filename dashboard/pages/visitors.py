@@ -4,6 +4,7 @@ before consent?' (decided by core.answer; formatted here)."""
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -58,6 +59,7 @@ def visitor(
             "events": visitor_events(timeline),
             "run": run or "",
             "answer": answer_view(consent_answer(calls)),
+            "delivered": delivery_answer(timeline),
         }
         return page(request, "visitor.html", context)
 
@@ -67,7 +69,9 @@ def visitor(
 def visitor_events(timeline: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The timeline with the data layer's rows woven in, each delivery next to the push it carried and marked
     `bad` when it tracked without consent."""
-    pushes = timeline["pushes"]
+    verdicts = {e["id"]: e["verdict"] for e in timeline["timeline"] if e["type"] == "delivery"}
+    # A push's badge tells what became of the delivery that carried it, not only that one did.
+    pushes = [{**p, "delivery_verdict": verdicts.get(p["delivery_id"])} for p in timeline["pushes"]]
     carried = {p["delivery_id"]: p for p in pushes if p["delivery_id"] is not None}
     events = [
         {**e, "push": carried.get(e["id"]), "bad": sent_without_consent(e["kind"], e["consent"])}
@@ -78,6 +82,38 @@ def visitor_events(timeline: Mapping[str, Any]) -> list[dict[str, Any]]:
     events += [{"type": "datalayer", "at": p["at"], "push": p} for p in pushes]
     events.sort(key=lambda e: (e["at"], _TIMELINE_ORDER.get(e["type"], 9)))
     return events
+
+
+def delivery_answer(timeline: Mapping[str, Any]) -> dict[str, str]:
+    """'Were this browser's tracking calls delivered?' in words: a state (a CSS class), a title and a sentence."""
+    calls = [e for e in timeline["timeline"] if e["type"] == "delivery"]
+    if not calls:
+        return {"state": "none", "title": "No tracking calls", "text": "This browser has not sent any tracking call."}
+    lost = [e for e in calls if e["verdict"] in ("rejected", "failed")]
+    waiting = [e for e in calls if e["verdict"] == "pending"]
+    if lost:
+        how = ", ".join(
+            f"{what} x{n}"
+            for what, n in sorted(
+                Counter(f"{e['verdict']} ({_answer(e)})" for e in lost).items(), key=lambda kv: -kv[1]
+            )
+        )
+        return {
+            "state": "bad",
+            "title": f"No: {len(lost)} of {_calls(len(calls))} not delivered",
+            "text": f"{how}." + (f" {len(waiting)} still without an answer." if waiting else ""),
+        }
+    if waiting:
+        return {
+            "state": "wait",
+            "title": "Not yet",
+            "text": f"{len(waiting)} of {_calls(len(calls))} still without an answer; the others were delivered.",
+        }
+    return {"state": "good", "title": "Yes", "text": f"Every one of its {_calls(len(calls))} was delivered."}
+
+
+def _answer(delivery: Mapping[str, Any]) -> str:
+    return str(delivery.get("status_code") or delivery.get("error") or "no answer")
 
 
 def _calls(n: int, noun: str = "call") -> str:

@@ -151,11 +151,20 @@
     var counts = s.deliveries || {};
     var total = 0;
     Object.keys(counts).forEach(function (k) { total += Number(counts[k]) || 0; });
-    var state = total === 0 ? "waiting" : (s.healthy ? "healthy" : "failing");
+    var pending = Number(counts.pending) || 0;
+    // Deliveries still without an answer (a tenant that hangs) are not healthy yet: "Waiting", with how many
+    // and for how long the oldest has waited. Failing stays failing.
+    var state = total === 0 ? "waiting" : (!s.healthy ? "failing" : (pending ? "pending" : "healthy"));
     var banner = document.getElementById("health");
     banner.className = "health health-" + state;
     document.getElementById("health-word").textContent =
-      { waiting: "Waiting for traffic", healthy: "Healthy", failing: "Failing" }[state];
+      { waiting: "Waiting for traffic", pending: "Waiting", healthy: "Healthy", failing: "Failing" }[state];
+    var note = document.getElementById("health-pending");
+    if (note) {
+      note.hidden = state !== "pending";
+      var oldest = s.oldest_pending_at ? Math.max(0, Math.round(Date.now() / 1000 - s.oldest_pending_at)) : null;
+      note.textContent = pending + " without an answer" + (oldest !== null ? ", oldest sent " + oldest + " s ago" : "");
+    }
     var cells = banner.querySelectorAll("[data-count]");
     for (var i = 0; i < cells.length; i++) {
       cells[i].textContent = String(Number(counts[cells[i].getAttribute("data-count")]) || 0);

@@ -430,3 +430,21 @@ def test_openapi_documents_the_funnel_and_the_findings_filter(client: TestClient
     names = [p["name"] for p in spec["paths"]["/api/funnel"]["get"]["parameters"]]
     assert names == ["run"]
     assert "visitor_level" in [p["name"] for p in spec["paths"]["/api/findings"]["get"]["parameters"]]
+
+
+def test_a_push_sent_as_a_rejected_delivery_says_so_and_the_page_answers_both_questions(client: TestClient) -> None:
+    visitor = visitor_of(client)
+    body = client.get(f"/api/visitors/{visitor}").json()
+    deliveries = by_schema([e for e in body["timeline"] if e["type"] == "delivery"])
+    html = assert_page(client.get(f"/visitors/{visitor}"))
+    rejected, delivered = deliveries["KeywordSearch"]["id"], deliveries["ProductView"]["id"]
+    assert (
+        f'<a class="push-outcome push-sent push-sent-rejected" href="#delivery-{rejected}">'
+        f"sent as delivery {rejected}: rejected</a>"
+    ) in html
+    assert f'<a class="push-outcome push-sent" href="#delivery-{delivered}">sent as delivery {delivered}</a>' in html
+    # "Delivered?" and "with consent?", each answered.
+    delivered_answer = html[html.index('id="answer-delivered"') : html.index('id="answer-consent"')]
+    assert "Were its tracking calls delivered?" in delivered_answer
+    assert "<strong>No: 1 of 3 calls not delivered</strong> — rejected (400) x1." in delivered_answer
+    assert "Did this browser track before consent?" in html[html.index('id="answer-consent"') :]

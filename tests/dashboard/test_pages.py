@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -462,3 +463,22 @@ def test_static_files_are_served(client: TestClient) -> None:
         answer = client.get(f"/static/{name}")
         assert answer.status_code == 200
         assert kind in answer.headers["content-type"]
+
+
+def test_a_run_with_deliveries_still_without_an_answer_is_waiting_not_healthy(
+    store_builder: Callable[..., StoreBuilder], client_for
+) -> None:
+    store = store_builder()
+    store.page(at=T0, consent="GIVEN")
+    store.event(at=T0 + 1)  # delivered
+    store.event(at=time.time() - 30, schema="AddedToCart", body={"productSku": "1", "productQty": 1}, status=None)
+    store.writer.close()  # the second stays pending: a tenant that hangs
+    client = client_for(store.path)
+    assert client.get("/api/summary").json()["oldest_pending_at"] is not None
+    html = assert_page(client.get("/"))
+    assert 'class="health health-pending"' in html
+    assert '<strong id="health-word">Waiting</strong>' in html
+    note = re.search(r'<span id="health-pending"[^>]*>([^<]*)</span>', html)
+    assert note, html
+    count, age = re.fullmatch(r"(\d+) without an answer, oldest sent (\d+) s ago", note[1]).groups()  # type: ignore[union-attr]
+    assert int(count) == 1 and 30 <= int(age) < 120
