@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import pytest
 from playwright.sync_api import Request, expect
 
+from clickwatch.store import wire
 from tests.dashboard.browser_fixtures import WatchedPage, chromium, serve_dashboard, settle, tab, wait_for_store
 from tests.dashboard.conftest import T0, StoreBuilder
 
@@ -57,5 +59,32 @@ def test_the_banner_and_funnel_follow_the_stream_without_asking_the_api(store: S
         expect(funnel.locator('tr[data-schema="KeywordSearch"] [data-step="delivered"]')).to_have_text("2")
         assert page.evaluate("window.__marker") == "still the same document"
         assert asked == []
+        page.close()
+    assert tab.problems() == [], tab.problems()
+
+
+def test_the_banner_turns_to_waiting_while_a_delivery_has_no_answer_and_back(
+    store: StoreBuilder, tab: WatchedPage
+) -> None:
+    import time
+
+    page = tab.page
+    with serve_dashboard(store.path) as dashboard:
+        wait_for_store(dashboard)
+        page.goto(dashboard.url + "/")
+        expect(page.locator("#conn")).to_have_text("live", timeout=5000)
+        expect(page.locator("#health-word")).to_have_text("Healthy")
+        expect(page.locator("#health-pending")).to_be_hidden()
+        hanging = store.event(at=time.time() - 20, schema="ProductView", status=None)  # a tenant that hangs
+        expect(page.locator("#health-word")).to_have_text("Waiting", timeout=10000)
+        expect(page.locator("#health-pending")).to_have_text(
+            re.compile(r"^1 without an answer, oldest sent \d+ s ago$")
+        )
+        store.writer.submit(
+            wire.Answer(uid=hanging, kind="clickstream", sent_at=time.time() - 20, ended_at=time.time(),
+                        status_code=201, fields=(), body=b"", error=None)
+        )  # fmt: skip
+        expect(page.locator("#health-word")).to_have_text("Healthy", timeout=10000)
+        expect(page.locator("#health-pending")).to_be_hidden()
         page.close()
     assert tab.problems() == [], tab.problems()
