@@ -15,12 +15,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from clickwatch.core.findings import clip
-from clickwatch.core.matching import Patterns
-from clickwatch.core.model import Answer, Headers, RequestSeen, StorefrontSeen
+from clickwatch.core.matching import Match, Patterns
+from clickwatch.core.model import Answer, Headers, Kind, RequestSeen, StorefrontSeen
 from clickwatch.core.record import header
 from clickwatch.core.storefront import RawHeaders, read_exchange
 
 HAR_CLIENT = "har-import"  # a HAR names no client address; one recording is one browser
+_KINDS = frozenset(k.value for k in Kind)
 # An entry's total time beyond a day is no browser's measurement.
 MAX_ENTRY_SECONDS = 86400.0
 
@@ -143,6 +144,18 @@ def _url(request: dict[str, Any], where: str) -> tuple[str, str, str]:
     return url, host, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+def _exported_kind(entry: dict[str, Any]) -> Match | None:
+    """The kind clickwatch's own export recorded for an entry (`_clickwatch.kind`, `.target_kind`), for a tracking
+    call the importing configuration's patterns do not match (a bundle from a run with another tag pattern)."""
+    marks = entry.get("_clickwatch")
+    if not isinstance(marks, dict) or marks.get("kind") not in _KINDS:
+        return None
+    kind, target = Kind(marks["kind"]), marks.get("target_kind")
+    if kind is not Kind.PREFLIGHT:
+        return Match(kind)
+    return Match(kind, Kind(target) if target in _KINDS else Kind.CLICKSTREAM)
+
+
 def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | Answer | StorefrontSeen]:
     """Every observation a proxy would have made of this recording, oldest first; HarError on bad input."""
     log = _get(har, "log", "HAR", dict)
@@ -168,10 +181,10 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
     parsed.sort(key=lambda p: (p[0], p[1]))
     out: list[RequestSeen | Answer | StorefrontSeen] = []
     answers: list[Answer] = []
-    for started, _, method, where_to, status, elapsed, req_headers, resp_headers, req_body, resp_body, error in parsed:
+    for started, i, method, where_to, status, elapsed, req_headers, resp_headers, req_body, resp_body, error in parsed:
         url, host, path = where_to
         user_agent = header(req_headers, "user-agent") or ""
-        match = patterns.classify(method, host, path)
+        match = patterns.classify(method, host, path) or _exported_kind(entries[i])
         ended = started + elapsed
         if match is None:
             # Status 0: the browser recorded no answer, as the proxy sees an error.

@@ -26,7 +26,8 @@ FORMAT = "clickwatch-evidence-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MEMBERS = {
-    "deliveries.har": "every delivery of the run, in full, as HAR 1.2 (clickwatch's verdicts under _clickwatch)",
+    "deliveries.har": "every delivery of the run, in full, as HAR 1.2 (clickwatch's verdicts under _clickwatch), and "
+    "its consent signals as storefront requests, so that `clickwatch import` judges it as the run was judged",
     "deliveries.jsonl": "every delivery of the run, in full, one JSON object per line",
     "findings.json": "every finding of the run, about a delivery or about a visitor",
     "junit.xml": "the JUnit report of `clickwatch check --junit` for the run (default --fail-on)",
@@ -161,7 +162,12 @@ def _write(conn: sqlite3.Connection, run: str, out: IO[bytes], manifest: Manifes
     check = gather(ReaderSource(conn), {"run": run}, parse_fail_on(DEFAULT_FAIL_ON), [])
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
         deliveries = _Counting(reader.iter_deliveries(conn, flt))
-        _member(archive, "deliveries.har", export.har(deliveries, version), manifest)
+        signals = conn.execute(
+            "SELECT s.run, s.visitor, s.at, s.state, s.source, s.detail, v.user_agent FROM consent_signals s "
+            "LEFT JOIN visitors v ON v.run = s.run AND v.visitor = s.visitor WHERE s.run = ? ORDER BY s.at, s.id",
+            (run,),
+        )
+        _member(archive, "deliveries.har", export.har(deliveries, version, map(dict, signals)), manifest)
         _member(archive, "deliveries.jsonl", export.jsonl(reader.iter_deliveries(conn, flt)), manifest)
         findings = _Counting(iter_findings(conn, run))
         _member(archive, "findings.json", _findings_json(run, findings), manifest)

@@ -121,9 +121,15 @@ def test_every_member_is_there_and_parses(hostile: StoreBuilder) -> None:
     assert set(archive.namelist()) == EXPECTED_MEMBERS
 
     har = json.loads(archive.read("deliveries.har"))
-    entries = har["log"]["entries"]
+    everything = har["log"]["entries"]
+    # The deliveries, then the run's consent signals as the storefront requests that carry them.
+    entries = [e for e in everything if e["_clickwatch"]["kind"] != "consent_signal"]
+    signals = everything[len(entries) :]
     assert har["log"]["creator"] == {"name": "clickwatch", "version": "9.9.9"}
     assert len(entries) == 5
+    assert signals and all(e["_clickwatch"]["kind"] == "consent_signal" for e in signals)
+    assert {e["request"]["url"] for e in signals} == {"https://storefront.invalid/clickwatch-consent-signal"}
+    assert {e["_clickwatch"]["run"] for e in signals} == {HOSTILE_RUN}
     assert {e["_clickwatch"]["run"] for e in entries} == {HOSTILE_RUN}  # the other run stays out
     assert any(e["request"]["url"].endswith(HOSTILE_PATH) for e in entries)
 
