@@ -35,12 +35,12 @@ def test_a_run_header_added_by_the_browser_is_recorded_as_the_cause_of_a_refused
         page.on("console", lambda message: refused.append(message.text) if "CORS" in message.text else None)
         page.goto(standin.storefront_url())
         api = server.api()
-        deadline = time.monotonic() + 30
-        while not (findings := api.findings(run=run, kind="cors_rejected")):
-            assert time.monotonic() < deadline, f"no cors_rejected finding; the browser said {refused}"
-            time.sleep(0.25)
+        deadline = time.monotonic() + 90  # generous: the machine may be busy
+        while not ((findings := api.findings(run=run, kind="cors_rejected")) and refused):
+            assert time.monotonic() < deadline, f"findings {findings}; the browser said {refused}"
+            page.wait_for_timeout(250)  # lets Playwright deliver the console events meanwhile
         context.close()
     [finding] = findings
     assert "x-clickwatch-run not allowed by Access-Control-Allow-Headers" in finding["message"]
     assert "name a browser's run by proxy credentials instead" in finding["message"]
-    assert any("x-clickwatch-run" in text.lower() for text in refused), refused
+    assert any("x-clickwatch-run" in text.lower() for text in refused), refused  # the browser's own words
