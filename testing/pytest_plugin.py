@@ -135,13 +135,15 @@ def clickwatch(request: pytest.FixtureRequest, clickwatch_server: Server) -> Cli
 
 
 @pytest.fixture(scope="session")
-def clickwatch_browser(clickwatch_server: Server) -> Iterator[Browser]:
+def clickwatch_browser(request: pytest.FixtureRequest, clickwatch_server: Server) -> Iterator[Browser]:
     """A Playwright Chromium that trusts the session's CA (by its key pin, for this browser only) and sends
     loopback through the proxy too: Playwright's own Chromium, else the system's."""
     from clickwatch.testing.site import BrowserError, launch_browser
 
+    # One Playwright per thread: with pytest-playwright loaded, its session's driver is shared.
+    driver = request.getfixturevalue("playwright") if request.config.pluginmanager.hasplugin("playwright") else None
     try:
-        with launch_browser(clickwatch_server.ca_cert) as browser:
+        with launch_browser(clickwatch_server.ca_cert, driver) as browser:
             yield browser
     except BrowserError as exc:
         pytest.fail(f"clickwatch_browser: {exc}", pytrace=False)

@@ -17,7 +17,7 @@ from clickwatch.standin.faults import Faults
 from clickwatch.standin.server import TAG_PATTERN
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Playwright
 
     from clickwatch.standin.server import StandIn
 
@@ -27,34 +27,44 @@ class BrowserError(Exception):
 
 
 @contextlib.contextmanager
-def launch_browser(ca_cert: Path) -> Iterator[Browser]:
-    """Headless Chromium trusting `ca_cert` for this browser only: Playwright's own, else the system's."""
-    try:
-        from playwright.sync_api import Error as PlaywrightError
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        raise BrowserError("Playwright is not installed: pip install 'clickwatch[pytest]'") from None
-    with sync_playwright() as playwright:
-        executable = None
-        if not os.path.exists(playwright.chromium.executable_path):
-            try:
-                executable = find_browser("chromium").executable
-            except BrowseError as exc:
-                raise BrowserError(
-                    f"Playwright's Chromium is not installed (playwright install chromium) and {exc}"
-                ) from None
-        # Proxy variables of the shell would only confuse: each context names the proxy itself.
-        env: dict[str, str | float | bool] = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        try:
-            browser = playwright.chromium.launch(
-                executable_path=executable, headless=True, args=chromium_args(ca_cert, headless=True), env=env
-            )
-        except PlaywrightError as exc:
-            raise BrowserError(f"Chromium did not start: {str(exc).splitlines()[0]}") from None
+def launch_browser(ca_cert: Path, playwright: Playwright | None = None) -> Iterator[Browser]:
+    """Headless Chromium trusting `ca_cert` for this browser only: Playwright's own, else the system's. On the
+    given Playwright (one per thread: pytest-playwright's, a suite's own), else one started for the block."""
+    if playwright is not None:
+        browser = launch_chromium(playwright, ca_cert)
         try:
             yield browser
         finally:
             browser.close()
+        return
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise BrowserError("Playwright is not installed: pip install 'clickwatch[pytest]'") from None
+    with sync_playwright() as started, launch_browser(ca_cert, started) as browser:
+        yield browser
+
+
+def launch_chromium(playwright: Playwright, ca_cert: Path) -> Browser:
+    """Headless Chromium on `playwright` trusting `ca_cert` by its key pin; BrowserError when none starts."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    executable = None
+    if not os.path.exists(playwright.chromium.executable_path):
+        try:
+            executable = find_browser("chromium").executable
+        except BrowseError as exc:
+            raise BrowserError(
+                f"Playwright's Chromium is not installed (playwright install chromium) and {exc}"
+            ) from None
+    # Proxy variables of the shell would only confuse: each context names the proxy itself.
+    env: dict[str, str | float | bool] = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    try:
+        return playwright.chromium.launch(
+            executable_path=executable, headless=True, args=chromium_args(ca_cert, headless=True), env=env
+        )
+    except PlaywrightError as exc:
+        raise BrowserError(f"Chromium did not start: {str(exc).splitlines()[0]}") from None
 
 
 # Without a configuration of the user's, the stand-in's session decides as quickly as `clickwatch demo --journey`:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Playwright
 
 from clickwatch.cli.instance import start_local
 from clickwatch.standin.server import TAG_PATTERN, StandIn
@@ -19,14 +20,16 @@ pytestmark = pytest.mark.integration
 CONFIG = f"[capture]\ntag_pattern = '{TAG_PATTERN}'\n[consent]\ngrace_seconds = 1\n"
 
 
-def test_a_run_header_added_by_the_browser_is_recorded_as_the_cause_of_a_refused_preflight(tmp_path: Path) -> None:
+def test_a_run_header_added_by_the_browser_is_recorded_as_the_cause_of_a_refused_preflight(
+    tmp_path: Path, playwright_driver: Playwright
+) -> None:
     config = tmp_path / "clickwatch.toml"
     config.write_text(CONFIG)
     run = "run-by-header"
     with (
         StandIn() as standin,
         start_local(tmp_path / "up", str(config), ["--upstream-insecure"]) as server,
-        launch_browser(server.ca_cert) as browser,
+        launch_browser(server.ca_cert, playwright_driver) as browser,
     ):
         proxy = {"server": f"http://{server.proxy}", "username": run, "password": "x"}
         context = browser.new_context(proxy=proxy, extra_http_headers={"X-Clickwatch-Run": run})  # type: ignore[arg-type]
