@@ -327,14 +327,31 @@ class Clickwatch:
         if content_type[:17].lower() == _EVENT_STREAM:
             resp.stream = True
             return
-        if length is not None and length.strip().isdigit() and int(length) <= self.stream_bytes:
+        if content_type[:9].lower() == b"text/html" and self.observer.enabled and self._add_observer(flow, resp):
             return
+        if length is None or not length.strip().isdigit() or int(length) > self.stream_bytes:
+            resp.stream = True  # nothing here reads the body of an answer that is not a tracking call's
+
+    def _add_observer(self, flow: http.HTTPFlow, resp: http.Response) -> bool:
+        """Stream a top-level storefront page through the observer's injection; False: not such a page."""
         req = flow.request
         headers = req.headers
         dest = headers.get("sec-fetch-dest")
-        accept = headers.get("accept", "")
-        if not matching.is_page_load(req.method, _raw(dest) if dest is not None else None, _raw(accept), content_type):
-            resp.stream = True  # a page is read whole: consent signals, and the observer added to it
+        if dest is not None and dest.lower() != "document":
+            return False  # a frame (or anything but a top-level document): left as it is
+        content_type = resp.headers.get("content-type", "")
+        if not matching.is_page_load(
+            req.method, None if dest is None else _raw(dest), _raw(headers.get("accept", "")), _raw(content_type)
+        ):
+            return False
+        if self._storefronts is not None and not self._on_storefront(req):
+            return False
+        agent = headers.get("user-agent", "")
+        stream = self.observer.page_stream(flow, flow.metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow), agent)
+        if stream is None:
+            return False
+        resp.stream = stream
+        return True
 
     def client_disconnected(self, client: Any) -> None:
         self._connection_runs.pop(client.id, None)
@@ -409,9 +426,7 @@ class Clickwatch:
             return
         if started is None:
             # A streamed answer has no body here: its headers still say what they say about consent.
-            page = self._storefront(flow, resp)
-            if page is not None and (self._storefronts is None or self._on_storefront(flow.request)):
-                self.observer.add_to_page(flow, *page)
+            self._storefront(flow, resp)
             return
         uid, kind, sent_at = started
         self.link.send(
@@ -447,17 +462,14 @@ class Clickwatch:
         assert self._storefronts is not None
         return intercept.allowed(self._storefronts, req.host, req.port, req.pretty_host)
 
-    def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> storefront.Browser | None:
-        """Hand on what storefront traffic says about consent, sign-in and page loads; most of it says nothing new.
-
-        Returns the browser (run, address, user agent) when this was a page load, else None.
-        """
+    def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> None:
+        """Hand on what storefront traffic says about consent, sign-in and page loads; most of it says nothing new."""
         req = flow.request
         signals = storefront.read_exchange(
             req.method, req.path, req.headers.fields, resp.headers.fields if resp is not None else None
         )
         if not signals.telling:
-            return None  # an asset that tells nothing about consent
+            return  # an asset that tells nothing about consent
         browser = (flow.metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow), signals.user_agent)
         fresh = self._pages.note(browser, signals, req.timestamp_start)
         if fresh is not None:
@@ -468,7 +480,6 @@ class Clickwatch:
                     browser, fresh, req.timestamp_start, resp.timestamp_end if resp is not None else None
                 )
             )
-        return browser if signals.page_load else None
 
     def _flush_pages(self) -> None:
         """Hand on the page loads folded so far, of every browser."""

@@ -15,8 +15,8 @@ from importlib import resources
 from mitmproxy import http
 
 from clickwatch.core import csp
-from clickwatch.core.decoding import DecodeError, undo_content_encoding
-from clickwatch.core.inject import inject
+from clickwatch.core.decoding import DecodeError, stream_codings
+from clickwatch.core.inject import PageStream, Place, script_element, unplaceable
 from clickwatch.core.observer import MAX_BODY_BYTES, OBSERVE_PATH, OBSERVER_PATH_PREFIX, OBSERVER_SCRIPT_PATH
 from clickwatch.store import wire
 
@@ -54,6 +54,9 @@ class ObserverSide:
         self.script = _script()
         self._rates: dict[tuple[str, str], list[int]] = {}
         self.rejected: Counter[str] = Counter()
+        # Storefront pages the observer was added to, and pages left as they came (each also sent as Blocked).
+        self.pages_added = 0
+        self.pages_not_added = 0
         self._last_log = 0.0
 
     # --- requests ----------------------------------------------------------------------------------------
@@ -128,11 +131,16 @@ class ObserverSide:
 
     # --- pages -----------------------------------------------------------------------------------------------
 
-    def add_to_page(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str) -> None:
-        """Add the observer to a storefront page load, or record that the page's policy keeps it out."""
+    def page_stream(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str) -> PageStream | None:
+        """A stream that adds the observer to this top-level page as it passes; None: the page goes as it came.
+
+        Called when the page's headers arrive: they go on at once, without Content-Length (the page grows by the
+        element, or not, and that is known only later) and without Content-Encoding (the page is sent decoded: see
+        docs/observer.md). Whatever keeps the observer out is recorded (`observer_blocked`) and counted.
+        """
         resp = flow.response
-        if not self.enabled or resp is None or resp.status_code in (204, 304) or not resp.raw_content:
-            return
+        if resp is None or resp.status_code in (204, 304):
+            return None
         # One pass over the raw fields: every case-insensitive lookup by name would cost a scan of its own.
         encoding = content_type = b""
         policies: list[str] = []
@@ -144,37 +152,54 @@ class ObserverSide:
                 content_type = value
             elif lowered == b"content-security-policy":
                 policies.append(value.decode("latin-1"))
-        if encoding in (b"", b"identity"):
-            content = resp.raw_content
-        else:
+        why = unplaceable(content_type.decode("latin-1"))
+        if why is None and encoding not in (b"", b"identity"):
             try:
-                # clickwatch's decoder, not mitmproxy's get_content (which inflates without a cap).
-                content = undo_content_encoding(resp.raw_content, encoding.decode("latin-1"))
-            except DecodeError:
-                return  # an encoding we cannot undo, or a bomb: the page goes through as it came
-        start = content[:65536]
-        if b"quiv" in start or b"QUIV" in start or b"Quiv" in start:  # http-equiv, in any usual case
-            policies += csp.meta_policies(content)
-        decision = _ALLOWED
-        if policies:
-            req = flow.request
-            origin = csp.Origin(req.scheme, req.pretty_host, req.port)
-            decision = csp.decide(policies, origin, OBSERVER_SCRIPT_PATH, OBSERVE_PATH)
-        if not decision.allowed:
-            at = resp.timestamp_end or time.time()
-            self.send(wire.Blocked(run, client_addr, agent, at, flow.request.pretty_url, decision.reason))
-            return
-        changed = inject(content, content_type.decode("latin-1"), decision.nonce)
-        if changed is None:
-            return
-        # Sent uncompressed (re-compressing every page would cost the shopper more than the bytes saved), with
-        # its new length; set on the raw fields, since the content setter's header lookups cost more than this.
-        resp.headers.fields = tuple(
-            (name, str(len(changed)).encode() if name.lower() == b"content-length" else value)
-            for name, value in resp.headers.fields
-            if name.lower() != b"content-encoding"
-        )
-        resp.raw_content = changed
+                stream_codings(encoding.decode("latin-1"))
+            except DecodeError as exc:
+                why = str(exc)
+        if why is not None:
+            self._not_added(flow, run, client_addr, agent, why)
+            return None
+        req = flow.request
+
+        def choose(place: Place) -> bytes | None:
+            if place.at is None:
+                self._not_added(flow, run, client_addr, agent, place.reason)
+                return None
+            decision = _ALLOWED
+            if policies or place.policies:
+                origin = csp.Origin(req.scheme, req.pretty_host, req.port)
+                decision = csp.decide([*policies, *place.policies], origin, OBSERVER_SCRIPT_PATH, OBSERVE_PATH)
+            if not decision.allowed:
+                self._not_added(flow, run, client_addr, agent, f"the page's Content-Security-Policy: {decision.reason}")
+                return None
+            self.pages_added += 1
+            return script_element(decision.nonce)
+
+        # Set on the raw fields, in one pass: the length goes (HTTP/1 then delimits the page by chunks), and so
+        # does the encoding, undone as the page streams.
+        fields = []
+        length = False
+        for name, value in resp.headers.fields:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = True
+            elif lowered != b"content-encoding" or encoding in (b"", b"identity"):
+                fields.append((name, value))
+        if (
+            length
+            and resp.http_version.startswith("HTTP/1")
+            and b"transfer-encoding" not in (n.lower() for n, _ in fields)
+        ):
+            fields.append((b"Transfer-Encoding", b"chunked"))
+        resp.headers.fields = tuple(fields)
+        return PageStream(choose, "" if encoding in (b"", b"identity") else encoding.decode("latin-1"))
+
+    def _not_added(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str, reason: str) -> None:
+        self.pages_not_added += 1
+        at = time.time()
+        self.send(wire.Blocked(run, client_addr, agent, at, flow.request.pretty_url, reason))
 
 
 def _plain(status: int, text: str) -> http.Response:

@@ -392,7 +392,8 @@ class Judge:
         return out
 
     def observer_blocked(self, seen: ObserverBlocked) -> Judgement:
-        """The page's policy kept the observer out: judge this visitor from the network, and say so once."""
+        """The observer was not added to a page (its policy, or no place for it): judge this visitor from the network,
+        and say so once."""
         out = Judgement()
         v = self._visitor(seen.run, seen.client_addr, seen.user_agent, seen.at)
         bisect.insort(v.page_marks, (seen.at, False), key=lambda m: m[0])
@@ -405,8 +406,8 @@ class Judge:
                 v,
                 seen.at,
                 None,
-                f"the page's Content-Security-Policy would block clickwatch's data-layer observer ({seen.reason}); "
-                "it was not added, and this visitor is judged from network signals only",
+                f"clickwatch's data-layer observer was not added to a page ({seen.reason}); "
+                "this visitor is judged from network signals only",
             )
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out

@@ -143,7 +143,7 @@ class BrowserSeen:
 
 @dataclass(frozen=True, slots=True)
 class ObserverBlocked:
-    """The page's Content-Security-Policy would block the observer: it was not injected."""
+    """The observer was not added to a page: its Content-Security-Policy would block it, or it has no place."""
 
     run: str
     client_addr: str

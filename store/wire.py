@@ -80,7 +80,8 @@ class Browser(NamedTuple):
 
 
 class Blocked(NamedTuple):
-    """A page whose Content-Security-Policy would block the observer (`ObserverSide.add_to_page`)."""
+    """A storefront page the observer was not added to, and why: its Content-Security-Policy, or no place for it
+    (`ObserverSide.page_stream`)."""
 
     run: str
     client_addr: str

@@ -1,11 +1,11 @@
-"""The observer's side of the core: its report format, where its script goes, and what a page's CSP allows."""
+"""The observer's side of the core: its report format, and what a page's CSP allows (where its script goes:
+test_inject.py)."""
 
 import json
 
 import pytest
 
 from clickwatch.core import csp
-from clickwatch.core.inject import inject, script_element
 from clickwatch.core.model import BrowserEventType
 from clickwatch.core.observer import MAX_BODY_BYTES, MAX_EVENTS, ObserveFormatError, parse_batch
 
@@ -83,33 +83,6 @@ def test_anything_else_is_refused_with_a_reason(raw, reason):
         parse_batch(raw, 500.0, "r", "a", "u")
 
 
-# --- where the script goes ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("document", "expected"),
-    [
-        (b"<!doctype html><html><head><title>x</title></head></html>", b"<!doctype html><html><head>{S}<title>"),
-        (b"<HTML><HEAD lang=en>\n<meta charset=utf-8>", b"<HTML><HEAD lang=en>{S}\n<meta"),
-        (b"<html><header>no head</header>", b"<html>{S}<header>"),
-        (b"<!DOCTYPE html>\n<p>bare</p>", b"<!DOCTYPE html>{S}\n<p>"),
-        (b"<p>fragment</p>", b"{S}<p>fragment</p>"),
-    ],
-)
-def test_the_script_goes_as_early_as_it_can(document, expected):
-    changed = inject(document, "text/html; charset=utf-8")
-    assert changed is not None
-    assert changed.startswith(expected.replace(b"{S}", script_element()))
-    assert changed.replace(script_element(), b"") == document
-
-
-def test_a_wide_encoding_is_left_alone_and_a_nonce_is_carried_only_when_safe():
-    assert inject("<html><head>".encode("utf-16"), "text/html") is None
-    assert inject(b"<head>", "text/html; charset=UTF-16LE") is None
-    assert b'nonce="abc+/="' in script_element("abc+/=")
-    assert b"nonce" not in script_element('"><script>alert(1)</script>')
-
-
 # --- what a Content-Security-Policy allows ---------------------------------------------------------------------
 
 
@@ -145,9 +118,3 @@ def test_every_enforced_policy_must_allow_the_script_and_its_reports(policies, a
     decision = csp.decide(policies, SHOP, SCRIPT, REPORT)
     assert (decision.allowed, decision.nonce) == (allowed, nonce)
     assert bool(decision.reason) is not allowed
-
-
-def test_policies_in_meta_elements_are_read():
-    document = b"""<html><head><meta http-equiv="Content-Security-Policy" content="script-src &#39;none&#39;">"""
-    assert csp.meta_policies(document) == ["script-src 'none'"]
-    assert csp.meta_policies(b"<meta name='description' content='x'>") == []

@@ -89,12 +89,15 @@ def test_a_storefront_page_gets_the_observer_first_in_its_head(proxy: Proxy, sho
         compressed = client.get(f"{shop}/gzip", headers={**DOCUMENT, "Accept-Encoding": "gzip"})
         asset = client.get(f"{shop}/plain", headers={"User-Agent": UA, "Accept": "*/*", "Sec-Fetch-Dest": "script"})
         data = client.get(f"{shop}/data.json", headers=DOCUMENT)
+        frame = client.get(f"{shop}/plain", headers={**DOCUMENT, "Sec-Fetch-Dest": "iframe"})
     assert page.content == HTML.replace(b"<head>", b"<head>" + SCRIPT)
-    assert int(page.headers["content-length"]) == len(page.content)
-    # A compressed page is injected too (and sent on uncompressed).
-    assert compressed.content == page.content
-    # Neither a script nor JSON is a page load: untouched.
+    # Streamed: its length is not known when its headers go on, so HTTP/1.1 delimits it by chunks.
+    assert "content-length" not in page.headers and page.headers["transfer-encoding"] == "chunked"
+    # A compressed page is injected too, decoded as it streams (and sent on decoded).
+    assert compressed.content == page.content and "content-encoding" not in compressed.headers
+    # Neither a script nor JSON is a page load, and a frame is not a top-level page: untouched.
     assert asset.content == HTML and data.content == b'{"a": 1}'
+    assert frame.content == HTML and frame.headers["content-length"] == str(len(HTML))
 
 
 def test_the_proxy_answers_its_own_paths_on_any_host_and_forwards_none(proxy: Proxy, shop: str) -> None:
