@@ -226,6 +226,7 @@ class Clickwatch:
                 "proxy_flows": self.flows_seen,
                 "addon_errors": self.addon_errors,
                 "passthrough_connections": self.passthrough,
+                "observer_pages_untouched": self.observer.pages_untouched,
             },
         )
         self._store_opened = (path, use_process)

@@ -54,9 +54,8 @@ class ObserverSide:
         self.script = _script()
         self._rates: dict[tuple[str, str], list[int]] = {}
         self.rejected: Counter[str] = Counter()
-        # Storefront pages the observer was added to, and pages left as they came (each also sent as Blocked).
-        self.pages_added = 0
-        self.pages_not_added = 0
+        # Storefront pages left as they came, without the observer (each also sent as Blocked).
+        self.pages_untouched = 0
         self._last_log = 0.0
 
     # --- requests ----------------------------------------------------------------------------------------
@@ -174,7 +173,6 @@ class ObserverSide:
             if not decision.allowed:
                 self._not_added(flow, run, client_addr, agent, f"the page's Content-Security-Policy: {decision.reason}")
                 return None
-            self.pages_added += 1
             return script_element(decision.nonce)
 
         # Set on the raw fields, in one pass: the length goes (HTTP/1 then delimits the page by chunks), and so
@@ -197,7 +195,7 @@ class ObserverSide:
         return PageStream(choose, "" if encoding in (b"", b"identity") else encoding.decode("latin-1"))
 
     def _not_added(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str, reason: str) -> None:
-        self.pages_not_added += 1
+        self.pages_untouched += 1
         at = time.time()
         self.send(wire.Blocked(run, client_addr, agent, at, flow.request.pretty_url, reason))
 

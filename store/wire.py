@@ -126,6 +126,7 @@ class Counts(NamedTuple):
     store_dropped: int
     waiting: int
     passthrough_connections: int = 0
+    observer_pages_untouched: int = 0
 
 
 class Reset(NamedTuple):
