@@ -44,6 +44,8 @@ RUN_HEADER = "X-Clickwatch-Run"
 RUN_METADATA = "clickwatch_run"
 # A plain-HTTP request to a host that is neither a storefront nor a tracking host: forwarded, never read.
 PASSTHROUGH_METADATA = "clickwatch_passthrough"
+# A storefront page's pass through the observer's injection (as it streams, or once it is all there).
+PAGE_METADATA = "clickwatch_page"
 MAX_RUN_LENGTH = 100
 PAGE_FOLD_SECONDS = 1.0
 STOPPED_ERROR = "clickwatch stopped before the answer arrived"
@@ -328,13 +330,15 @@ class Clickwatch:
         if content_type[:17].lower() == _EVENT_STREAM:
             resp.stream = True
             return
-        if content_type[:9].lower() == b"text/html" and self.observer.enabled and self._add_observer(flow, resp):
+        small = length is not None and length.strip().isdigit() and int(length) <= self.stream_bytes
+        if content_type[:9].lower() == b"text/html" and self.observer.enabled and self._add_observer(flow, resp, small):
             return
-        if length is None or not length.strip().isdigit() or int(length) > self.stream_bytes:
+        if not small:
             resp.stream = True  # nothing here reads the body of an answer that is not a tracking call's
 
-    def _add_observer(self, flow: http.HTTPFlow, resp: http.Response) -> bool:
-        """Stream a top-level storefront page through the observer's injection; False: not such a page."""
+    def _add_observer(self, flow: http.HTTPFlow, resp: http.Response, small: bool) -> bool:
+        """Pass a top-level storefront page through the observer's injection: a small one read whole (it keeps a
+        Content-Length), any other as it streams. False: not such a page."""
         req = flow.request
         headers = req.headers
         dest = headers.get("sec-fetch-dest")
@@ -348,10 +352,13 @@ class Clickwatch:
         if self._storefronts is not None and not self._on_storefront(req):
             return False
         agent = headers.get("user-agent", "")
-        stream = self.observer.page_stream(flow, flow.metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow), agent)
+        run = flow.metadata.get(RUN_METADATA, DEFAULT_RUN)
+        stream = self.observer.page_stream(flow, run, _client_ip(flow), agent, whole=small)
         if stream is None:
             return False
-        resp.stream = stream
+        flow.metadata[PAGE_METADATA] = stream
+        if not small:
+            resp.stream = stream
         return True
 
     def client_disconnected(self, client: Any) -> None:
@@ -428,6 +435,9 @@ class Clickwatch:
         if started is None:
             # A streamed answer has no body here: its headers still say what they say about consent.
             self._storefront(flow, resp)
+            page = metadata.get(PAGE_METADATA)
+            if page is not None:
+                self.observer.page_done(flow, page)
             return
         uid, kind, sent_at = started
         self.link.send(

@@ -130,12 +130,15 @@ class ObserverSide:
 
     # --- pages -----------------------------------------------------------------------------------------------
 
-    def page_stream(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str) -> PageStream | None:
+    def page_stream(
+        self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str, whole: bool
+    ) -> PageStream | None:
         """A stream that adds the observer to this top-level page as it passes; None: the page goes as it came.
 
-        Called when the page's headers arrive: they go on at once, without Content-Length (the page grows by the
-        element, or not, and that is known only later) and without Content-Encoding (the page is sent decoded: see
-        docs/observer.md). Whatever keeps the observer out is recorded (`observer_blocked`) and counted.
+        Called when the page's headers arrive. A page read `whole` is passed through the stream in one piece by
+        `page_done`; otherwise its headers go on at once, without Content-Length (the page grows by the
+        element, or not, and that is known only later) and without Content-Encoding (the page is sent decoded:
+        see docs/observer.md). Whatever keeps the observer out is recorded (`observer_blocked`) and counted.
         """
         resp = flow.response
         if resp is None or resp.status_code in (204, 304):
@@ -151,8 +154,10 @@ class ObserverSide:
                 content_type = value
             elif lowered == b"content-security-policy":
                 policies.append(value.decode("latin-1"))
+        if encoding == b"identity":
+            encoding = b""
         why = unplaceable(content_type.decode("latin-1"))
-        if why is None and encoding not in (b"", b"identity"):
+        if why is None and encoding:
             try:
                 stream_codings(encoding.decode("latin-1"))
             except DecodeError as exc:
@@ -175,24 +180,40 @@ class ObserverSide:
                 return None
             return script_element(decision.nonce)
 
-        # Set on the raw fields, in one pass: the length goes (HTTP/1 then delimits the page by chunks), and so
-        # does the encoding, undone as the page streams.
-        fields = []
-        length = False
-        for name, value in resp.headers.fields:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                length = True
-            elif lowered != b"content-encoding" or encoding in (b"", b"identity"):
-                fields.append((name, value))
-        if (
-            length
-            and resp.http_version.startswith("HTTP/1")
-            and b"transfer-encoding" not in (n.lower() for n, _ in fields)
-        ):
-            fields.append((b"Transfer-Encoding", b"chunked"))
-        resp.headers.fields = tuple(fields)
-        return PageStream(choose, "" if encoding in (b"", b"identity") else encoding.decode("latin-1"))
+        stream = PageStream(choose, encoding.decode("latin-1"))
+        if not whole:
+            # Set on the raw fields, in one pass: the length goes (HTTP/1 then delimits the page by chunks), and
+            # so does the encoding, undone as the page streams.
+            dropped = (b"content-length", b"content-encoding") if encoding else (b"content-length",)
+            fields = [(n, v) for n, v in resp.headers.fields if n.lower() not in dropped]
+            if resp.http_version.startswith("HTTP/1") and not any(n.lower() == b"transfer-encoding" for n, _ in fields):
+                fields.append((b"Transfer-Encoding", b"chunked"))
+            resp.headers.fields = tuple(fields)
+        return stream
+
+    def page_done(self, flow: http.HTTPFlow, stream: PageStream) -> None:
+        """A page has all come: one read whole goes through its stream now, and its headers say what it became."""
+        resp = flow.response
+        if resp is None:
+            return
+        if resp.stream is stream:
+            if stream.failed is not None:
+                log.warning("clickwatch: page %s ended early: %s", flow.request.pretty_url, stream.failed)
+            return
+        content = b"".join([*stream(resp.raw_content or b""), *stream(b"")])
+        if stream.failed is not None:
+            log.warning("clickwatch: page %s left as it came (%s)", flow.request.pretty_url, stream.failed)
+            return
+        if stream.decoder is None and content == resp.raw_content:
+            return
+        # Sent uncompressed, with its new length; set on the raw fields, since the content setter's header lookups
+        # cost more than this.
+        resp.headers.fields = tuple(
+            (name, str(len(content)).encode() if name.lower() == b"content-length" else value)
+            for name, value in resp.headers.fields
+            if name.lower() != b"content-encoding"
+        )
+        resp.raw_content = content
 
     def _not_added(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str, reason: str) -> None:
         self.pages_untouched += 1

@@ -347,8 +347,10 @@ class PageStream:
         self.scanner: HeadScanner | None = HeadScanner(limit)
         self.failed: str | None = None
 
-    def __call__(self, data: bytes) -> bytes:
-        """The next piece of the body to send on (b"": the body ended, whatever is held comes out)."""
+    def __call__(self, data: bytes) -> list[bytes]:
+        """The pieces to send on for the next piece of the body (b"": the body ended, whatever is held comes out).
+
+        Never an empty piece: mitmproxy would send it to an HTTP/1.1 client as the chunk that ends the body."""
         ending = not data
         if self.decoder is not None:
             try:
@@ -360,21 +362,21 @@ class PageStream:
                 self.decoder = None
                 data, ending = b"", True
         elif self.failed is not None:
-            return b""
+            return []
         if self.scanner is None:
-            return data
+            return [data] if data else []
         place = self.scanner.feed(data) if data else None
         if place is None and ending:
             place = self.scanner.end()
-        return b"" if place is None else self._release(place)
+        return [] if place is None else self._release(place)
 
-    def _release(self, place: Place) -> bytes:
+    def _release(self, place: Place) -> list[bytes]:
         assert self.scanner is not None
         held, self.scanner = bytes(self.scanner.buffer), None
         element = self.choose(place)
         if element is None or place.at is None:
-            return held
-        return held[: place.at] + element + held[place.at :]
+            return [held] if held else []
+        return [held[: place.at] + element + held[place.at :]]
 
 
 _PLAIN_ELEMENT = f'<script src="{OBSERVER_SCRIPT_PATH}"></script>'.encode()

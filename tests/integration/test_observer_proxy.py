@@ -22,6 +22,7 @@ UA = "Mozilla/5.0 (X11; Linux x86_64) clickwatch-observer-test"
 HTML = b"<!doctype html><html lang=en><head><meta charset=utf-8><title>Shop</title></head><body>Hi</body></html>"
 SCRIPT = b'<script src="/__clickwatch/observer.js"></script>'
 DOCUMENT = {"User-Agent": UA, "Accept": "text/html", "Sec-Fetch-Dest": "document"}
+LARGE_BODY = b"<p>row</p>" * 120_000  # over clickwatch_stream_bytes (1 MiB): the page streams
 
 
 class _Shop(BaseHTTPRequestHandler):
@@ -49,6 +50,19 @@ class _Shop(BaseHTTPRequestHandler):
             )
         elif self.path == "/data.json":
             body, headers = b'{"a": 1}', {"Content-Type": "application/json"}
+        elif self.path == "/large":
+            body = HTML.replace(b"Hi", LARGE_BODY)
+        elif self.path == "/chunked-gzip":  # no length: streamed, and decoded as it streams
+            self.send_response(200)
+            for name, value in {**headers, "Content-Encoding": "gzip", "Transfer-Encoding": "chunked"}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            encoded = gzip.compress(HTML)
+            for i in range(0, len(encoded), 7):
+                piece = encoded[i : i + 7]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_response(200)
         for name, value in {**headers, "Content-Length": str(len(body))}.items():
             self.send_header(name, value)
@@ -91,13 +105,25 @@ def test_a_storefront_page_gets_the_observer_first_in_its_head(proxy: Proxy, sho
         data = client.get(f"{shop}/data.json", headers=DOCUMENT)
         frame = client.get(f"{shop}/plain", headers={**DOCUMENT, "Sec-Fetch-Dest": "iframe"})
     assert page.content == HTML.replace(b"<head>", b"<head>" + SCRIPT)
-    # Streamed: its length is not known when its headers go on, so HTTP/1.1 delimits it by chunks.
-    assert "content-length" not in page.headers and page.headers["transfer-encoding"] == "chunked"
-    # A compressed page is injected too, decoded as it streams (and sent on decoded).
+    assert int(page.headers["content-length"]) == len(page.content)
+    # A compressed page is injected too (and sent on decoded).
     assert compressed.content == page.content and "content-encoding" not in compressed.headers
     # Neither a script nor JSON is a page load, and a frame is not a top-level page: untouched.
     assert asset.content == HTML and data.content == b'{"a": 1}'
     assert frame.content == HTML and frame.headers["content-length"] == str(len(HTML))
+
+
+def test_a_large_or_unmeasured_page_streams_with_the_observer_in_its_head(proxy: Proxy, shop: str) -> None:
+    with proxy.client() as client:
+        large = client.get(f"{shop}/large", headers=DOCUMENT)
+        chunked = client.get(f"{shop}/chunked-gzip", headers={**DOCUMENT, "Accept-Encoding": "gzip"})
+    assert large.content == HTML.replace(b"<head>", b"<head>" + SCRIPT).replace(b"Hi", LARGE_BODY)
+    # Its length is not known when its headers go on: HTTP/1.1 delimits it by chunks.
+    assert "content-length" not in large.headers and large.headers["transfer-encoding"] == "chunked"
+    # Encoded and sent in pieces of 7 bytes: decoded as it streams, sent on decoded.
+    assert chunked.content == HTML.replace(b"<head>", b"<head>" + SCRIPT)
+    assert "content-encoding" not in chunked.headers
+    assert proxy.stop() == 0
 
 
 def test_the_proxy_answers_its_own_paths_on_any_host_and_forwards_none(proxy: Proxy, shop: str) -> None:
