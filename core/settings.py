@@ -369,8 +369,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "stream_bytes", int, 1048576,
-        "Answers and request bodies larger than this (or of unknown length), other than tracking calls and "
-        "storefront pages, pass through as a stream instead of being read whole; server-sent events always do.",
+        "Answers and request bodies larger than this (or of unknown length), other than tracking calls, pass "
+        "through as a stream instead of being read whole (storefront pages too, with the observer added as they "
+        "stream); server-sent events always do.",
         ("addon",), option="clickwatch_stream_bytes", minimum=0, unit="bytes",
     ),
     Setting(
