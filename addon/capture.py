@@ -331,29 +331,35 @@ class Clickwatch:
             resp.stream = True
             return
         small = length is not None and length.strip().isdigit() and int(length) <= self.stream_bytes
-        if content_type[:9].lower() == b"text/html" and self.observer.enabled and self._add_observer(flow, resp, small):
+        page = content_type[:9].lower() == b"text/html" and self.observer.enabled
+        if page and self._add_observer(flow, resp, content_type, small):
             return
         if not small:
             resp.stream = True  # nothing here reads the body of an answer that is not a tracking call's
 
-    def _add_observer(self, flow: http.HTTPFlow, resp: http.Response, small: bool) -> bool:
+    def _add_observer(self, flow: http.HTTPFlow, resp: http.Response, content_type: bytes, small: bool) -> bool:
         """Pass a top-level storefront page through the observer's injection: a small one read whole (it keeps a
         Content-Length), any other as it streams. False: not such a page."""
         req = flow.request
-        headers = req.headers
-        dest = headers.get("sec-fetch-dest")
-        if dest is not None and dest.lower() != "document":
+        dest: bytes | None = None
+        accept = agent = b""
+        for name, value in req.headers.fields:  # one pass: each lookup by name would scan them all again
+            lowered = name.lower()
+            if lowered == b"sec-fetch-dest":
+                dest = value if dest is None else dest
+            elif lowered == b"accept":
+                accept += value
+            elif lowered == b"user-agent":
+                agent = value if not agent else agent + b", " + value
+        if dest is not None and dest.lower() != b"document":
             return False  # a frame (or anything but a top-level document): left as it is
-        content_type = resp.headers.get("content-type", "")
-        if not matching.is_page_load(
-            req.method, None if dest is None else _raw(dest), _raw(headers.get("accept", "")), _raw(content_type)
-        ):
+        if not matching.is_page_load(req.method, dest, accept, content_type):
             return False
         if self._storefronts is not None and not self._on_storefront(req):
             return False
-        agent = headers.get("user-agent", "")
         run = flow.metadata.get(RUN_METADATA, DEFAULT_RUN)
-        stream = self.observer.page_stream(flow, run, _client_ip(flow), agent, whole=small)
+        user_agent = agent.decode("utf-8", "surrogateescape")
+        stream = self.observer.page_stream(flow, run, _client_ip(flow), user_agent, whole=small)
         if stream is None:
             return False
         flow.metadata[PAGE_METADATA] = stream

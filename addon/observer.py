@@ -200,19 +200,25 @@ class ObserverSide:
             if stream.failed is not None:
                 log.warning("clickwatch: page %s ended early: %s", flow.request.pretty_url, stream.failed)
             return
-        content = b"".join([*stream(resp.raw_content or b""), *stream(b"")])
+        raw = resp.raw_content or b""
+        encoded = stream.decoder is not None
+        content = stream.whole(raw)
         if stream.failed is not None:
             log.warning("clickwatch: page %s left as it came (%s)", flow.request.pretty_url, stream.failed)
             return
-        if stream.decoder is None and content == resp.raw_content:
-            return
+        if not encoded and len(content) == len(raw):
+            return  # left as it came
         # Sent uncompressed, with its new length; set on the raw fields, since the content setter's header lookups
         # cost more than this.
-        resp.headers.fields = tuple(
-            (name, str(len(content)).encode() if name.lower() == b"content-length" else value)
-            for name, value in resp.headers.fields
-            if name.lower() != b"content-encoding"
-        )
+        length = b"%d" % len(content)
+        fields = []
+        for name, value in resp.headers.fields:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                fields.append((name, length))
+            elif lowered != b"content-encoding":
+                fields.append((name, value))
+        resp.headers.fields = tuple(fields)
         resp.raw_content = content
 
     def _not_added(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str, reason: str) -> None:

@@ -42,21 +42,29 @@ _NOT_ASCII_COMPATIBLE = re.compile(
 _BOM_UTF8 = b"\xef\xbb\xbf"
 
 _WHITESPACE = re.compile(rb"[\t\n\f\r ]*+")
-# A start or end tag as the tokenizer reads it: a name, then attributes whose quoted values may hold '>'.
-_TAG = re.compile(
-    rb"""</?([A-Za-z][^\t\n\f\r />]*+)
-    ((?:[\t\n\f\r /]++
+# A tag's attributes as the tokenizer reads them: quoted values may hold '>'.
+_ATTRIBUTES = rb"""
+    (?:[\t\n\f\r /]++
       |[^\t\n\f\r />][^\t\n\f\r />=]*+
        (?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:"[^"]*+"|'[^']*+'|[^\t\n\f\r >"'][^\t\n\f\r >]*+|(?=>))
          |(?![\t\n\f\r ]*+=))  # after '=' a value must follow: a quote not closed yet is an unfinished tag
-    )*+)>""",
-    re.VERBOSE,
+    )*+"""
+# A start or end tag: a name, then attributes.
+_TAG = re.compile(rb"</?([A-Za-z][^\t\n\f\r />]*+)(" + _ATTRIBUTES + rb")>", re.VERBOSE)
+# The start most pages have, read in one match (the same tokens the loop in `_find_place` reads one by one): a
+# byte order mark, a DOCTYPE, an <html> start tag and the <head> start tag, with whitespace between.
+_COMMON_START = re.compile(
+    rb"(?:\xef\xbb\xbf)?[\t\n\f\r ]*+(?:<!doctype[^>]*+>[\t\n\f\r ]*+)?"
+    rb"(?:<html(?=[\t\n\f\r />])" + _ATTRIBUTES + rb">[\t\n\f\r ]*+)?"
+    rb"<head(?=[\t\n\f\r />])" + _ATTRIBUTES + rb">",
+    re.VERBOSE | re.IGNORECASE,
 )
 _ATTRIBUTE = re.compile(
     rb"""([^\t\n\f\r />][^\t\n\f\r />=]*+)
     (?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:"([^"]*+)"|'([^']*+)'|([^\t\n\f\r >"'][^\t\n\f\r >]*+))?+)?+""",
     re.VERBOSE,
 )
+_HTTP_EQUIV = re.compile(rb"http-equiv", re.IGNORECASE)
 _SEPARATORS = re.compile(rb"[\t\n\f\r /]*+")
 _COMMENT_END = re.compile(rb"--!?>")
 # Character references the tokenizer turns into whitespace, which the modes before the head skip like whitespace.
@@ -96,11 +104,12 @@ class HeadScanner:
         self._policies: list[str] = []
         self._answer: Place | None = None
 
-    def feed(self, data: bytes) -> Place | None:
-        """Take the next bytes; the place once it is known (and the head read as far as it must be), else None."""
+    def feed(self, data: bytes, last: bool = False) -> Place | None:
+        """Take the next bytes (`last`: no more will come); the place once it is known (and the head read as far
+        as it must be), else None."""
         if self._answer is None:
             self.buffer += data
-            self._scan(final=False)
+            self._scan(final=last)
         return self._answer
 
     def end(self) -> Place:
@@ -136,8 +145,13 @@ class HeadScanner:
     def _find_place(self, stop: int, final: bool) -> None:
         buf = self.buffer
         i = self._pos
-        if i == 0 and buf.startswith(_BOM_UTF8):
-            i = 3
+        if i == 0:
+            common = _COMMON_START.match(buf, 0, stop)
+            if common is not None:
+                self._at = self._pos = common.end()
+                return
+            if buf.startswith(_BOM_UTF8):
+                i = 3
         while True:
             i = _skip(_WHITESPACE, buf, i, stop)
             self._pos = i
@@ -180,6 +194,10 @@ class HeadScanner:
         """Read on through the head for its policies; the answer once the head ends (or the bytes do)."""
         buf = self.buffer
         i = self._pos
+        if final and _HTTP_EQUIV.search(buf, i, stop) is None:
+            # All the bytes there will be, and no meta element among them can set a policy: nothing to read.
+            self._answer = Place(self._at, policies=tuple(self._policies))
+            return
         while True:
             i = _skip(_WHITESPACE, buf, i, stop)
             self._pos = i
@@ -304,7 +322,7 @@ def _attributes(tag: bytes | bytearray) -> dict[bytes, str]:
 def find_place(document: bytes, limit: int = SEARCH_BYTES) -> Place:
     """Where the element goes in a whole document."""
     scanner = HeadScanner(limit)
-    return scanner.feed(document) or scanner.end()
+    return scanner.feed(document, last=True) or scanner.end()
 
 
 def unplaceable(content_type: str) -> str | None:
@@ -369,6 +387,20 @@ class PageStream:
         if place is None and ending:
             place = self.scanner.end()
         return [] if place is None else self._release(place)
+
+    def whole(self, data: bytes) -> bytes:
+        """A whole body at once, as it is to be sent on."""
+        if self.decoder is not None:
+            try:
+                data = self.decoder.decode(data) + self.decoder.flush()
+            except DecodeError as exc:
+                self.failed = str(exc)
+                return data
+            self.decoder = None
+        if self.scanner is None:
+            return data
+        place = self.scanner.feed(data, last=True) or self.scanner.end()
+        return b"".join(self._release(place))
 
     def _release(self, place: Place) -> list[bytes]:
         assert self.scanner is not None

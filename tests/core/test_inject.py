@@ -287,6 +287,7 @@ def test_an_encoded_page_is_decoded_as_it_streams(encoding, encode):
     out = [piece for i in range(0, len(encoded), 1000) for piece in stream(encoded[i : i + 1000])] + stream(b"")
     assert b"".join(out) == inject(PAGE, "text/html", ELEMENT)
     assert stream.failed is None
+    assert PageStream(lambda place: ELEMENT, encoding).whole(encoded) == b"".join(out)
 
 
 def test_a_stream_that_is_not_what_its_encoding_says_ends_after_what_was_held():
@@ -311,3 +312,11 @@ def test_the_stream_decoder_refuses_what_it_cannot_undo_and_bombs():
     truncated.decode(encoded[: len(encoded) // 2])
     with pytest.raises(DecodeError):
         truncated.flush()
+
+
+@BOUNDED
+@given(documents())
+def test_a_page_read_whole_gets_what_a_streamed_one_gets(document):
+    whole = PageStream(lambda place: ELEMENT).whole(document)
+    streamed = PageStream(lambda place: ELEMENT)
+    assert whole == b"".join([*streamed(document), *streamed(b"")])
