@@ -6,6 +6,7 @@ bounded here (size, rate per browser) and handed on unread: their format is chec
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -156,7 +157,7 @@ class ObserverSide:
                 policies.append(value.decode("latin-1"))
         if encoding == b"identity":
             encoding = b""
-        why = unplaceable(content_type.decode("latin-1"))
+        why = _unplaceable(content_type)
         if why is None and encoding:
             try:
                 stream_codings(encoding.decode("latin-1"))
@@ -225,6 +226,12 @@ class ObserverSide:
         self.pages_untouched += 1
         at = time.time()
         self.send(wire.Blocked(run, client_addr, agent, at, flow.request.pretty_url, reason))
+
+
+@functools.lru_cache(maxsize=256)
+def _unplaceable(content_type: bytes) -> str | None:
+    # A storefront sends the same Content-Type page after page: the answer is remembered.
+    return unplaceable(content_type.decode("latin-1"))
 
 
 def _plain(status: int, text: str) -> http.Response:
