@@ -36,7 +36,7 @@ PAGES = {
         "shop",
     ),
     "srcdoc": (
-        '<!doctype html><html><body><iframe srcdoc="<head><script>parent.framed = \'yes\'</script></head>'
+        "<!doctype html><html><body><iframe srcdoc=\"<head><script>parent.framed = 'yes'</script></head>"
         '<p>in frame</p>"></iframe><script>' + _marked("srcdoc") + "</script><p>shop</p></body></html>",
         "shop",
     ),
