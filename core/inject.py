@@ -121,9 +121,12 @@ class HeadScanner:
 
     def _scan(self, final: bool) -> None:
         stop = min(len(self.buffer), self.limit)
-        if self._pos == 0 and self.buffer[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            self._answer = Place(None, "the page is UTF-16 or UTF-32 (a byte order mark)")
-            return
+        if self._pos == 0:
+            if len(self.buffer) < 2 and not final:
+                return  # a byte order mark may be coming
+            if self.buffer[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                self._answer = Place(None, "the page is UTF-16 or UTF-32 (a byte order mark)")
+                return
         try:
             if self._at is None:
                 self._find_place(stop, final and stop == len(self.buffer))
@@ -236,8 +239,6 @@ def _markup(buf: bytearray, i: int, stop: int, final: bool) -> tuple[int | None,
         raise _More
     second = buf[i + 1]
     if second == 0x21:  # '!'
-        if i + 4 > stop and not final and _could_be(buf[i:stop], b"<!--"):
-            raise _More
         if buf.startswith(b"<!--", i):
             if buf.startswith(b">", i + 4) or buf.startswith(b"->", i + 4):  # '<!-->' and '<!--->' end at once
                 return (i + 5 if buf[i + 4] == 0x3E else i + 6), None
@@ -247,8 +248,6 @@ def _markup(buf: bytearray, i: int, stop: int, final: bool) -> tuple[int | None,
             if close is None:
                 raise _More
             return close.end(), None
-        if i + 9 > stop and not final and _could_be(buf[i:stop].lower(), b"<!doctype"):
-            raise _More
         return _to_gt(buf, i + 2, stop), None  # a DOCTYPE or a bogus comment ('<![CDATA[' too) ends at '>'
     if second == 0x3F:  # '<?': a bogus comment
         return _to_gt(buf, i + 2, stop), None
@@ -275,10 +274,6 @@ def _skip(pattern: re.Pattern[bytes], buf: bytes | bytearray, i: int, stop: int)
     found = pattern.match(buf, i, stop)
     assert found is not None
     return found.end()
-
-
-def _could_be(start: bytes | bytearray, prefix: bytes) -> bool:
-    return prefix.startswith(bytes(start))
 
 
 def _to_gt(buf: bytearray, start: int, stop: int) -> int:

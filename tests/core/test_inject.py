@@ -127,6 +127,9 @@ def test_a_page_whose_markup_is_not_ascii_is_left_alone():
     assert unplaceable("text/html; charset=iso-2022-jp") == "the page's encoding (iso-2022) is not ASCII-compatible"
     assert unplaceable("text/html; charset=utf-8") is None
     assert find_place("<html><head>".encode("utf-16")).reason == "the page is UTF-16 or UTF-32 (a byte order mark)"
+    stream = PageStream(lambda place: ELEMENT)
+    wide = "<html><head>".encode("utf-16")
+    assert stream(wide[:1]) == [] and b"".join([*stream(wide[1:]), *stream(b"")]) == wide  # a mark in two pieces
 
 
 def test_a_nonce_is_carried_only_when_safe():
