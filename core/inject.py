@@ -337,8 +337,8 @@ def script_element(nonce: str | None = None) -> bytes:
 
 
 def inject(document: bytes, content_type: str, element: bytes) -> bytes | None:
-    """The whole document with the element at its place; None: it has no place (leave the document as it is)."""
-    if unplaceable(content_type) is not None:
+    """The whole document with the element at its place; None: it has no place, or is empty (leave it as it is)."""
+    if not document or unplaceable(content_type) is not None:
         return None
     place = find_place(document)
     if place.at is None:
@@ -380,6 +380,9 @@ class PageStream:
             return [data] if data else []
         place = self.scanner.feed(data) if data else None
         if place is None and ending:
+            if not self.scanner.buffer:
+                self.scanner = None  # an empty page stays empty
+                return []
             place = self.scanner.end()
         return [] if place is None else self._release(place)
 
@@ -392,7 +395,7 @@ class PageStream:
                 self.failed = str(exc)
                 return data
             self.decoder = None
-        if self.scanner is None:
+        if self.scanner is None or not data:
             return data
         place = self.scanner.feed(data, last=True) or self.scanner.end()
         return b"".join(self._release(place))
