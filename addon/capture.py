@@ -368,7 +368,8 @@ class Clickwatch:
         req = flow.request
         metadata = flow.metadata
         if OWN_METADATA in metadata:
-            self.observer.request(flow, metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow))
+            # (The run a report counts for is its page's, from the page's grant: never this request's.)
+            self.observer.request(flow, _client_ip(flow))
             return
         if PASSTHROUGH_METADATA in metadata:
             return
