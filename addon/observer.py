@@ -20,6 +20,7 @@ from clickwatch.core import csp
 from clickwatch.core.decoding import DecodeError, undo_content_encoding
 from clickwatch.core.inject import inject
 from clickwatch.core.observer import (
+    GRANT_SECONDS,
     MAX_BODY_BYTES,
     OBSERVE_PATH,
     OBSERVER_PATH_PREFIX,
@@ -74,11 +75,12 @@ class Grants:
 
     def __init__(self, limit: int = MAX_GRANTS) -> None:
         self.limit = limit
+        self.lifetime = float(GRANT_SECONDS)
         self._by_token: dict[str, PageGrant] = {}
 
     def issue(self, token: str, run: str, client_addr: str, user_agent: str, url: str, served_at: float) -> PageGrant:
         """Remember that the page at `url` was served with `token` to this browser, in this run."""
-        page = grant(token, run, normalise_ip(client_addr), user_agent, url, served_at)
+        page = grant(token, run, normalise_ip(client_addr), user_agent, url, served_at, self.lifetime)
         self._by_token[token] = page
         if len(self._by_token) > self.limit:
             del self._by_token[next(iter(self._by_token))]

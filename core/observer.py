@@ -38,7 +38,8 @@ _MAX_AGE_MS = 24 * 3600 * 1000
 TOKEN_ATTRIBUTE = "data-clickwatch-page"
 TOKEN_PARAMETER = "token"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{22}")
-# A page's token is good this long after the page was served: a QA tab left open for a working day still counts.
+# A page's token is good this long after the page was served: a QA tab left open for a working day still counts
+# (the setting observer_token_seconds).
 GRANT_SECONDS = 16 * 3600
 # How far an event may lie outside its page's life (from the page's request to the report's arrival) on the
 # proxy's clock: the events' times are estimates, and a clock reads in whole milliseconds.
@@ -114,10 +115,18 @@ def token_of(target: str) -> str | None:
     return values[0]
 
 
-def grant(token: str, run: str, client_addr: str, user_agent: str, url: str, served_at: float) -> PageGrant:
-    """The grant of a page served to a browser at `served_at`, good for GRANT_SECONDS."""
+def grant(
+    token: str,
+    run: str,
+    client_addr: str,
+    user_agent: str,
+    url: str,
+    served_at: float,
+    lifetime: float = GRANT_SECONDS,
+) -> PageGrant:
+    """The grant of a page served to a browser at `served_at`, good for `lifetime` seconds."""
     origin = page_origin(url) or ""
-    return PageGrant(token, run, client_addr, user_agent, origin, url, served_at, served_at + GRANT_SECONDS)
+    return PageGrant(token, run, client_addr, user_agent, origin, url, served_at, served_at + lifetime)
 
 
 def _ip(address: str) -> str:
