@@ -414,7 +414,10 @@ class Clickwatch:
             # A streamed answer has no body here: its headers still say what they say about consent.
             page = self._storefront(flow, resp)
             if page is not None and (self._storefronts is None or self._on_storefront(flow.request)):
-                self.observer.add_to_page(flow, *page)
+                # Top-level documents only: a frame (another site's, often) gets no observer and no page token.
+                dest = flow.request.headers.get("sec-fetch-dest", "document").lower()
+                if dest == "document":
+                    self.observer.add_to_page(flow, *page)
             return
         uid, kind, sent_at = started
         self.link.send(
