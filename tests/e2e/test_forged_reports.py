@@ -149,7 +149,7 @@ def test_a_third_party_frame_cannot_hide_a_consent_violation(
     shop = standin.storefront_url("http").rstrip("/")
     before = clickwatch.metrics()
     walker = visit.shopper(standin, scheme="http")
-    walker.home()  # no consent, and the tag tracks all the same
+    walker.walk(("home", "product"))  # no consent, and the tag tracks the product view all the same
     granted = {"type": "push", "name": "ConsentChanged", "data": {"granted": True}}
     # Dated 5 s before the shop's POST (as in the issue), and dated now.
     _frame(visit, hostile, shop, [{**granted, "ago": 5000}, granted])
@@ -158,7 +158,7 @@ def test_a_third_party_frame_cannot_hide_a_consent_violation(
     events = _clickstream(clickwatch, visit.run)
     assert events and all(d["consent"] != "given" for d in events)
     assert all("consent_violation" in [f["kind"] for f in d["findings"]] for d in events)
-    assert clickwatch.finding_kinds(visit.run)["consent_violation"] == len(events)
+    assert set(clickwatch.finding_kinds(visit.run)) == {"consent_violation"}  # (the consent reference's too)
     refused = _refused(before, clickwatch.metrics())
     # Each round: 2 origins x (no token, a made-up one) unbound; the shop's own page token, found in the frame's
     # performance entries? never: a frame's entries hold only its own requests.
@@ -198,7 +198,7 @@ def test_another_sites_data_layer_in_another_tab_decides_nothing_for_the_shop(
     other.goto(f"{hostile}/tab")  # another site, whose page clickwatch observes too: it says "granted"
     wait_until(lambda: "given" in _datalayer_states(clickwatch, visit.run), 15, "the other site's report taken")
     walker = visit.shopper(standin, scheme="http")
-    walker.home()  # the shop's tab: no consent on this site
+    walker.walk(("home", "product"))  # the shop's tab: no consent on this site, and the tag tracks all the same
     visit.close()
     settled(clickwatch, visit.run)
     events = _clickstream(clickwatch, visit.run)
