@@ -172,6 +172,7 @@ class BrowserReport:
 
 @dataclass(frozen=True, slots=True)
 class ObserverRejected:
-    """Observe requests the proxy answered and dropped (too large, flooding), counted by reason."""
+    """Observe requests the proxy answered and dropped (too large, flooding, not bound to their page, over a cap),
+    counted by reason."""
 
     counts: tuple[tuple[str, int], ...]
