@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from clickwatch.core.decoding import too_deep
 from clickwatch.core.model import BrowserEvent, BrowserEventType, BrowserReport, BrowserSeen
+from clickwatch.core.visitor import normalise_ip
 
 OBSERVER_PATH_PREFIX = "/__clickwatch/"
 OBSERVER_SCRIPT_PATH = "/__clickwatch/observer.js"
@@ -129,10 +130,6 @@ def grant(
     return PageGrant(token, run, client_addr, user_agent, origin, url, served_at, served_at + lifetime)
 
 
-def _ip(address: str) -> str:
-    return address[7:] if address.lower().startswith("::ffff:") and "." in address else address
-
-
 def refusal(page: PageGrant | None, facts: ReportFacts) -> str | None:
     """Why a report does not count for the page its token names (one of REFUSALS); None: it counts.
 
@@ -150,7 +147,7 @@ def refusal(page: PageGrant | None, facts: ReportFacts) -> str | None:
         return "wrong_origin"
     if facts.fetch_site is not None and facts.fetch_site.strip().lower() != "same-origin":
         return "wrong_origin"
-    if _ip(facts.client_addr) != _ip(page.client_addr) or facts.user_agent != page.user_agent:
+    if normalise_ip(facts.client_addr) != normalise_ip(page.client_addr) or facts.user_agent != page.user_agent:
         return "wrong_visitor"
     return None
 

@@ -284,8 +284,8 @@ class Pipeline:
             except ObserveFormatError as exc:
                 ops.rejected.append((exc.reason, 1, str(exc)))
                 return ops
-            visitor = (seen.run, visitor_key(seen.client_addr, seen.user_agent))
-            over = self._events.spend(observation.token, visitor, len(seen.events), seen.received_at)
+            browser = (seen.run, visitor_key(seen.client_addr, seen.user_agent))
+            over = self._events.spend(observation.token, browser, len(seen.events), seen.received_at)
             if over is not None:
                 ops.rejected.append((over, 1, f"more events than the {over.replace('_', ' ')} allows"))
                 return ops

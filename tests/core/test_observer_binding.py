@@ -3,6 +3,7 @@ lets a report decide: only its own site's calls, and never a clock outside its p
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -10,9 +11,11 @@ import pytest
 from clickwatch.core.config import Config
 from clickwatch.core.findings import FindingKind
 from clickwatch.core.inject import inject, script_element
-from clickwatch.core.model import BrowserEvent, BrowserEventType, BrowserSeen
+from clickwatch.core.model import BrowserEvent, BrowserEventType, BrowserReport, BrowserSeen
 from clickwatch.core.observer import (
     GRANT_SECONDS,
+    MAX_EVENTS,
+    PAGE_MAX_EVENTS,
     REFUSALS,
     TOKEN_ATTRIBUTE,
     Budget,
@@ -23,6 +26,7 @@ from clickwatch.core.observer import (
     refusal,
     token_of,
 )
+from clickwatch.core.pipeline import Pipeline
 from tests.core.test_judge import IP, ORIGIN, RUN, UA, Trace, clickstream
 
 SERVED = 1_000.0
@@ -129,6 +133,19 @@ def test_a_budget_forgets_the_oldest_beyond_its_size():
         assert budget.spend(f"p{n}", ("v",), 1, 0.0) is None
     assert budget.spend("p0", ("v",), 1, 0.0) is None  # forgotten: only memory is bounded, never a wrong refusal
     assert budget.spend("p3", ("v",), 1, 0.0) == "page_cap"
+
+
+def test_the_store_drops_events_beyond_a_pages_cap_and_counts_them():
+    pipeline = Pipeline()
+    events = [{"t": 1_000_000.0, "type": "page"}] * MAX_EVENTS
+    reasons = []
+    for n in range(PAGE_MAX_EVENTS // MAX_EVENTS + 1):
+        body = json.dumps({"v": 1, "page": f"page{n:06d}", "url": "https://shop.example.com/", "sent": 1_000_000.0,
+                           "events": events}).encode()  # fmt: skip
+        report = BrowserReport("A", IP, UA, 1000.0 + n * 0.001, body, "https://shop.example.com", 999.0, TOKEN)
+        reasons.append([reason for reason, _, _ in pipeline.process(report).rejected])
+    assert reasons[:-1] == [[]] * (PAGE_MAX_EVENTS // MAX_EVENTS)
+    assert reasons[-1] == ["page_cap"]
 
 
 # --- what a report may decide -----------------------------------------------------------------------------------

@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
-import pytest
-
 import httpx
+import pytest
 
 from clickwatch.core.observer import MAX_BODY_BYTES
 from clickwatch.core.pipeline import REJECT_REASONS
