@@ -53,6 +53,7 @@ _MAX_READINGS = 500
 _MAX_VISITORS = 50000
 _MAX_OPEN = 2000
 _MAX_EVENTS_PER_POST = 100
+_MAX_SITES = 64  # sites whose data layer one browser's reports speak for, remembered apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,16 @@ def _describe(ident: dict[str, str]) -> str:
     return " (" + ", ".join(f"{k}={v[:40]}" for k, v in ident.items()) + ")" if ident else ""
 
 
+def _of_site[T](table: dict[str, list[T]], site: str) -> list[T]:
+    """A site's list in a per-site table of one browser; past _MAX_SITES sites the oldest is forgotten."""
+    entries = table.get(site)
+    if entries is None:
+        entries = table[site] = []
+        if len(table) > _MAX_SITES:
+            del table[next(iter(table))]
+    return entries
+
+
 def call_site(headers: Headers) -> str | None:
     """The site (page origin) a call was made from: its Origin, else its Referer's; None when neither names one."""
     origin = header(headers, "origin")
@@ -264,7 +275,7 @@ class _Visitor:
         return self.site_layers.get(site, []) if site else self.datalayer
 
     def mark(self, at: float, observed: bool, site: str | None) -> None:
-        for marks in (self.page_marks, self.site_marks.setdefault(site, []) if site else None):
+        for marks in (self.page_marks, _of_site(self.site_marks, site) if site else None):
             if marks is not None:
                 bisect.insort(marks, (at, observed), key=lambda m: m[0])
                 del marks[:-_MAX_READINGS]
@@ -495,7 +506,7 @@ class Judge:
     ) -> None:
         before = _state_at(v.datalayer, at)
         entry = (at, reading.state, reading.source, reading.detail)
-        for layer in (v.datalayer, v.site_layers.setdefault(site, []) if site else None):
+        for layer in (v.datalayer, _of_site(v.site_layers, site) if site else None):
             if layer is not None:
                 bisect.insort(layer, entry, key=lambda r: r[0])
                 if len(layer) > _MAX_READINGS:

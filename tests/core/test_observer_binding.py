@@ -203,3 +203,12 @@ def test_a_report_with_a_clock_an_hour_ahead_moves_no_later_page_out_of_its_life
     assert trace.consent("c1") == "given"
     pushes = [p for p in trace.all.pushes if p.name == "ProductDetailsPageViewed"]
     assert pushes and all(p.at >= T + 10 for p in pushes)
+
+
+def test_the_sites_one_browser_reports_for_are_remembered_within_a_bound():
+    trace = Trace()
+    for n in range(100):
+        report(trace, T + n, ("ConsentChanged", {"granted": n % 2 == 0}), origin=f"https://site{n}.example")
+    [visitor] = trace.judge._visitors.values()
+    assert len(visitor.site_layers) <= 64 and len(visitor.site_marks) <= 64
+    assert "https://site99.example" in visitor.site_layers and "https://site0.example" not in visitor.site_layers
