@@ -145,6 +145,8 @@ class Clickwatch:
             self._allowed = [re.compile(x, re.IGNORECASE) for x in opts.allow_hosts] or None
         if "clickwatch_stream_bytes" in updated:
             self.stream_bytes = opts.clickwatch_stream_bytes
+        if "clickwatch_observer_token_seconds" in updated:
+            self.observer.grants.lifetime = float(opts.clickwatch_observer_token_seconds)
         if updated & {"clickwatch_webhook", "clickwatch_webhook_interval"}:
             self._check_webhook(opts.clickwatch_webhook)
             self._webhook_message = wire.Webhook(opts.clickwatch_webhook, opts.clickwatch_webhook_interval)
@@ -399,7 +401,8 @@ class Clickwatch:
         req = flow.request
         metadata = flow.metadata
         if OWN_METADATA in metadata:
-            self.observer.request(flow, metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow))
+            # (The run a report counts for is its page's, from the page's grant: never this request's.)
+            self.observer.request(flow, _client_ip(flow))
             return
         if PASSTHROUGH_METADATA in metadata:
             return

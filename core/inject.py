@@ -28,12 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from clickwatch.core.decoding import DecodeError, StreamDecoder
-from clickwatch.core.observer import OBSERVER_SCRIPT_PATH
+from clickwatch.core.observer import OBSERVER_SCRIPT_PATH, TOKEN_ATTRIBUTE
 
 # How far into a page the place (and the head's policies) are looked for: the head comes first, and a page can be
 # hundreds of megabytes long.
 SEARCH_BYTES = 65536
 _NONCE_SAFE = re.compile(r"[A-Za-z0-9+/_=-]{1,200}")
+_TOKEN_SAFE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Encodings in which markup is not ASCII bytes (or which browsers decode to nothing): the page is left as it is.
 _NOT_ASCII_COMPATIBLE = re.compile(
     r"charset\s*=\s*[\"']?\s*(utf-?16|utf-?32|ucs-?2|unicode|iso-?2022|csiso2022|hz-gb|replacement|utf-?7)",
@@ -328,12 +329,18 @@ def unplaceable(content_type: str) -> str | None:
     return None
 
 
-def script_element(nonce: str | None = None) -> bytes:
-    """The element the proxy adds: synchronous, so it runs before the storefront's and the tag's scripts."""
-    if nonce is None:
+def script_element(nonce: str | None = None, token: str | None = None) -> bytes:
+    """The element the proxy adds: synchronous, so it runs before the storefront's and the tag's scripts.
+
+    `token` (core.observer.new_token) binds the observer's reports to this page: it rides in an attribute, so the
+    script itself stays one cacheable file.
+    """
+    if nonce is None and token is None:
         return _PLAIN_ELEMENT
-    attribute = f' nonce="{nonce}"' if nonce and _NONCE_SAFE.fullmatch(nonce) else ""
-    return f'<script src="{OBSERVER_SCRIPT_PATH}"{attribute}></script>'.encode()
+    attributes = f' {TOKEN_ATTRIBUTE}="{token}"' if token and _TOKEN_SAFE.fullmatch(token) else ""
+    if nonce and _NONCE_SAFE.fullmatch(nonce):
+        attributes += f' nonce="{nonce}"'
+    return f'<script src="{OBSERVER_SCRIPT_PATH}"{attributes}></script>'.encode()
 
 
 def inject(document: bytes, content_type: str, element: bytes) -> bytes | None:

@@ -375,6 +375,12 @@ SETTINGS: tuple[Setting, ...] = (
         ("addon",), option="clickwatch_stream_bytes", minimum=0, unit="bytes",
     ),
     Setting(
+        "observer_token_seconds", int, 57600,
+        "How long after a page was served the observer's reports from it count (its token's life); later ones are "
+        "dropped as expired. The default, 16 hours, outlasts a working day with a tab left open.",
+        ("addon",), option="clickwatch_observer_token_seconds", minimum=1, unit="seconds",
+    ),
+    Setting(
         "queue_size", int, 10000,
         "Observations held in memory while the database cannot be written; beyond it they are dropped and counted.",
         ("addon", "store"), option="clickwatch_queue_size", minimum=1,

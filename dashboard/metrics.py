@@ -130,7 +130,7 @@ class StoreCollector(Collector):
                 rejected[row["reason"]] = float(row["n"])
         yield _by_label(
             "clickwatch_observer_rejected",
-            "Reports from the data-layer observer answered and dropped, by reason (too_large, flood, bad_format)",
+            "Reports from the data-layer observer answered and dropped, by reason (docs/observer.md)",
             "reason",
             rejected,
         )

@@ -70,13 +70,18 @@ class Storefront(NamedTuple):
 
 
 class Browser(NamedTuple):
-    """An observe request from the data-layer observer in a page (`ObserverSide.request`), its body unread."""
+    """An observe request from the data-layer observer in a page (`ObserverSide.request`), its body unread; it
+    fitted its page's grant, whose run, visitor, origin, serving time and token it carries. The fields of
+    core.model.BrowserReport, in its order."""
 
     run: str
     client_addr: str
     user_agent: str
     received_at: float
     body: bytes
+    origin: str
+    served_at: float
+    token: str
 
 
 class Blocked(NamedTuple):
