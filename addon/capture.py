@@ -44,6 +44,8 @@ RUN_HEADER = "X-Clickwatch-Run"
 RUN_METADATA = "clickwatch_run"
 # A plain-HTTP request to a host that is neither a storefront nor a tracking host: forwarded, never read.
 PASSTHROUGH_METADATA = "clickwatch_passthrough"
+# A storefront page's pass through the observer's injection (as it streams, or once it is all there).
+PAGE_METADATA = "clickwatch_page"
 MAX_RUN_LENGTH = 100
 PAGE_FOLD_SECONDS = 1.0
 STOPPED_ERROR = "clickwatch stopped before the answer arrived"
@@ -143,6 +145,8 @@ class Clickwatch:
             self._allowed = [re.compile(x, re.IGNORECASE) for x in opts.allow_hosts] or None
         if "clickwatch_stream_bytes" in updated:
             self.stream_bytes = opts.clickwatch_stream_bytes
+        if "clickwatch_observer_token_seconds" in updated:
+            self.observer.grants.lifetime = float(opts.clickwatch_observer_token_seconds)
         if updated & {"clickwatch_webhook", "clickwatch_webhook_interval"}:
             self._check_webhook(opts.clickwatch_webhook)
             self._webhook_message = wire.Webhook(opts.clickwatch_webhook, opts.clickwatch_webhook_interval)
@@ -226,6 +230,7 @@ class Clickwatch:
                 "proxy_flows": self.flows_seen,
                 "addon_errors": self.addon_errors,
                 "passthrough_connections": self.passthrough,
+                "observer_pages_untouched": self.observer.pages_untouched,
             },
         )
         self._store_opened = (path, use_process)
@@ -327,14 +332,42 @@ class Clickwatch:
         if content_type[:17].lower() == _EVENT_STREAM:
             resp.stream = True
             return
-        if length is not None and length.strip().isdigit() and int(length) <= self.stream_bytes:
+        small = length is not None and length.strip().isdigit() and int(length) <= self.stream_bytes
+        page = content_type[:9].lower() == b"text/html" and self.observer.enabled
+        if page and self._add_observer(flow, resp, content_type, small):
             return
+        if not small:
+            resp.stream = True  # nothing here reads the body of an answer that is not a tracking call's
+
+    def _add_observer(self, flow: http.HTTPFlow, resp: http.Response, content_type: bytes, small: bool) -> bool:
+        """Pass a top-level storefront page through the observer's injection: a small one read whole (it keeps a
+        Content-Length), any other as it streams. False: not such a page."""
         req = flow.request
-        headers = req.headers
-        dest = headers.get("sec-fetch-dest")
-        accept = headers.get("accept", "")
-        if not matching.is_page_load(req.method, _raw(dest) if dest is not None else None, _raw(accept), content_type):
-            resp.stream = True  # a page is read whole: consent signals, and the observer added to it
+        dest: bytes | None = None
+        accept = agent = b""
+        for name, value in req.headers.fields:  # one pass: each lookup by name would scan them all again
+            lowered = name.lower()
+            if lowered == b"sec-fetch-dest":
+                dest = value if dest is None else dest
+            elif lowered == b"accept":
+                accept += value
+            elif lowered == b"user-agent":
+                agent = value if not agent else agent + b", " + value
+        if dest is not None and dest.lower() != b"document":
+            return False  # a frame (or anything but a top-level document): left as it is
+        if not matching.is_page_load(req.method, dest, accept, content_type):
+            return False
+        if self._storefronts is not None and not self._on_storefront(req):
+            return False
+        run = flow.metadata.get(RUN_METADATA, DEFAULT_RUN)
+        user_agent = agent.decode("utf-8", "surrogateescape")
+        stream = self.observer.page_stream(flow, run, _client_ip(flow), user_agent, whole=small)
+        if stream is None:
+            return False
+        flow.metadata[PAGE_METADATA] = stream
+        if not small:
+            resp.stream = stream
+        return True
 
     def client_disconnected(self, client: Any) -> None:
         self._connection_runs.pop(client.id, None)
@@ -368,7 +401,8 @@ class Clickwatch:
         req = flow.request
         metadata = flow.metadata
         if OWN_METADATA in metadata:
-            self.observer.request(flow, metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow))
+            # (The run a report counts for is its page's, from the page's grant: never this request's.)
+            self.observer.request(flow, _client_ip(flow))
             return
         if PASSTHROUGH_METADATA in metadata:
             return
@@ -409,9 +443,10 @@ class Clickwatch:
             return
         if started is None:
             # A streamed answer has no body here: its headers still say what they say about consent.
-            page = self._storefront(flow, resp)
-            if page is not None and (self._storefronts is None or self._on_storefront(flow.request)):
-                self.observer.add_to_page(flow, *page)
+            self._storefront(flow, resp)
+            page = metadata.get(PAGE_METADATA)
+            if page is not None:
+                self.observer.page_done(flow, page)
             return
         uid, kind, sent_at = started
         self.link.send(
@@ -447,17 +482,14 @@ class Clickwatch:
         assert self._storefronts is not None
         return intercept.allowed(self._storefronts, req.host, req.port, req.pretty_host)
 
-    def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> storefront.Browser | None:
-        """Hand on what storefront traffic says about consent, sign-in and page loads; most of it says nothing new.
-
-        Returns the browser (run, address, user agent) when this was a page load, else None.
-        """
+    def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> None:
+        """Hand on what storefront traffic says about consent, sign-in and page loads; most of it says nothing new."""
         req = flow.request
         signals = storefront.read_exchange(
             req.method, req.path, req.headers.fields, resp.headers.fields if resp is not None else None
         )
         if not signals.telling:
-            return None  # an asset that tells nothing about consent
+            return  # an asset that tells nothing about consent
         browser = (flow.metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow), signals.user_agent)
         fresh = self._pages.note(browser, signals, req.timestamp_start)
         if fresh is not None:
@@ -468,7 +500,6 @@ class Clickwatch:
                     browser, fresh, req.timestamp_start, resp.timestamp_end if resp is not None else None
                 )
             )
-        return browser if signals.page_load else None
 
     def _flush_pages(self) -> None:
         """Hand on the page loads folded so far, of every browser."""

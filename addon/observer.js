@@ -50,6 +50,20 @@
   var ownProperty = Object.getOwnPropertyDescriptor;
 
   var page = randomId();
+  // The page's token, from the element the proxy added (data-clickwatch-page): it binds our reports to this
+  // document. Read while this script runs (currentScript is only set then), and taken off the element so that code
+  // copying the page's markup elsewhere (session-replay tools) does not carry it away.
+  var query = "";
+  try {
+    var element = document.currentScript;
+    var token = element ? element.getAttribute("data-clickwatch-page") : null;
+    if (token) {
+      query = "?token=" + encodeURIComponent(token);
+      element.removeAttribute("data-clickwatch-page");
+    }
+  } catch (e) {
+    /* no token: the proxy will not count our reports, and the page is none the worse */
+  }
   var queue = [];
   var timer = null;
   var hooked = []; // Y_TRACKING objects and layers already watched: never twice
@@ -115,7 +129,7 @@
       var events = queue;
       queue = [];
       // The page's own origin, spelled out: a <base href> elsewhere must not redirect a relative URL.
-      var url = location.protocol + "//" + location.host + PATH;
+      var url = location.protocol + "//" + location.host + PATH + query;
       var head = '{"v":1,"page":' + stringify(page) + ',"url":' + stringify(cut(String(location.href), MAX_URL));
       var room = MAX_BODY - byteLength(head) - 40;
       var keepalive = leaving ? Infinity : KEEPALIVE;

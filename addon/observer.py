@@ -1,11 +1,14 @@
 """The proxy's side of the data-layer observer: it answers /__clickwatch/... itself and adds the script to pages.
 
-Nothing under /__clickwatch/ is ever forwarded upstream or stored as storefront traffic. Observe requests are
-bounded here (size, rate per browser) and handed on unread: their format is checked on the store side.
+Nothing under /__clickwatch/ is ever forwarded upstream or stored as storefront traffic. Each page the observer is
+added to gets a token and a grant (core.observer); an observe request counts only when it fits the grant its token
+names (core.observer.refusal), and is bounded here (size before its body is read, rate per page and per visitor,
+reports and bytes per page and per visitor), then handed on unread: its format is checked on the store side.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -15,17 +18,40 @@ from importlib import resources
 from mitmproxy import http
 
 from clickwatch.core import csp
-from clickwatch.core.decoding import DecodeError, undo_content_encoding
-from clickwatch.core.inject import inject
-from clickwatch.core.observer import MAX_BODY_BYTES, OBSERVE_PATH, OBSERVER_PATH_PREFIX, OBSERVER_SCRIPT_PATH
+from clickwatch.core.decoding import DecodeError, stream_codings
+from clickwatch.core.inject import PageStream, Place, script_element, unplaceable
+from clickwatch.core.observer import (
+    GRANT_SECONDS,
+    MAX_BODY_BYTES,
+    OBSERVE_PATH,
+    OBSERVER_PATH_PREFIX,
+    OBSERVER_SCRIPT_PATH,
+    PAGE_MAX_BYTES,
+    PAGE_MAX_REPORTS,
+    VISITOR_MAX_BYTES,
+    VISITOR_MAX_REPORTS,
+    Budget,
+    PageGrant,
+    ReportFacts,
+    grant,
+    new_token,
+    page_origin,
+    refusal,
+    token_of,
+)
+from clickwatch.core.visitor import normalise_ip
 from clickwatch.store import wire
 
 log = logging.getLogger("clickwatch.addon")
 
 OWN_METADATA = "clickwatch_own"
-# Every tab and frame of one browser shares this: a consent push is a report of its own, batches come at most
-# every 250 ms per page. Beyond it, a page (or something posing as one) floods.
-MAX_REQUESTS_PER_SECOND = 60
+# A consent push is a report of its own, other batches come at most every 250 ms per page. Beyond these, a page
+# (or its browser: all its tabs together) floods. Keyed by the page's token and by the visitor its grant names,
+# never by a header the client chooses.
+MAX_REPORTS_PER_SECOND_PER_PAGE = 30
+MAX_REPORTS_PER_SECOND_PER_VISITOR = 60
+# Pages remembered with their grants: the oldest are forgotten first (their reports then count as unbound).
+MAX_GRANTS = 50_000
 _ALLOWED = csp.CspDecision(True)
 _MAX_REMEMBERED_BROWSERS = 10000
 _SCRIPT_HEADERS = {
@@ -45,6 +71,30 @@ def _script() -> bytes:
     return resources.files("clickwatch.addon").joinpath("observer.js").read_bytes()
 
 
+class Grants:
+    """The pages the observer was added to, by token (bounded: the oldest are forgotten first)."""
+
+    def __init__(self, limit: int = MAX_GRANTS) -> None:
+        self.limit = limit
+        self.lifetime = float(GRANT_SECONDS)
+        self._by_token: dict[str, PageGrant] = {}
+
+    def issue(self, token: str, run: str, client_addr: str, user_agent: str, url: str, served_at: float) -> PageGrant:
+        """Remember that the page at `url` was served with `token` to this browser, in this run."""
+        page = grant(token, run, normalise_ip(client_addr), user_agent, url, served_at, self.lifetime)
+        self._by_token[token] = page
+        if len(self._by_token) > self.limit:
+            del self._by_token[next(iter(self._by_token))]
+        return page
+
+    def get(self, token: str | None) -> PageGrant | None:
+        """The grant a token names, if the proxy issued it and still remembers it."""
+        return self._by_token.get(token) if token is not None else None
+
+    def __len__(self) -> int:
+        return len(self._by_token)
+
+
 class ObserverSide:
     """Serves the observer, takes its reports, and adds it to storefront pages where their policy allows."""
 
@@ -52,21 +102,34 @@ class ObserverSide:
         self.send = send
         self.enabled = True
         self.script = _script()
-        self._rates: dict[tuple[str, str], list[int]] = {}
+        self.grants = Grants()
+        self._rates: dict[object, list[int]] = {}
+        self._reports = Budget(PAGE_MAX_REPORTS, VISITOR_MAX_REPORTS)
+        self._bytes = Budget(PAGE_MAX_BYTES, VISITOR_MAX_BYTES)
         self.rejected: Counter[str] = Counter()
+        # Storefront pages left as they came, without the observer (each also sent as Blocked).
+        self.pages_untouched = 0
         self._last_log = 0.0
 
     # --- requests ----------------------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """Refuse a declared oversized report before mitmproxy reads its body into memory."""
+        """Refuse a report whose body could outgrow the limit before mitmproxy reads any of it into memory.
+
+        mitmproxy reads a request's body whole before the `request` hook, and cannot answer before reading it: a
+        report must declare a length within the limit (the observer's always do), or its connection is closed.
+        """
         flow.metadata[OWN_METADATA] = True
-        length = flow.request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            self._reject("too_large", f"a body of {length} bytes declared")
+        req = flow.request
+        if req.method != "POST":
+            return
+        length = req.headers.get("content-length", "")
+        if "transfer-encoding" in req.headers or not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            declared = f"a body of {length} bytes declared" if length else "a body of undeclared length"
+            self._reject("too_large", declared)
             flow.kill()
 
-    def request(self, flow: http.HTTPFlow, run: str, client_addr: str) -> None:
+    def request(self, flow: http.HTTPFlow, client_addr: str) -> None:
         """Answer a /__clickwatch/ request here."""
         req = flow.request
         path = req.path.split("?", 1)[0]
@@ -92,18 +155,58 @@ class ObserverSide:
             self._reject("too_large", f"a body of {len(body)} bytes")
             flow.response = _plain(413, f"at most {MAX_BODY_BYTES} bytes")
             return
-        agent = req.headers.get("user-agent", "")
-        if not self._within_rate(client_addr, agent):
-            self._reject("flood", f"more than {MAX_REQUESTS_PER_SECOND} reports a second from one browser")
+        if not self.enabled:
+            flow.response = http.Response.make(204, b"", {"Cache-Control": "no-store"})
+            return  # switched off: no page was given a token, and nothing is recorded
+        headers = req.headers
+        received_at = req.timestamp_start
+        facts = ReportFacts(
+            page_origin(req.pretty_url) or "",
+            headers.get("origin"),
+            headers.get("sec-fetch-site"),
+            client_addr,
+            headers.get("user-agent", ""),
+            received_at,
+        )
+        token = token_of(req.path)
+        page = self.grants.get(token)
+        reason = refusal(page, facts)
+        if reason is not None or page is None or token is None:
+            reason = reason or "unbound"
+            self._reject(reason, f"a report from {facts.origin or 'no origin'} to {facts.sent_to or 'no host'}")
+            flow.response = _plain(403, f"not a report of a page clickwatch served ({reason})")
+            return
+        visitor = (page.run, page.client_addr, page.user_agent)
+        if not (
+            self._within_rate(token, MAX_REPORTS_PER_SECOND_PER_PAGE)
+            and self._within_rate(visitor, MAX_REPORTS_PER_SECOND_PER_VISITOR)
+        ):
+            self._reject("flood", "more reports a second than a page, or its browser, sends")
             flow.response = _plain(429, "too many observer reports")
             return
-        if self.enabled:
-            self.send(wire.Browser(run, client_addr, agent, req.timestamp_start, body))
+        over = self._reports.spend(token, visitor, 1, received_at) or self._bytes.spend(
+            token, visitor, len(body), received_at
+        )
+        if over is not None:
+            self._reject(over, f"more reports or bytes than the {over.replace('_', ' ')} allows")
+            flow.response = _plain(429, f"too many observer reports ({over})")
+            return
+        self.send(
+            wire.Browser(
+                page.run,
+                page.client_addr,
+                page.user_agent,
+                received_at,
+                body,
+                page.origin,
+                page.served_at,
+                token,
+            )
+        )
         flow.response = http.Response.make(204, b"", {"Cache-Control": "no-store"})
 
-    def _within_rate(self, client_addr: str, agent: str) -> bool:
+    def _within_rate(self, key: object, limit: int) -> bool:
         second = int(time.monotonic())
-        key = (client_addr, agent)
         window = self._rates.get(key)
         if window is None or window[0] != second:
             if len(self._rates) >= _MAX_REMEMBERED_BROWSERS:
@@ -111,7 +214,7 @@ class ObserverSide:
             self._rates[key] = [second, 1]
             return True
         window[1] += 1
-        return window[1] <= MAX_REQUESTS_PER_SECOND
+        return window[1] <= limit
 
     def _reject(self, reason: str, detail: str) -> None:
         self.rejected[reason] += 1
@@ -128,11 +231,19 @@ class ObserverSide:
 
     # --- pages -----------------------------------------------------------------------------------------------
 
-    def add_to_page(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str) -> None:
-        """Add the observer to a storefront page load, or record that the page's policy keeps it out."""
+    def page_stream(
+        self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str, whole: bool
+    ) -> PageStream | None:
+        """A stream that adds the observer to this top-level page as it passes; None: the page goes as it came.
+
+        Called when the page's headers arrive. A page read `whole` is passed through the stream in one piece by
+        `page_done`; otherwise its headers go on at once, without Content-Length (the page grows by the
+        element, or not, and that is known only later) and without Content-Encoding (the page is sent decoded:
+        see docs/observer.md). Whatever keeps the observer out is recorded (`observer_blocked`) and counted.
+        """
         resp = flow.response
-        if not self.enabled or resp is None or resp.status_code in (204, 304) or not resp.raw_content:
-            return
+        if resp is None or resp.status_code in (204, 304):
+            return None
         # One pass over the raw fields: every case-insensitive lookup by name would cost a scan of its own.
         encoding = content_type = b""
         policies: list[str] = []
@@ -144,37 +255,85 @@ class ObserverSide:
                 content_type = value
             elif lowered == b"content-security-policy":
                 policies.append(value.decode("latin-1"))
-        if encoding in (b"", b"identity"):
-            content = resp.raw_content
-        else:
+        if encoding == b"identity":
+            encoding = b""
+        why = _unplaceable(content_type)
+        if why is None and encoding:
             try:
-                # clickwatch's decoder, not mitmproxy's get_content (which inflates without a cap).
-                content = undo_content_encoding(resp.raw_content, encoding.decode("latin-1"))
-            except DecodeError:
-                return  # an encoding we cannot undo, or a bomb: the page goes through as it came
-        start = content[:65536]
-        if b"quiv" in start or b"QUIV" in start or b"Quiv" in start:  # http-equiv, in any usual case
-            policies += csp.meta_policies(content)
-        decision = _ALLOWED
-        if policies:
-            req = flow.request
-            origin = csp.Origin(req.scheme, req.pretty_host, req.port)
-            decision = csp.decide(policies, origin, OBSERVER_SCRIPT_PATH, OBSERVE_PATH)
-        if not decision.allowed:
-            at = resp.timestamp_end or time.time()
-            self.send(wire.Blocked(run, client_addr, agent, at, flow.request.pretty_url, decision.reason))
+                stream_codings(encoding.decode("latin-1"))
+            except DecodeError as exc:
+                why = str(exc)
+        if why is not None:
+            self._not_added(flow, run, client_addr, agent, why)
+            return None
+        req = flow.request
+
+        def choose(place: Place) -> bytes | None:
+            if place.at is None:
+                self._not_added(flow, run, client_addr, agent, place.reason)
+                return None
+            decision = _ALLOWED
+            if policies or place.policies:
+                origin = csp.Origin(req.scheme, req.pretty_host, req.port)
+                decision = csp.decide([*policies, *place.policies], origin, OBSERVER_SCRIPT_PATH, OBSERVE_PATH)
+            if not decision.allowed:
+                self._not_added(flow, run, client_addr, agent, f"the page's Content-Security-Policy: {decision.reason}")
+                return None
+            token = new_token()
+            self.grants.issue(token, run, client_addr, agent, req.pretty_url, req.timestamp_start)
+            return script_element(decision.nonce, token)
+
+        stream = PageStream(choose, encoding.decode("latin-1"))
+        if not whole:
+            # Set on the raw fields, in one pass: the length goes (HTTP/1 then delimits the page by chunks), and
+            # so does the encoding, undone as the page streams.
+            dropped = (b"content-length", b"content-encoding") if encoding else (b"content-length",)
+            fields = [(n, v) for n, v in resp.headers.fields if n.lower() not in dropped]
+            if resp.http_version.startswith("HTTP/1") and not any(n.lower() == b"transfer-encoding" for n, _ in fields):
+                fields.append((b"Transfer-Encoding", b"chunked"))
+            resp.headers.fields = tuple(fields)
+        return stream
+
+    def page_done(self, flow: http.HTTPFlow, stream: PageStream) -> None:
+        """A page has all come: one read whole goes through its stream now, and its headers say what it became."""
+        resp = flow.response
+        if resp is None:
             return
-        changed = inject(content, content_type.decode("latin-1"), decision.nonce)
-        if changed is None:
+        if resp.stream is stream:
+            if stream.failed is not None:
+                log.warning("clickwatch: page %s ended early: %s", flow.request.pretty_url, stream.failed)
             return
-        # Sent uncompressed (re-compressing every page would cost the shopper more than the bytes saved), with
-        # its new length; set on the raw fields, since the content setter's header lookups cost more than this.
-        resp.headers.fields = tuple(
-            (name, str(len(changed)).encode() if name.lower() == b"content-length" else value)
-            for name, value in resp.headers.fields
-            if name.lower() != b"content-encoding"
-        )
-        resp.raw_content = changed
+        raw = resp.raw_content or b""
+        encoded = stream.decoder is not None
+        content = stream.whole(raw)
+        if stream.failed is not None:
+            log.warning("clickwatch: page %s left as it came (%s)", flow.request.pretty_url, stream.failed)
+            return
+        if not encoded and len(content) == len(raw):
+            return  # left as it came
+        # Sent uncompressed, with its new length; set on the raw fields, since the content setter's header lookups
+        # cost more than this.
+        length = b"%d" % len(content)
+        fields = []
+        for name, value in resp.headers.fields:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                fields.append((name, length))
+            elif lowered != b"content-encoding":
+                fields.append((name, value))
+        resp.headers.fields = tuple(fields)
+        resp.raw_content = content
+
+    def _not_added(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str, reason: str) -> None:
+        self.pages_untouched += 1
+        at = time.time()
+        self.send(wire.Blocked(run, client_addr, agent, at, flow.request.pretty_url, reason))
+
+
+@functools.lru_cache(maxsize=256)
+def _unplaceable(content_type: bytes) -> str | None:
+    # A storefront sends the same Content-Type page after page: the answer is remembered.
+    return unplaceable(content_type.decode("latin-1"))
 
 
 def _plain(status: int, text: str) -> http.Response:

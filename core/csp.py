@@ -3,22 +3,17 @@
 The observer is one script element, `<script src="/__clickwatch/observer.js">` on the page's own origin, that
 reports with `navigator.sendBeacon` / `fetch` to `/__clickwatch/observe` on the same origin. Each enforced
 policy (every `Content-Security-Policy` header, and each comma-separated policy in one, plus `<meta
-http-equiv>` policies in the document) must allow both: scripts by `script-src-elem`, `script-src` or
-`default-src`; reports by `connect-src` or `default-src`. A nonce in the script directive is reused on the
-injected element (CSP Level 3: a nonce also covers `'strict-dynamic'` policies).
+http-equiv>` policies in the document's head, read by `core.inject`) must allow both: scripts by
+`script-src-elem`, `script-src` or `default-src`; reports by `connect-src` or `default-src`. A nonce in the
+script directive is reused on the injected element (CSP Level 3: a nonce also covers `'strict-dynamic'`
+policies).
 """
 
 from __future__ import annotations
 
-import html
 import re
 from dataclasses import dataclass
 
-_META_CSP = re.compile(
-    rb"""<meta\s[^>]*http-equiv\s*=\s*["']?content-security-policy["']?[^>]*>""",
-    re.IGNORECASE,
-)
-_CONTENT = re.compile(rb"""content\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)
 _NONCE = re.compile(r"'nonce-([A-Za-z0-9+/_=-]+)'", re.IGNORECASE)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -90,17 +85,6 @@ def _source_allows(source: str, origin: Origin, path: str) -> bool:
 
 def _allows(sources: list[str], origin: Origin, path: str) -> bool:
     return any(_source_allows(source, origin, path) for source in sources)
-
-
-def meta_policies(document: bytes, limit: int = 65536) -> list[str]:
-    """Policies a document sets with `<meta http-equiv="Content-Security-Policy">` (in its first `limit` bytes)."""
-    found = []
-    for meta in _META_CSP.finditer(document[:limit]):
-        content = _CONTENT.search(meta.group(0))
-        if content is not None:
-            raw = content.group(1) if content.group(1) is not None else content.group(2)
-            found.append(html.unescape(raw.decode("utf-8", "replace")))
-    return found
 
 
 def decide(policies: list[str], origin: Origin, script_path: str, report_path: str) -> CspDecision:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import functools
 import json
 import re
 import zlib
@@ -270,3 +271,121 @@ def decode_body(
     truncated = len(text) > limit
     text = text[:limit] if truncated else text
     return Body(kind, text, size, truncated=truncated, note=note, parsed=parsed, refused=refused)
+
+
+class _Inflater:
+    """gzip or deflate (zlib-wrapped, or raw as some servers send it), a piece at a time."""
+
+    def __init__(self, gzip: bool) -> None:
+        self.gzip = gzip
+        self.inflater: Any = zlib.decompressobj(zlib.MAX_WBITS | 16) if gzip else None
+        self.start = b""
+
+    def process(self, data: bytes, cap: int) -> bytes:
+        if self.inflater is None:
+            self.start += data
+            if len(self.start) < 2:
+                return b""
+            data, self.start = self.start, b""
+            zlib_wrapped = (data[0] & 0x0F) == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            self.inflater = zlib.decompressobj(zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS)
+        out = self.inflater.decompress(data, cap + 1)
+        if len(out) > cap or self.inflater.unconsumed_tail:
+            raise _too_large(cap)
+        return out
+
+    def flush(self) -> bytes:
+        if self.inflater is None:
+            if self.start:
+                raise zlib.error("incomplete or truncated stream")
+            return b""
+        out = self.inflater.flush()
+        if not self.inflater.eof:
+            raise zlib.error("incomplete or truncated stream")
+        return out
+
+
+class _Unbrotli:
+    def __init__(self) -> None:
+        self.decompressor = brotli.Decompressor()
+
+    def process(self, data: bytes, cap: int) -> bytes:
+        out = self.decompressor.process(data, output_buffer_limit=cap + 1)
+        if len(out) > cap or not self.decompressor.can_accept_more_data():
+            raise _too_large(cap)
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        if not self.decompressor.is_finished():
+            raise brotli.error("incomplete or truncated stream")
+        return b""
+
+
+class _Unzstd:
+    def __init__(self) -> None:
+        self.decompressor = zstandard.ZstdDecompressor().decompressobj()
+
+    def process(self, data: bytes, cap: int) -> bytes:
+        out = self.decompressor.decompress(data)
+        if len(out) > cap:
+            raise _too_large(cap)
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        if not self.decompressor.eof:
+            raise zstandard.ZstdError("incomplete or truncated stream")
+        return b""
+
+
+_STREAM_DECODERS: dict[str, Callable[[], Any]] = {
+    "gzip": lambda: _Inflater(True),
+    "x-gzip": lambda: _Inflater(True),
+    "deflate": lambda: _Inflater(False),
+    "br": _Unbrotli,
+    "zstd": _Unzstd,
+}
+
+
+def stream_codings(content_encoding: str) -> list[str]:
+    """The codings of a Content-Encoding header, first applied first; DecodeError if one cannot be undone."""
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
+    if len(codings) > MAX_CODINGS:
+        raise DecodeError(f"{len(codings)} content-codings, more than {MAX_CODINGS}")
+    for coding in codings:
+        if coding not in _STREAM_DECODERS:
+            raise DecodeError(f"unsupported content-encoding {clip(coding, 40)!r}")
+    return codings
+
+
+class StreamDecoder:
+    """Undoes a Content-Encoding a piece at a time, as a body streams; each piece decodes to at most `cap` bytes."""
+
+    def __init__(self, content_encoding: str, cap: int = MAX_DECODED_BYTES) -> None:
+        self.stages = [_STREAM_DECODERS[c]() for c in reversed(stream_codings(content_encoding))]
+        self.cap = cap
+
+    def decode(self, data: bytes) -> bytes:
+        """The decoded bytes of the next piece (maybe none yet)."""
+        for stage in self.stages:
+            if not data:
+                return b""
+            data = _undone(functools.partial(stage.process, data, self.cap))
+        return data
+
+    def flush(self) -> bytes:
+        """What is left once the body has ended; DecodeError if it ended early."""
+        data = b""
+        for stage in self.stages:
+            if data:
+                data = _undone(functools.partial(stage.process, data, self.cap))
+            data += _undone(stage.flush)
+        return data
+
+
+def _undone(step: Callable[[], bytes]) -> bytes:
+    try:
+        return step()
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"corrupt encoded data ({clip(str(exc), 200)})") from None

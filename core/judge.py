@@ -35,6 +35,7 @@ from clickwatch.core.model import (
     StorefrontSeen,
     Verdict,
 )
+from clickwatch.core.observer import page_origin
 from clickwatch.core.record import header, schema_name
 from clickwatch.core.visitor import normalise_ip, visitor_key
 
@@ -52,6 +53,7 @@ _MAX_READINGS = 500
 _MAX_VISITORS = 50000
 _MAX_OPEN = 2000
 _MAX_EVENTS_PER_POST = 100
+_MAX_SITES = 64  # sites whose data layer one browser's reports speak for, remembered apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,7 @@ class _Candidate:
     kind: Kind | None
     at: float
     reference: bool = False  # the call carries a consent reference
+    site: str | None = None  # the origin of the page that made the call (Origin, Referer); None: not known
 
 
 @dataclass(slots=True)
@@ -152,6 +155,7 @@ class _Open:
     ident: dict[str, str]
     name: str = ""
     consent_given: bool = False  # as known when the push's report came: it only orders pairing (owed is asked later)
+    site: str | None = None  # the page's origin: a push pairs only with a POST made from the same site
 
 
 Reading = tuple[float, ConsentState, str, str]
@@ -180,6 +184,25 @@ def _describe(ident: dict[str, str]) -> str:
     return " (" + ", ".join(f"{k}={v[:40]}" for k, v in ident.items()) + ")" if ident else ""
 
 
+def _of_site[T](table: dict[str, list[T]], site: str) -> list[T]:
+    """A site's list in a per-site table of one browser; past _MAX_SITES sites the oldest is forgotten."""
+    entries = table.get(site)
+    if entries is None:
+        entries = table[site] = []
+        if len(table) > _MAX_SITES:
+            del table[next(iter(table))]
+    return entries
+
+
+def call_site(headers: Headers) -> str | None:
+    """The site (page origin) a call was made from: its Origin, else its Referer's; None when neither names one."""
+    origin = header(headers, "origin")
+    if origin and origin.strip().lower() != "null":
+        return page_origin(origin.strip())
+    referer = header(headers, "referer")
+    return page_origin(referer.strip()) if referer else None
+
+
 def _explicit_no_decision(reading: Reading) -> bool:
     # Only an explicit "no decision" in the shopper's own consent list says the browser had not consented.
     return reading[1] is ConsentState.ABSENT and reading[3].endswith("has no decision")
@@ -205,6 +228,9 @@ class _Visitor:
     datalayer: list[Reading] = field(default_factory=list)  # ConsentChanged pushes: the browser's own truth
     logins: list[tuple[float, bool]] = field(default_factory=list)  # signed in (True) or anonymous, from when
     page_marks: list[tuple[float, bool]] = field(default_factory=list)  # pages with (True) or without observer
+    # The same two, per site (page origin): a report speaks only for the calls its own site makes.
+    site_layers: dict[str, list[Reading]] = field(default_factory=dict)
+    site_marks: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)
     open_pushes: list[_Open] = field(default_factory=list)
     open_sent: list[_Open] = field(default_factory=list)
     heard_until: float = 0.0  # when the observer last reported: a push made before then has been reported
@@ -239,9 +265,20 @@ class _Visitor:
         index = bisect.bisect_right(self.logins, at, key=lambda r: r[0])
         return index > 0 and self.logins[index - 1][1]
 
-    def observed_at(self, at: float) -> bool:
-        index = bisect.bisect_right(self.page_marks, at, key=lambda r: r[0])
-        return index > 0 and self.page_marks[index - 1][1]
+    def observed_at(self, at: float, site: str | None = None) -> bool:
+        marks = self.site_marks.get(site, []) if site else self.page_marks
+        index = bisect.bisect_right(marks, at, key=lambda r: r[0])
+        return index > 0 and marks[index - 1][1]
+
+    def layer(self, site: str | None) -> list[Reading]:
+        """The data layer's consent changes on one site's pages (on every site's, for a call of no known site)."""
+        return self.site_layers.get(site, []) if site else self.datalayer
+
+    def mark(self, at: float, observed: bool, site: str | None) -> None:
+        for marks in (self.page_marks, _of_site(self.site_marks, site) if site else None):
+            if marks is not None:
+                bisect.insort(marks, (at, observed), key=lambda m: m[0])
+                del marks[:-_MAX_READINGS]
 
     def withdrawn_between(self, start: float, end: float) -> bool:
         return any(start < r[0] <= end and r[1] is ConsentState.WITHDRAWN for r in (*self.datalayer, *self.readings))
@@ -262,9 +299,10 @@ class Judge:
         out = Judgement()
         v = self._visitor(seen.run, seen.client_addr, seen.user_agent, seen.sent_at)
         self._inflight[seen.uid] = _InFlight(seen.run, v.key, seen.kind, seen.headers)
+        site = call_site(seen.headers)
         if seen.kind in (Kind.CLICKSTREAM, Kind.CONSENT_REFERENCE, Kind.STRATEGY):
             reference = seen.kind is Kind.STRATEGY and bool(header(seen.headers, "consent-reference"))
-            self._consent_check(v, _Candidate(seen.uid, seen.kind, seen.sent_at, reference), out)
+            self._consent_check(v, _Candidate(seen.uid, seen.kind, seen.sent_at, reference, site), out)
         if seen.kind is Kind.CLICKSTREAM:
             v.clickstream_times.append(seen.sent_at)
             name = self._event_checks(v, seen, body, out)
@@ -272,7 +310,7 @@ class Judge:
                 # A body may carry several events (an array): each can answer a push of its own.
                 items = body.parsed if isinstance(body.parsed, list) and body.parsed else [body.parsed]
                 for item in items[:_MAX_EVENTS_PER_POST]:
-                    self._link(v, _Open(seen.uid, seen.sent_at, name, _identifying(item)), False, out)
+                    self._link(v, _Open(seen.uid, seen.sent_at, name, _identifying(item), site=site), False, out)
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out
 
@@ -361,12 +399,16 @@ class Judge:
         while v.offsets and v.offsets[0][0] < seen.received_at - 60.0:
             v.offsets.popleft()
         shift = min(offset for _, offset in v.offsets) - seen.offset  # <= 0
+        if seen.served_at is not None and seen.events:
+            # Never before its page was served: no report (a page's own scripts can forge one) moves another's
+            # events out of their page's life.
+            shift = max(shift, min(0.0, seen.served_at - min(event.at for event in seen.events)))
+        site = seen.origin or None
         mapping = self.config.datalayer_schemas
         for index, original in enumerate(seen.events):
             event = replace(original, at=original.at + shift) if shift else original
             if event.type is BrowserEventType.PAGE:
-                bisect.insort(v.page_marks, (event.at, True), key=lambda m: m[0])
-                del v.page_marks[:-_MAX_READINGS]
+                v.mark(event.at, True, site)
             elif event.type is BrowserEventType.NAVIGATION:
                 # A single-page storefront shows its pages without page loads: its navigations arm the silence
                 # check as page loads do.
@@ -376,9 +418,9 @@ class Judge:
                 if isinstance(granted, bool):
                     state = ConsentState.GIVEN if granted else ConsentState.WITHDRAWN
                     reading = ConsentReading(state, DATALAYER_SOURCE, f"ConsentChanged granted={str(granted).lower()}")
-                    self._record_datalayer(v, event.at, reading, out)
+                    self._record_datalayer(v, event.at, reading, out, site)
             schema = mapping.get(event.name) if event.type is BrowserEventType.PUSH else None
-            consent, owed = self._push_consent(v, event.at)
+            consent, owed = self._push_consent(v, event.at, site)
             uid = hashlib.sha256(f"{seen.run}\n{v.key}\n{seen.page}\n{event.at!r}\n{index}".encode()).hexdigest()[:24]
             record = PushRecord(
                 uid, v.run, v.key, seen.page, event.at, event.type.value, event.name, schema, consent,
@@ -386,17 +428,17 @@ class Judge:
             )  # fmt: skip
             out.pushes.append(record)
             if schema is not None:
-                push = _Open(uid, event.at, schema, _identifying(event.data), event.name, owed)
+                push = _Open(uid, event.at, schema, _identifying(event.data), event.name, owed, site)
                 self._link(v, push, True, out)
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out
 
     def observer_blocked(self, seen: ObserverBlocked) -> Judgement:
-        """The page's policy kept the observer out: judge this visitor from the network, and say so once."""
+        """The observer was not added to a page (its policy, or no place for it): judge this visitor from the network,
+        and say so once."""
         out = Judgement()
         v = self._visitor(seen.run, seen.client_addr, seen.user_agent, seen.at)
-        bisect.insort(v.page_marks, (seen.at, False), key=lambda m: m[0])
-        del v.page_marks[:-_MAX_READINGS]
+        v.mark(seen.at, False, page_origin(seen.url))
         if not v.blocked_reported:
             v.blocked_reported = True
             self._find(
@@ -405,8 +447,8 @@ class Judge:
                 v,
                 seen.at,
                 None,
-                f"the page's Content-Security-Policy would block clickwatch's data-layer observer ({seen.reason}); "
-                "it was not added, and this visitor is judged from network signals only",
+                f"clickwatch's data-layer observer was not added to a page ({seen.reason}); "
+                "this visitor is judged from network signals only",
             )
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out
@@ -460,11 +502,16 @@ class Judge:
             return  # shown in the timeline, but the data layer decides when consent was given
         self._given_changed(v, at, reading.state)
 
-    def _record_datalayer(self, v: _Visitor, at: float, reading: ConsentReading, out: Judgement) -> None:
+    def _record_datalayer(
+        self, v: _Visitor, at: float, reading: ConsentReading, out: Judgement, site: str | None = None
+    ) -> None:
         before = _state_at(v.datalayer, at)
-        bisect.insort(v.datalayer, (at, reading.state, reading.source, reading.detail), key=lambda r: r[0])
-        if len(v.datalayer) > _MAX_READINGS:
-            del v.datalayer[0]
+        entry = (at, reading.state, reading.source, reading.detail)
+        for layer in (v.datalayer, _of_site(v.site_layers, site) if site else None):
+            if layer is not None:
+                bisect.insort(layer, entry, key=lambda r: r[0])
+                if len(layer) > _MAX_READINGS:
+                    del layer[0]
         if before is not None and before[1] is reading.state:
             return
         out.signals.append(ConsentSignal(v.run, v.key, at, reading.state, reading.source, reading.detail))
@@ -477,7 +524,7 @@ class Judge:
         horizon = v.last_seen - self.config.grace_seconds - self.config.reconcile_seconds
         kept: deque[_Candidate] = deque(maxlen=v.given_early.maxlen)
         for candidate in v.given_early:
-            said = self._datalayer_says(v, candidate.at) if candidate.at > withdrawn_at else None
+            said = self._datalayer_says(v, candidate.at, candidate.site) if candidate.at > withdrawn_at else None
             if said is not None and not said[0]:
                 v.candidates.append(candidate)
                 if candidate.uid is not None:
@@ -502,26 +549,27 @@ class Judge:
         v.logins.insert(index, (at, signed_in))
         del v.logins[:-_MAX_READINGS]
 
-    def _datalayer_says(self, v: _Visitor, at: float) -> tuple[bool, Reading] | None:
-        """(given?, the reading that says so) from the data layer, or None when it said nothing by then."""
-        if not v.datalayer:
+    def _datalayer_says(self, v: _Visitor, at: float, site: str | None = None) -> tuple[bool, Reading] | None:
+        """(given?, the reading that says so) from the data layer of the call's site, or None when it said nothing."""
+        layer = v.layer(site)
+        if not layer:
             return None
         network = v.state_at(at)
         if network is not None and network[1] is ConsentState.PAUSED:
             return False, network  # the pause cookie (assisted service) wins over everything
-        at_call = _state_at(v.datalayer, at)
-        if at_call is not None and network is not None and network[0] > at_call[0] and not v.observed_at(at):
+        at_call = _state_at(layer, at)
+        if at_call is not None and network is not None and network[0] > at_call[0] and not v.observed_at(at, site):
             return None  # a page the observer did not see (policy, lost report): the newer network signal decides
-        end = bisect.bisect_right(v.datalayer, at + DATALAYER_TOLERANCE_SECONDS, key=lambda r: r[0])
-        start = bisect.bisect_right(v.datalayer, at, key=lambda r: r[0])
-        soon = next((r for r in v.datalayer[start:end] if r[1] is ConsentState.GIVEN), None)
+        end = bisect.bisect_right(layer, at + DATALAYER_TOLERANCE_SECONDS, key=lambda r: r[0])
+        start = bisect.bisect_right(layer, at, key=lambda r: r[0])
+        soon = next((r for r in layer[start:end] if r[1] is ConsentState.GIVEN), None)
         if at_call is not None and at_call[1] is ConsentState.GIVEN:
             return True, at_call
         if soon is not None:
             return True, soon
         return (False, at_call) if at_call is not None else None
 
-    def _push_consent(self, v: _Visitor, at: float) -> tuple[str, bool]:
+    def _push_consent(self, v: _Visitor, at: float, site: str | None = None) -> tuple[str, bool]:
         """The visitor's consent at a push, and whether the tag then owed a clickstream POST for it.
 
         No benefit of the doubt here: it would accuse the tag. Asked again when the push's window has passed,
@@ -530,7 +578,7 @@ class Judge:
         network = v.state_at(at)
         if network is not None and network[1] is ConsentState.PAUSED:
             return ConsentState.PAUSED.value, False
-        reading = _state_at(v.datalayer, at)
+        reading = _state_at(v.layer(site), at)
         if reading is not None:
             return reading[1].value, reading[1] is ConsentState.GIVEN
         if v.signed_in_at(at) or network is None:
@@ -538,7 +586,7 @@ class Judge:
         return network[1].value, network[1] is ConsentState.GIVEN
 
     def _consent_check(self, v: _Visitor, candidate: _Candidate, out: Judgement) -> None:
-        said = self._datalayer_says(v, candidate.at)
+        said = self._datalayer_says(v, candidate.at, candidate.site)
         if said is not None:
             given = said[0]
         elif v.page_marks or v.signed_in_at(candidate.at):
@@ -559,7 +607,7 @@ class Judge:
 
     def _decide_consent(self, v: _Visitor, candidate: _Candidate, now: float, final: bool, out: Judgement) -> bool:
         """Decide a call's consent once its grace window has passed; False: it waits for more evidence."""
-        said = self._datalayer_says(v, candidate.at)
+        said = self._datalayer_says(v, candidate.at, candidate.site)
         if said is not None:
             given, reading = said
             grace = self.config.grace_seconds
@@ -695,6 +743,7 @@ class Judge:
     def _pairs(self, push: _Open, sent: _Open) -> bool:
         return (
             push.schema == sent.schema
+            and (push.site is None or sent.site is None or push.site == sent.site)
             # Either side of the push: its time is an estimate that a delayed report can place too late.
             and abs(sent.at - push.at) <= self.config.reconcile_seconds
             and _agree(push.ident, sent.ident)
@@ -735,7 +784,7 @@ class Judge:
             if push is not None:
                 v.open_pushes.remove(push)
                 out.links.append(PushLink(push.uid, sent.uid, push.at))
-            elif sent.uid not in reported and v.observed_at(sent.at) and v.heard_until > sent.at:
+            elif sent.uid not in reported and v.observed_at(sent.at, sent.site) and v.heard_until > sent.at:
                 reported.add(sent.uid)
                 # (Only when the observer reported after the POST: a browser closed at once loses its last report.)
                 self._find(
@@ -754,7 +803,7 @@ class Judge:
             [] if final else [p for p in v.open_pushes if p.at + window * (1 if p.consent_given else 2) > now]
         )
         for push in due_pushes:
-            if self._push_consent(v, push.at)[1]:
+            if self._push_consent(v, push.at, push.site)[1]:
                 self._find(
                     out,
                     FindingKind.EVENT_NOT_SENT,
@@ -916,6 +965,10 @@ class Judge:
         del v.datalayer[:-1]
         del v.logins[:-1]
         del v.page_marks[:-1]
+        for layer in v.site_layers.values():
+            del layer[:-1]
+        for marks in v.site_marks.values():
+            del marks[:-1]
         v.recent_bodies.clear()
         v.clickstream_times.clear()
 

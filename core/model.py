@@ -139,11 +139,13 @@ class BrowserSeen:
     # received_at minus the browser's sending time: the browser's clock offset plus this report's delay on the way
     # (the events' times above are placed with it; the judge corrects them with the least delayed recent report).
     offset: float = 0.0
+    origin: str = ""  # the page's origin (scheme://host[:port]) from its grant: the site this report speaks for
+    served_at: float | None = None  # when the page was requested: no correction moves an event before it
 
 
 @dataclass(frozen=True, slots=True)
 class ObserverBlocked:
-    """The page's Content-Security-Policy would block the observer: it was not injected."""
+    """The observer was not added to a page: its Content-Security-Policy would block it, or it has no place."""
 
     run: str
     client_addr: str
@@ -155,17 +157,22 @@ class ObserverBlocked:
 
 @dataclass(frozen=True, slots=True)
 class BrowserReport:
-    """An observe request as the proxy accepted it: its body is checked and read on the store side."""
+    """An observe request as the proxy accepted it for its page (core.observer.refusal): its body is checked and
+    read on the store side. Run, visitor, origin and serving time are the page's grant's, never the request's."""
 
     run: str
     client_addr: str
     user_agent: str
     received_at: float
     body: bytes
+    origin: str
+    served_at: float
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
 class ObserverRejected:
-    """Observe requests the proxy answered and dropped (too large, flooding), counted by reason."""
+    """Observe requests the proxy answered and dropped (too large, flooding, not bound to their page, over a cap),
+    counted by reason."""
 
     counts: tuple[tuple[str, int], ...]

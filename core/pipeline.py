@@ -22,15 +22,24 @@ from clickwatch.core.model import (
     StorefrontSeen,
     Verdict,
 )
-from clickwatch.core.observer import ObserveFormatError, parse_batch
+from clickwatch.core.observer import (
+    PAGE_MAX_EVENTS,
+    REFUSALS,
+    VISITOR_MAX_EVENTS,
+    Budget,
+    ObserveFormatError,
+    parse_batch,
+)
 from clickwatch.core.record import answer_row, clean_text, request_body, request_row
 from clickwatch.core.redaction import Redaction
 from clickwatch.core.verdict import verdict_for
 from clickwatch.core.visitor import visitor_key
 
 Observation = RequestSeen | Answer | StorefrontSeen | BrowserReport | ObserverBlocked | ObserverRejected
-# Why an observe request was answered and dropped: a small fixed set (a metric label).
-REJECT_REASONS = ("too_large", "flood", "bad_format")
+# Why an observe request was answered and dropped: a small fixed set (a metric label). The proxy drops what is too
+# large, floods, does not fit its page (REFUSALS) or is over its page's or visitor's cap; the store what is not the
+# format, does not fit its page's life on the proxy's clock, or brings more events than the caps allow.
+REJECT_REASONS = ("too_large", "flood", "bad_format", *REFUSALS, "bad_time", "page_cap", "visitor_cap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +231,7 @@ class Pipeline:
 
     def __init__(self, config: Config | None = None) -> None:
         self.judge = Judge(config)
+        self._events = Budget(PAGE_MAX_EVENTS, VISITOR_MAX_EVENTS)
         self._redaction = (self.config.redact, Redaction.from_setting(self.config.redact))
 
     @property
@@ -270,15 +280,14 @@ class Pipeline:
             return _judged(ops, judgement)
         if isinstance(observation, BrowserReport):
             try:
-                seen = parse_batch(
-                    observation.body,
-                    observation.received_at,
-                    observation.run,
-                    observation.client_addr,
-                    observation.user_agent,
-                )
+                seen = parse_batch(observation)
             except ObserveFormatError as exc:
-                ops.rejected.append(("bad_format", 1, str(exc)))
+                ops.rejected.append((exc.reason, 1, str(exc)))
+                return ops
+            browser = (seen.run, visitor_key(seen.client_addr, seen.user_agent))
+            over = self._events.spend(observation.token, browser, len(seen.events), seen.received_at)
+            if over is not None:
+                ops.rejected.append((over, 1, f"more events than the {over.replace('_', ' ')} allows"))
                 return ops
             ops = _judged(ops, self.judge.browser(seen))
             for push in ops.pushes:  # what a page pushed is captured data too: secrets by key never stored

@@ -372,9 +372,16 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "stream_bytes", int, 1048576,
-        "Answers and request bodies larger than this (or of unknown length), other than tracking calls and "
-        "storefront pages, pass through as a stream instead of being read whole; server-sent events always do.",
+        "Answers and request bodies larger than this (or of unknown length), other than tracking calls, pass "
+        "through as a stream instead of being read whole (storefront pages too, with the observer added as they "
+        "stream); server-sent events always do.",
         ("addon",), option="clickwatch_stream_bytes", minimum=0, unit="bytes",
+    ),
+    Setting(
+        "observer_token_seconds", int, 57600,
+        "How long after a page was served the observer's reports from it count (its token's life); later ones are "
+        "dropped as expired. The default, 16 hours, outlasts a working day with a tab left open.",
+        ("addon",), option="clickwatch_observer_token_seconds", minimum=1, unit="seconds",
     ),
     Setting(
         "queue_size", int, 10000,

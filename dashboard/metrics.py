@@ -24,6 +24,8 @@ _COUNTER_HELP = {
     "store_dropped": "Observations dropped: a bounded queue (the proxy's buffer or the store's) was full, or a store "
     "process died before writing them",
     "addon_errors": "Exceptions inside the clickwatch addon (each logged; the flow went on untouched)",
+    "observer_pages_untouched": "Storefront pages passed on without the data-layer observer (their "
+    "Content-Security-Policy, no place for it in their first 64 KB, or an encoding it cannot read)",
     "passthrough_connections": "Connections passed through without interception under --storefront (TLS tunnels to "
     "other hosts, and plain-HTTP requests to other hosts forwarded unjudged)",
 }
@@ -128,7 +130,7 @@ class StoreCollector(Collector):
                 rejected[row["reason"]] = float(row["n"])
         yield _by_label(
             "clickwatch_observer_rejected",
-            "Reports from the data-layer observer answered and dropped, by reason (too_large, flood, bad_format)",
+            "Reports from the data-layer observer answered and dropped, by reason (docs/observer.md)",
             "reason",
             rejected,
         )

@@ -71,7 +71,8 @@ def open_link_for(path: str) -> StoreLink | None:
         return _OPEN_LINKS.get(os.path.realpath(path))
 
 
-# The proxy's own running totals ("proxy_flows", "addon_errors", "passthrough_connections"), read by the feeder
+# The proxy's own running totals ("proxy_flows", "addon_errors", "passthrough_connections",
+# "observer_pages_untouched"), read by the feeder
 # thread.
 ProxyCounts = Callable[[], Mapping[str, int]]
 
@@ -372,6 +373,7 @@ class StoreLink:
             "proxy_flows": int(counts.get("proxy_flows", 0)),
             "addon_errors": int(counts.get("addon_errors", 0)),
             "passthrough_connections": int(counts.get("passthrough_connections", 0)),
+            "observer_pages_untouched": int(counts.get("observer_pages_untouched", 0)),
             "store_dropped": self.dropped,
         }
 

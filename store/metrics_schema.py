@@ -11,7 +11,7 @@ from clickwatch.core.model import Kind
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, float("inf"))
 FINAL_VERDICTS = ("delivered", "rejected", "failed")
-COUNTERS = ("proxy_flows", "store_dropped", "addon_errors", "passthrough_connections")
+COUNTERS = ("proxy_flows", "store_dropped", "addon_errors", "passthrough_connections", "observer_pages_untouched")
 # A gauge kept beside the counters in metric_counters: observations waiting, in the proxy and in the store.
 QUEUE_DEPTH = "store_queue_depth"
 _INF = 1e308  # SQLite has no infinity literal; every duration is below this

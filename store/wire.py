@@ -70,17 +70,23 @@ class Storefront(NamedTuple):
 
 
 class Browser(NamedTuple):
-    """An observe request from the data-layer observer in a page (`ObserverSide.request`), its body unread."""
+    """An observe request from the data-layer observer in a page (`ObserverSide.request`), its body unread; it
+    fitted its page's grant, whose run, visitor, origin, serving time and token it carries. The fields of
+    core.model.BrowserReport, in its order."""
 
     run: str
     client_addr: str
     user_agent: str
     received_at: float
     body: bytes
+    origin: str
+    served_at: float
+    token: str
 
 
 class Blocked(NamedTuple):
-    """A page whose Content-Security-Policy would block the observer (`ObserverSide.add_to_page`)."""
+    """A storefront page the observer was not added to, and why: its Content-Security-Policy, or no place for it
+    (`ObserverSide.page_stream`)."""
 
     run: str
     client_addr: str
@@ -125,6 +131,7 @@ class Counts(NamedTuple):
     store_dropped: int
     waiting: int
     passthrough_connections: int = 0
+    observer_pages_untouched: int = 0
 
 
 class Reset(NamedTuple):

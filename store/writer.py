@@ -122,6 +122,7 @@ class _Tally:
         self.increments["proxy_flows"] += counts.proxy_flows
         self.increments["addon_errors"] += counts.addon_errors
         self.increments["passthrough_connections"] += counts.passthrough_connections
+        self.increments["observer_pages_untouched"] += counts.observer_pages_untouched
         self.increments["store_dropped"] += counts.store_dropped
 
 

@@ -299,6 +299,24 @@ def load(tab: Tab, url: str) -> Page:
 # --- pushes ------------------------------------------------------------------------------------------------
 
 
+def test_the_pages_token_goes_with_every_report_and_leaves_the_markup(site: Site, tab: Tab) -> None:
+    token = "TOKENtoken-_0123456789"
+    element = f'<script src="/__clickwatch/observer.js" data-clickwatch-page="{token}"></script>'
+    pushes = script("window.Y_TRACKING = {eventLayer: []}; Y_TRACKING.eventLayer.push({name: 'A'})")
+    page = load(tab, site.add("index", html(element, pushes)))
+    site.wait(lambda events: len(events) >= 2, "the page's reports")
+    posts = site.observe_posts()
+    assert posts and all(parse_qs(p.query) == {"token": [token]} for p in posts)
+    # Taken off the element: page code copying the markup (a session-replay tool) does not carry it away.
+    assert page.evaluate("() => document.documentElement.outerHTML.includes('data-clickwatch-page')") is False
+
+
+def test_without_a_token_reports_go_without_one(site: Site, tab: Tab) -> None:
+    load(tab, site.add("index", html(OBSERVER_SCRIPT)))
+    site.wait(lambda events: len(events) >= 1, "the page's report")
+    assert [p.query for p in site.observe_posts()] == [""]
+
+
 def test_pushes_made_before_the_observer_are_recorded_as_early(site: Site, tab: Tab) -> None:
     early = script(
         "window.Y_TRACKING = {eventLayer: [{name: 'HomePageViewed', data: {}}]};"

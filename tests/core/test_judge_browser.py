@@ -13,6 +13,7 @@ from clickwatch.core.model import BrowserEvent, BrowserEventType, BrowserSeen, K
 from tests.core.test_judge import (
     GIVEN,
     IP,
+    ORIGIN,
     RUN,
     TENANT,
     UA,
@@ -43,7 +44,7 @@ def browser(trace: Trace, at: float, *events: tuple[str, object], page_id: str =
     items = [BrowserEvent(at, BrowserEventType.PAGE)] if first else []
     for index, (name, data) in enumerate(events, start=1):
         items.append(BrowserEvent(at + index * 0.01, BrowserEventType.PUSH, name, data))
-    seen = BrowserSeen(RUN, IP, UA, page_id, "https://shop/p/1", at + 0.3, tuple(items))
+    seen = BrowserSeen(RUN, IP, UA, page_id, f"{ORIGIN}/p/1", at + 0.3, tuple(items), origin=ORIGIN)
     return trace._keep(trace.judge.browser(seen))
 
 
@@ -57,7 +58,7 @@ def granted(value: bool) -> tuple[str, object]:
 
 
 def strategy(uid: str, at: float, reference: str | None) -> RequestSeen:
-    headers = (("Origin", "https://shop"),) + ((("consent-reference", reference),) if reference else ())
+    headers = (("Origin", ORIGIN),) + ((("consent-reference", reference),) if reference else ())
     return RequestSeen(
         uid, RUN, Kind.STRATEGY, None, "GET", f"https://{TENANT}/strategy/acme/strategies/s1/products",
         TENANT, "/strategy/acme/strategies/s1/products", IP, UA, headers, b"", at,
@@ -458,7 +459,7 @@ def test_a_network_signal_of_consent_within_the_grace_window_clears_a_late_data_
 def test_a_page_the_observer_did_not_see_is_judged_by_its_newer_network_signal():
     trace = Trace()
     browser(trace, T - 10, granted(False), first=True)
-    trace._keep(trace.judge.observer_blocked(ObserverBlocked(RUN, IP, UA, T - 2, "https://shop/", "policy")))
+    trace._keep(trace.judge.observer_blocked(ObserverBlocked(RUN, IP, UA, T - 2, f"{ORIGIN}/", "policy")))
     trace.page(T - 1, cookie=GIVEN, page_load=False)  # consent given on the blocked page
     trace.send(clickstream("c1", T + 20))
     trace.evaluate(T + 60)
@@ -502,7 +503,9 @@ def test_a_report_delayed_in_the_browser_is_placed_by_the_least_delayed_recent_o
     trace = Trace()
     # Report 1 left at once (offset 0); report 2 waited 1.5 s in the browser before leaving: parse_batch placed its
     # events 1.5 s late, and its offset says so.
-    first = BrowserSeen(RUN, IP, UA, "page0001", "https://shop/", T, (BrowserEvent(T, BrowserEventType.PAGE),), 0.0)
+    first = BrowserSeen(
+        RUN, IP, UA, "page0001", f"{ORIGIN}/", T, (BrowserEvent(T, BrowserEventType.PAGE),), 0.0, ORIGIN
+    )
     trace._keep(trace.judge.browser(first))
     late_events = (
         BrowserEvent(T + 1.5 + 1.0, BrowserEventType.PUSH, "ConsentChanged", {"granted": True}),
@@ -510,7 +513,9 @@ def test_a_report_delayed_in_the_browser_is_placed_by_the_least_delayed_recent_o
     )
     trace.send(consent_reference("r1", T + 1.05))  # the tag's calls, right after the push, arrive first
     trace.deliver(view("c1", T + 1.15, sku="A"))
-    trace._keep(trace.judge.browser(BrowserSeen(RUN, IP, UA, "page0001", "https://shop/", T + 3, late_events, 1.5)))
+    trace._keep(
+        trace.judge.browser(BrowserSeen(RUN, IP, UA, "page0001", f"{ORIGIN}/", T + 3, late_events, 1.5, ORIGIN))
+    )
     trace.evaluate(T + 60)
     assert (trace.consent("r1"), trace.consent("c1")) == ("given", "given")
     [link] = trace.all.links

@@ -1,13 +1,13 @@
-"""The observer's side of the core: its report format, where its script goes, and what a page's CSP allows."""
+"""The observer's side of the core: its report format, and what a page's CSP allows (where its script goes:
+test_inject.py)."""
 
 import json
 
 import pytest
 
 from clickwatch.core import csp
-from clickwatch.core.inject import inject, script_element
-from clickwatch.core.model import BrowserEventType
-from clickwatch.core.observer import MAX_BODY_BYTES, MAX_EVENTS, ObserveFormatError, parse_batch
+from clickwatch.core.model import BrowserEventType, BrowserReport, BrowserSeen
+from clickwatch.core.observer import MAX_BODY_BYTES, MAX_EVENTS, ObserveFormatError, ObserveTimeError, parse_batch
 
 SHOP = csp.Origin("https", "shop.example.com", 443)
 SCRIPT, REPORT = "/__clickwatch/observer.js", "/__clickwatch/observe"
@@ -30,12 +30,24 @@ def body(**overrides: object) -> bytes:
     return json.dumps(message).encode()
 
 
+def parse(raw: bytes, received_at: float = 500.0, served_at: float = 0.0) -> BrowserSeen:
+    """A body as the proxy accepted it for a page of https://shop.example.com served at `served_at`."""
+    report = BrowserReport("r", "1.2.3.4", "UA", received_at, raw, "https://shop.example.com", served_at, "t" * 22)
+    return parse_batch(report)
+
+
 # --- the report format ---------------------------------------------------------------------------------------
 
 
 def test_a_report_is_placed_on_the_proxys_clock():
-    seen = parse_batch(body(), received_at=500.0, run="r", client_addr="1.2.3.4", user_agent="UA")
+    seen = parse(body(), received_at=500.0)
     assert (seen.page, seen.url, seen.run) == ("abcdefgh12345678", "https://shop.example.com/p/1", "r")
+    assert (seen.origin, seen.served_at, seen.client_addr, seen.user_agent) == (
+        "https://shop.example.com",
+        0.0,
+        "1.2.3.4",
+        "UA",
+    )
     assert [(e.type, round(e.at, 3)) for e in seen.events] == [
         (BrowserEventType.PAGE, 499.0),
         (BrowserEventType.PUSH, 499.5),
@@ -47,9 +59,31 @@ def test_a_report_is_placed_on_the_proxys_clock():
     assert (seen.events[2].name, seen.events[2].data) == ("pushState", "/c/1")
 
 
-def test_an_event_stamped_after_sending_is_placed_at_arrival_not_in_the_future():
-    seen = parse_batch(body(events=[{"t": 20_000.0, "type": "page"}]), 500.0, "r", "a", "u")
+def test_an_event_stamped_within_a_clock_tick_after_sending_is_placed_at_arrival_not_in_the_future():
+    seen = parse(body(events=[{"t": 10_500.0, "type": "page"}]))
     assert seen.events[0].at == 500.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "served_at", "reason"),
+    [
+        # The repro of issue 22: one report stamped 1e15 ms moved the visitor's clock to year -29605.
+        (body(sent=1e15, events=[{"t": 1e15, "type": "page"}]), 0.0, "more than a day from the proxy's"),
+        (body(sent=1e15 + 500_000, events=[{"t": 1e15, "type": "page"}]), 0.0, "more than a day"),
+        (body(events=[{"t": 20_000.0, "type": "page"}]), 0.0, "later than its batch"),
+        # Page served at 499.5 on the proxy's clock: an event placed at 498 is 1.5 s older than the page.
+        (body(events=[{"t": 8_000.0, "type": "page"}]), 499.5, "earlier than its page was served"),
+    ],
+)
+def test_a_report_outside_its_pages_life_or_the_proxys_clock_is_refused(raw, served_at, reason):
+    with pytest.raises(ObserveTimeError, match=reason) as refused:
+        parse(raw, served_at=served_at)
+    assert refused.value.reason == "bad_time"
+
+
+def test_an_event_within_the_tolerance_of_its_pages_serving_counts():
+    seen = parse(body(events=[{"t": 9_500.0, "type": "page"}]), served_at=500.0)  # placed 0.5 s before serving
+    assert seen.events[0].at == 499.5
 
 
 @pytest.mark.parametrize(
@@ -75,39 +109,13 @@ def test_an_event_stamped_after_sending_is_placed_at_arrival_not_in_the_future()
         (body(events=[{"t": 1, "type": "navigation", "how": "reload", "url": "/"}]), "how"),
         (body(url="x" * 2001), "page url"),
         (body(events=[{"t": 1e15, "type": "page"}]), "more than a day"),
+        (body(sent=1e15), "more than a day from the proxy's"),
         (b" " * (MAX_BODY_BYTES + 1), "larger than"),
     ],
 )
 def test_anything_else_is_refused_with_a_reason(raw, reason):
     with pytest.raises(ObserveFormatError, match=reason):
-        parse_batch(raw, 500.0, "r", "a", "u")
-
-
-# --- where the script goes ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("document", "expected"),
-    [
-        (b"<!doctype html><html><head><title>x</title></head></html>", b"<!doctype html><html><head>{S}<title>"),
-        (b"<HTML><HEAD lang=en>\n<meta charset=utf-8>", b"<HTML><HEAD lang=en>{S}\n<meta"),
-        (b"<html><header>no head</header>", b"<html>{S}<header>"),
-        (b"<!DOCTYPE html>\n<p>bare</p>", b"<!DOCTYPE html>{S}\n<p>"),
-        (b"<p>fragment</p>", b"{S}<p>fragment</p>"),
-    ],
-)
-def test_the_script_goes_as_early_as_it_can(document, expected):
-    changed = inject(document, "text/html; charset=utf-8")
-    assert changed is not None
-    assert changed.startswith(expected.replace(b"{S}", script_element()))
-    assert changed.replace(script_element(), b"") == document
-
-
-def test_a_wide_encoding_is_left_alone_and_a_nonce_is_carried_only_when_safe():
-    assert inject("<html><head>".encode("utf-16"), "text/html") is None
-    assert inject(b"<head>", "text/html; charset=UTF-16LE") is None
-    assert b'nonce="abc+/="' in script_element("abc+/=")
-    assert b"nonce" not in script_element('"><script>alert(1)</script>')
+        parse(raw)
 
 
 # --- what a Content-Security-Policy allows ---------------------------------------------------------------------
@@ -145,9 +153,3 @@ def test_every_enforced_policy_must_allow_the_script_and_its_reports(policies, a
     decision = csp.decide(policies, SHOP, SCRIPT, REPORT)
     assert (decision.allowed, decision.nonce) == (allowed, nonce)
     assert bool(decision.reason) is not allowed
-
-
-def test_policies_in_meta_elements_are_read():
-    document = b"""<html><head><meta http-equiv="Content-Security-Policy" content="script-src &#39;none&#39;">"""
-    assert csp.meta_policies(document) == ["script-src 'none'"]
-    assert csp.meta_policies(b"<meta name='description' content='x'>") == []

@@ -198,7 +198,11 @@ def test_data_layer_pushes_are_redacted_by_key() -> None:
     batch = {"v": 1, "page": "page-0001", "url": "https://shop.example/", "sent": 1000.0, "events": [
         {"t": 1000.0, **event}
     ]}  # fmt: skip
-    ops = Pipeline().process(BrowserReport("default", "127.0.0.1", "ua", 1.0, json.dumps(batch).encode()))
+    ops = Pipeline().process(
+        BrowserReport(
+            "default", "127.0.0.1", "ua", 1.0, json.dumps(batch).encode(), "https://shop.example", 0.0, "t" * 22
+        )
+    )
     [push] = ops.pushes
     assert json.loads(push["data"]) == {"user": {"accessToken": REDACTED, "token": REDACTED}}
 

@@ -129,7 +129,9 @@ class StoreBuilder:
                 for e in events
             ],
         }
-        self.writer.submit(wire.Browser(run, ip, ua, at, json.dumps(batch).encode()))
+        body = json.dumps(batch).encode()
+        # As the proxy hands on a report it accepted for a page of the shop served long before.
+        self.writer.submit(wire.Browser(run, ip, ua, at, body, "https://shop.example", 0.0, page.ljust(22, "-")))
 
     def push(self, name: str, data: object = None, *, at: float, consent: bool | None = None, **where: object) -> None:
         """One data-layer push (after a ConsentChanged push when `consent` is given), as the observer reports it."""

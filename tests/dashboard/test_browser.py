@@ -20,7 +20,16 @@ from tests.dashboard.browser_fixtures import (
     tab,
     wait_for_store,
 )
-from tests.integration.conftest import Proxy, Upstream, proxy, proxy_factory, upstream, wait_until
+from tests.integration.conftest import (
+    Proxy,
+    Upstream,
+    observe_url,
+    page_token,
+    proxy,
+    proxy_factory,
+    upstream,
+    wait_until,
+)
 
 # Fixtures used by name below: imported so pytest finds them here.
 __all__ = ["chromium", "proxy", "proxy_factory", "tab", "upstream"]
@@ -146,7 +155,6 @@ def test_hostile_captured_values_are_shown_as_text_and_never_run(
 
 # --- the data layer ---------------------------------------------------------------------------------------------
 
-OBSERVE = "/__clickwatch/observe"
 HOSTILE_PUSH = '<script>window.__xss=4</script><img src=x onerror="window.__xss=5">'
 
 
@@ -156,8 +164,9 @@ def _observe(proxy: Proxy, upstream: Upstream, *events: dict[str, object], page:
     batch = {"v": 1, "page": page, "url": "https://shop.example/p/300938", "sent": now,
              "events": [{"t": now, **event} for event in events]}  # fmt: skip
     with proxy.client() as client:
+        token = page_token(client, upstream.url("/page/p/300938"), HEADERS["User-Agent"])
         answer = client.post(
-            upstream.url(OBSERVE),
+            observe_url(upstream.url(""), token),
             content=json.dumps(batch),
             headers={"Content-Type": "text/plain;charset=UTF-8", "User-Agent": HEADERS["User-Agent"]},
         )

@@ -143,8 +143,8 @@ def test_datalayer_metrics_follow_the_pushes_and_the_rejections(
     store.push("ProductDetailsPageViewed", {"productSku": "2"}, at=T0 + 2, consent=False)  # counted all the same
     store.push("WishlistAdded", {"productSku": "3"}, at=T0 + 3)
     store.push("HomePageViewed", at=T0 + 4)  # not mapped: the tag sends nothing for it, not counted
-    store.writer.submit(wire.Browser("default", "127.0.0.1", UA, T0 + 5, b"{not json"))
-    store.writer.submit(wire.Browser("default", "127.0.0.1", UA, T0 + 5, b'{"v": 2}'))
+    for bad in (b"{not json", b'{"v": 2}'):
+        store.writer.submit(wire.Browser("default", "127.0.0.1", UA, T0 + 5, bad, "https://shop.example", T0, "t" * 22))
     store.writer.submit(wire.Rejected((("flood", 3), ("too_large", 1))))
     store.close()
     client = client_for(store.path)

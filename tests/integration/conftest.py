@@ -7,6 +7,7 @@ the clickwatch addon loaded from `addon/capture.py`, and tests read the database
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -38,6 +39,24 @@ STOP_TIMEOUT = 20.0
 HANG_LIMIT = 30.0  # a hanging upstream handler gives up after this long even if nobody releases it
 
 PAGE_HTML = b"<!doctype html><html><head><title>Storefront</title></head><body>Product 1</body></html>"
+
+OBSERVE = "/__clickwatch/observe"
+_TOKEN = re.compile(rb'data-clickwatch-page="([A-Za-z0-9_-]+)"')
+
+
+def page_token(client: httpx.Client, url: str, user_agent: str) -> str:
+    """Load a storefront page through the proxy as a browser does; the token the proxy gave the page's observer."""
+    headers = {"User-Agent": user_agent, "Accept": "text/html", "Sec-Fetch-Dest": "document"}
+    page = client.get(url, headers=headers)
+    match = _TOKEN.search(page.content)
+    assert match is not None, f"no observer token in the page at {url}: {page.content[:300]!r}"
+    return match.group(1).decode()
+
+
+def observe_url(origin: str, token: str) -> str:
+    """Where the observer in a page of `origin` sends its reports, with its page's token."""
+    return f"{origin}{OBSERVE}?token={token}"
+
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 

@@ -43,7 +43,11 @@ class Store:
     def observe(self, at: float, *events: dict[str, object], run: str = "default", page: str = "page-0001") -> None:
         timed = [{"t": at * 1000, **event} for event in events]
         batch = {"v": 1, "page": page, "url": "https://shop.example/", "sent": at * 1000, "events": timed}
-        self.feed(BrowserReport(run, "127.0.0.1", UA, at, json.dumps(batch).encode()))
+        self.feed(
+            BrowserReport(
+                run, "127.0.0.1", UA, at, json.dumps(batch).encode(), "https://shop.example", 0.0, page.ljust(22, "-")
+            )
+        )
 
     def clickstream(self, at: float, schema: str, body: dict[str, object], status: int = 201) -> str:
         self.count += 1
@@ -128,9 +132,10 @@ def test_two_pushes_never_sent_at_one_moment_are_both_marked(store: Store) -> No
 
 
 def test_pushes_are_bounded_like_the_timeline(store: Store) -> None:
-    store.observe(T0, consent(True), *[push("HomePageViewed", n=n) | {"t": (T0 + n) * 1000} for n in range(6)])
+    # (Each event before its batch was sent: an event stamped after it is not the observer's.)
+    store.observe(T0, *[push("HomePageViewed", n=n) | {"t": (T0 - 6 + n) * 1000} for n in range(6)], consent(True))
     pushes = timeline(store, limit=3)["pushes"]
-    assert [p["data"] for p in pushes] == [{"granted": True}, {"n": 0}, {"n": 1}]  # the oldest, in time order
+    assert [p["data"] for p in pushes] == [{"n": 0}, {"n": 1}, {"n": 2}]  # the oldest, in time order
 
 
 def test_pushes_are_found_through_the_visitors_runs_index(store: Store) -> None:

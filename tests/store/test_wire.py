@@ -129,7 +129,7 @@ def test_a_batch_crosses_the_pipe_unchanged():
         request_message(),
         wire.Answer("uid-1", "clickstream", 1.0, 2.0, 201, (), b"{}", None),
         wire.Storefront("run-a", "127.0.0.1", "UA", 1.0, None, "", None, (), True),
-        wire.Browser("run-a", "127.0.0.1", "UA", 1.0, b"{}"),
+        wire.Browser("run-a", "127.0.0.1", "UA", 1.0, b"{}", "https://shop.example", 0.5, "t" * 22),
         wire.Blocked("run-a", "127.0.0.1", "UA", 1.0, "https://shop.example/", "script-src"),
         wire.Rejected((("flood", 2),)),
         wire.Config({"config_file": "", "overrides": {}, "expected_status": ""}),
@@ -145,7 +145,9 @@ def test_a_batch_crosses_the_pipe_unchanged():
 
 
 def test_observed_messages_become_their_observations():
-    browser = wire.observation(wire.Browser("run-a", "127.0.0.1", "UA", 1.0, b"{}"))
+    browser = wire.observation(
+        wire.Browser("run-a", "127.0.0.1", "UA", 1.0, b"{}", "https://shop.example", 0.5, "t" * 22)
+    )
     assert isinstance(browser, BrowserReport)
     assert (browser.run, browser.received_at, browser.body) == ("run-a", 1.0, b"{}")
     blocked = wire.observation(wire.Blocked("run-a", "127.0.0.1", "UA", 2.0, "https://shop.example/", "csp"))
