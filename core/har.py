@@ -19,6 +19,7 @@ from clickwatch.core.matching import Match, Patterns
 from clickwatch.core.model import Answer, Headers, Kind, RequestSeen, StorefrontSeen
 from clickwatch.core.record import header
 from clickwatch.core.storefront import RawHeaders, read_exchange
+from clickwatch.core.timeparse import in_range
 
 HAR_CLIENT = "har-import"  # a HAR names no client address; one recording is one browser
 _KINDS = frozenset(k.value for k in Kind)
@@ -95,14 +96,21 @@ def _started(entry: dict[str, Any], where: str) -> float:
     if moment.tzinfo is None:
         raise HarError(f"{where}.startedDateTime: {shown} has no time zone")
     try:
-        return moment.timestamp()
+        started = moment.timestamp()
     except (OverflowError, ValueError):
-        raise HarError(f"{where}.startedDateTime: {shown} is out of range") from None
+        started = math.nan
+    if not in_range(started):
+        raise HarError(f"{where}.startedDateTime: {shown} is out of range (1970 to 9998 UTC)")
+    return started
 
 
-def _error(value: Any) -> str | None:
-    # Chrome's own field: a short text; anything else it may hold says nothing we can show.
-    return clip(value, 500) if isinstance(value, str) and value else None
+def _error(entry: dict[str, Any], response: dict[str, Any]) -> str | None:
+    """Why the browser got no answer, where it wrote it: Playwright's `response._failureText`, Chromium's
+    `response._error` (DevTools) or `_error`. A short text; anything else these fields hold says nothing to show."""
+    for value in (response.get("_failureText"), response.get("_error"), entry.get("_error")):
+        if isinstance(value, str) and value:
+            return clip(value, 500)
+    return None
 
 
 def _shown(text: str) -> str:
@@ -110,11 +118,18 @@ def _shown(text: str) -> str:
     return ascii(text[:100])
 
 
-def _status(response: dict[str, Any], where: str) -> int:
+# What browsers write for a request that got no answer: Chromium's DevTools 0, Playwright -1.
+NO_ANSWER = (0, -1)
+
+
+def _status(response: dict[str, Any], where: str) -> int | None:
+    """The answer's HTTP status, or None where the browser recorded none (a failed request)."""
     status = _get(response, "status", where, int)
-    # 0: the browser recorded no answer. Anything else outside HTTP's three digits is not a status.
-    if status != 0 and not 100 <= status <= 999:
-        raise HarError(f"{where}.status: {str(status)[:40]} is not an HTTP status (0, or 100-999)")
+    if status in NO_ANSWER:
+        return None
+    # Anything else outside HTTP's three digits is not a status.
+    if not 100 <= status <= 999:
+        raise HarError(f"{where}.status: {str(status)[:40]} is not an HTTP status (100-999, or 0 or -1: no answer)")
     return int(status)
 
 
@@ -175,7 +190,7 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
                 _headers(request, f"{where}.request"), _headers(response, f"{where}.response"),
                 _text(request.get("postData"), f"{where}.request.postData"),
                 _text(response.get("content"), f"{where}.response.content"),
-                _error(entry.get("_error") or response.get("_error")),
+                _error(entry, response) if status is None else None,
             )
         )  # fmt: skip
     parsed.sort(key=lambda p: (p[0], p[1]))
@@ -187,15 +202,16 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
         match = patterns.classify(method, host, path) or _exported_kind(entries[i])
         ended = started + elapsed
         if match is None:
-            # Status 0: the browser recorded no answer, as the proxy sees an error.
-            signals = read_exchange(method, path, _raw(req_headers), _raw(resp_headers) if status else None)
+            # No status: the browser recorded no answer, as the proxy sees an error.
+            answered = status is not None
+            signals = read_exchange(method, path, _raw(req_headers), _raw(resp_headers) if answered else None)
             out.append(
                 StorefrontSeen(
                     run=run,
                     client_addr=HAR_CLIENT,
                     user_agent=signals.user_agent,
                     request_at=started,
-                    response_at=ended if status else None,
+                    response_at=ended if answered else None,
                     cookie=signals.cookie,
                     anonymous_consents_header=signals.anonymous_consents_header,
                     set_cookies=signals.set_cookies,
@@ -213,13 +229,13 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
                 raw_body=req_body, sent_at=started,
             )
         )  # fmt: skip
-        # Browsers record a request that got no answer with status 0.
+        # A request the browser recorded without an answer failed, as one the proxy saw end in an error.
         answers.append(
             Answer(
                 uid=uid, kind=match.kind, sent_at=started, ended_at=ended,
-                status_code=status or None, headers=_without_encoding(resp_headers) if status else (),
-                raw_body=resp_body if status else b"",
-                error=None if status else error or "no response recorded (status 0)",
+                status_code=status, headers=_without_encoding(resp_headers) if status is not None else (),
+                raw_body=resp_body if status is not None else b"",
+                error=None if status is not None else error or "no response recorded (status 0 or -1)",
             )
         )  # fmt: skip
     # Answers go in at the time they arrived, among the other observations.

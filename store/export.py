@@ -6,8 +6,9 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from typing import Any
+
+from clickwatch.core.timeparse import iso_utc
 
 FORMATS = {"har": "application/json", "jsonl": "application/x-ndjson", "csv": "text/csv"}
 CSV_COLUMNS = (
@@ -17,7 +18,7 @@ CSV_COLUMNS = (
 
 
 def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts is not None else None
+    return iso_utc(ts) if ts is not None else None
 
 
 def _har_headers(headers: list[list[str]]) -> list[dict[str, str]]:

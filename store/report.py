@@ -13,7 +13,6 @@ import hashlib
 import re
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import jinja2
 
 from clickwatch.core.answer import Answer, TrackingCall, consent_answer, sent_without_consent
 from clickwatch.core.model import Kind, Verdict
+from clickwatch.core.timeparse import clock_utc
 from clickwatch.store import reader
 from clickwatch.store.check import Report
 
@@ -42,10 +42,7 @@ _STYLE = re.compile(r"<style>(.*?)</style>", re.S)
 
 def clock(ts: float | None) -> str:
     """Epoch seconds -> 'YYYY-MM-DD HH:MM:SS.mmm UTC' ('—' for None)."""
-    if ts is None:
-        return "—"
-    moment = datetime.fromtimestamp(ts, UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d} UTC"
+    return "—" if ts is None else clock_utc(ts)
 
 
 @cache

@@ -7,7 +7,6 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from clickwatch.core.config import BUILTIN_SCHEMAS
 from clickwatch.core.findings import FindingKind, Severity
 from clickwatch.core.model import Kind, Verdict
 from clickwatch.core.redaction import REDACTED
+from clickwatch.core.timeparse import clock_utc, iso_utc
 from clickwatch.dashboard.settings import DashboardSettings
 from clickwatch.store import reader
 
@@ -45,17 +45,12 @@ PAGE_HEADERS = {
 
 def iso_time(ts: float | None) -> str:
     """Epoch seconds -> ISO 8601 UTC with milliseconds ('' for None)."""
-    if ts is None:
-        return ""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return "" if ts is None else iso_utc(ts, timespec="milliseconds")
 
 
 def clock_time(ts: float | None) -> str:
     """Epoch seconds -> 'YYYY-MM-DD HH:MM:SS.mmm UTC' ('—' for None); the page script shows local time."""
-    if ts is None:
-        return "—"
-    moment = datetime.fromtimestamp(ts, UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d} UTC"
+    return "—" if ts is None else clock_utc(ts)
 
 
 def duration(ms: float | None) -> str:

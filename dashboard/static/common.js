@@ -8,9 +8,15 @@
     return s;
   }
 
+  /* A time no date can hold (a store may hold any number) is shown as its number, as the server does. */
+  function unshowable(d, ts) {
+    return isNaN(d.getTime()) ? "out of range (" + ts + " s)" : null;
+  }
+
   /* Epoch seconds -> local 'HH:MM:SS.mmm', with the date in front unless it is today. */
   function formatTime(ts) {
     var d = new Date(ts * 1000);
+    if (unshowable(d, ts)) return unshowable(d, ts);
     var clock = pad(d.getHours(), 2) + ":" + pad(d.getMinutes(), 2) + ":" + pad(d.getSeconds(), 2) +
       "." + pad(d.getMilliseconds(), 3);
     var now = new Date();
@@ -19,7 +25,8 @@
   }
 
   function isoTime(ts) {
-    return new Date(ts * 1000).toISOString();
+    var d = new Date(ts * 1000);
+    return unshowable(d, ts) || d.toISOString();
   }
 
   /* Server-rendered times are UTC (readable without script); show them in the viewer's time zone. */

@@ -561,6 +561,12 @@ def _entry_text(path: tuple[str, ...], raw_value: str) -> str:
         (("time",), "-1", "log.entries[1].time: -1 is not a time in milliseconds"),
         (("request", "postData"), "7", "log.entries[1].request.postData: expected an object, got int"),
         (("startedDateTime",), '"\\ud800"', "log.entries[1].startedDateTime: '\\ud800' is not an ISO 8601 time"),
+        # Times outside what a stored time may hold (issue 21): year 10000 once the offset is applied, before 1970.
+        (("startedDateTime",), '"9999-12-31T23:59:59-23:59"', "startedDateTime: '9999-12-31T23:59:59-23:59' is out of"),
+        (("startedDateTime",), '"9999-06-01T00:00:00Z"', "entries[1].startedDateTime: '9999-06-01T00:00:00Z' is out"),
+        (("startedDateTime",), '"1969-12-31T23:59:59Z"', "entries[1].startedDateTime: '1969-12-31T23:59:59Z' is out"),
+        (("startedDateTime",), '"0001-01-01T00:00:00+01:00"', "startedDateTime: '0001-01-01T00:00:00+01:00'"),
+        (("response", "status"), "-2", "log.entries[1].response.status: -2 is not an HTTP status"),
     ],
 )  # fmt: skip
 def test_bad_har_values_exit_2_naming_the_entry_and_field(
