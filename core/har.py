@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 from clickwatch.core.findings import clip
 from clickwatch.core.matching import Match, Patterns
-from clickwatch.core.model import Answer, Headers, Kind, RequestSeen, StorefrontSeen
+from clickwatch.core.model import Answer, BrowserReport, Headers, Kind, RequestSeen, StorefrontSeen
+from clickwatch.core.observer import OBSERVE_PATH, OBSERVER_PATH_PREFIX
 from clickwatch.core.record import header
 from clickwatch.core.storefront import RawHeaders, read_exchange
 from clickwatch.core.timeparse import in_range
@@ -171,7 +172,10 @@ def _exported_kind(entry: dict[str, Any]) -> Match | None:
     return Match(kind, Kind(target) if target in _KINDS else Kind.CLICKSTREAM)
 
 
-def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | Answer | StorefrontSeen]:
+Observation = RequestSeen | Answer | StorefrontSeen | BrowserReport
+
+
+def observations(har: Any, run: str, patterns: Patterns) -> list[Observation]:
     """Every observation a proxy would have made of this recording, oldest first; HarError on bad input."""
     log = _get(har, "log", "HAR", dict)
     entries = _get(log, "entries", "log", list)
@@ -194,13 +198,19 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
             )
         )  # fmt: skip
     parsed.sort(key=lambda p: (p[0], p[1]))
-    out: list[RequestSeen | Answer | StorefrontSeen] = []
+    out: list[Observation] = []
     answers: list[Answer] = []
     for started, i, method, where_to, status, elapsed, req_headers, resp_headers, req_body, resp_body, error in parsed:
         url, host, path = where_to
         user_agent = header(req_headers, "user-agent") or ""
-        match = patterns.classify(method, host, path) or _exported_kind(entries[i])
         ended = started + elapsed
+        if path.startswith(OBSERVER_PATH_PREFIX):
+            # clickwatch's own traffic, answered by its proxy, is never storefront traffic. An observer report
+            # the proxy accepted (answered 204) is read as the live proxy hands it on.
+            if method == "POST" and path.split("?", 1)[0] == OBSERVE_PATH and status == 204:
+                out.append(BrowserReport(run, HAR_CLIENT, user_agent, started, req_body))
+            continue
+        match = patterns.classify(method, host, path) or _exported_kind(entries[i])
         if match is None:
             # No status: the browser recorded no answer, as the proxy sees an error.
             answered = status is not None
@@ -239,12 +249,22 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[RequestSeen | A
             )
         )  # fmt: skip
     # Answers go in at the time they arrived, among the other observations.
-    merged: list[RequestSeen | Answer | StorefrontSeen] = []
+    merged: list[Observation] = []
     pending = sorted(answers, key=lambda a: a.ended_at)
     for obs in out:
-        at = obs.sent_at if isinstance(obs, RequestSeen) else obs.request_at  # type: ignore[union-attr]
+        at = _at(obs)
         while pending and pending[0].ended_at <= at:
             merged.append(pending.pop(0))
         merged.append(obs)
     merged.extend(pending)
     return merged
+
+
+def _at(obs: Observation) -> float:
+    if isinstance(obs, RequestSeen):
+        return obs.sent_at
+    if isinstance(obs, BrowserReport):
+        return obs.received_at
+    if isinstance(obs, StorefrontSeen):
+        return obs.request_at
+    return obs.ended_at

@@ -118,11 +118,13 @@ def launch(playwright: Playwright, home: Path, chromium: Path = CHROMIUM) -> Bro
     )
 
 
-def visit(browser: Browser, proxy_url: str, run: str) -> BrowserContext:
-    """A fresh browser profile sending everything, loopback included, through the proxy as run `run`."""
+def visit(browser: Browser, proxy_url: str, run: str, record_har: Path | None = None) -> BrowserContext:
+    """A fresh browser profile sending everything, loopback included, through the proxy as run `run`; with
+    `record_har`, Playwright writes what the browser sent and received to that HAR file when the profile closes."""
     return browser.new_context(
         proxy={"server": proxy_url, "username": run, "password": PROXY_PASSWORD},
         viewport={"width": 1280, "height": 800},
+        record_har_path=record_har,
     )
 
 

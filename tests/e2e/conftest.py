@@ -182,16 +182,19 @@ class Visit:
     page: Page
     close: Callable[[], None]
     problems: list[str]
+    har: Path | None = None  # the HAR Playwright writes of the visit when it closes (`recorded_visit`)
 
     def shopper(self, standin: StandIn, scheme: str = "https", settle_seconds: float = 3.0) -> shopper.Shopper:
         return shopper.Shopper(self.page, standin.storefront_url(scheme), settle_seconds=settle_seconds)
 
 
 @contextlib.contextmanager
-def _visit(browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureRequest) -> Iterator[Visit]:
+def _visit(
+    browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureRequest, har: Path | None = None
+) -> Iterator[Visit]:
     # The run travels as the proxy user name: no ':' (it would start the password) and nothing to escape.
     run = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"e2e-{next(_runs)}-{request.node.name}").strip("-")[:90]
-    context = shopper.visit(browser, clickwatch.proxy_url, run)
+    context = shopper.visit(browser, clickwatch.proxy_url, run, record_har=har)
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
@@ -209,7 +212,7 @@ def _visit(browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureRequ
             context.close()
 
     try:
-        yield Visit(run, page, close, problems)
+        yield Visit(run, page, close, problems, har)
     finally:
         close()
         if request.node.stash.get(_FAILED, False):
@@ -220,6 +223,15 @@ def _visit(browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureRequ
 def visit(browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureRequest) -> Iterator[Visit]:
     """A fresh browser context whose proxy user name is a run of its own; page errors are collected."""
     with _visit(browser, clickwatch, request) as running:
+        yield running
+
+
+@pytest.fixture
+def recorded_visit(
+    browser: Browser, clickwatch: Clickwatch, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Visit]:
+    """As `visit`, with Playwright recording it to the HAR `visit.har` (written when the visit closes)."""
+    with _visit(browser, clickwatch, request, tmp_path / "visit.har") as running:
         yield running
 
 

@@ -1,0 +1,124 @@
+"""A HAR that Playwright recorded of a visit through clickwatch imports to the live run's verdicts (issue 21).
+
+The shopper is the system Chromium driven by Playwright with `record_har_path`, browsing the stand-in through a
+real `clickwatch up`; the HAR Playwright writes when the visit closes is imported with `clickwatch import` (the
+same configuration) into a store of its own. Deliveries (kind, schema, verdict, status, consent label) and
+findings (kind, severity) must be the same in both, including where the data-layer observer's reports decide
+(`event_not_sent`: a push the tag never sent) and where a request failed (Playwright writes status -1).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clickwatch.core.observer import OBSERVE_PATH
+from tests.e2e.conftest import CONFIG, Clickwatch, Visit, settled
+from tests.rig import CLICKWATCH
+
+pytestmark = pytest.mark.integration
+
+Delivery = tuple[str, str | None, str, int | None, str | None]
+JOURNEY = ("home", "accept", "category", "product", "add-to-cart", "search")
+# Playwright does not record what a page sends while it unloads (measured: neither a beacon nor a keepalive
+# fetch sent on pagehide is in its HAR), and the observer sends what it still holds then. A shopper who stays on
+# each view longer than the observer's 250 ms batching lets every report go while the page lives.
+DWELL_MS = 600
+
+
+def _walk(visit: Visit, standin: Any, steps: tuple[str, ...] = JOURNEY) -> None:
+    walker = visit.shopper(standin)
+    for step in steps:
+        walker.walk((step,))
+        walker.page.wait_for_timeout(DWELL_MS)
+
+
+def _deliveries(db: Path, run: str) -> list[Delivery]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT kind, schema_name, verdict, status_code, consent FROM deliveries WHERE run = ? ORDER BY sent_at, id",
+            (run,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [tuple(r) for r in rows]
+
+
+def _findings(db: Path, run: str) -> Counter[tuple[str, str]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return Counter(conn.execute("SELECT kind, severity FROM findings WHERE run = ?", (run,)).fetchall())
+    finally:
+        conn.close()
+
+
+def _import(har: Path, tmp_path: Path, run: str) -> Path:
+    config = tmp_path / "clickwatch.toml"
+    config.write_text(CONFIG)
+    db = tmp_path / "imported.db"
+    done = subprocess.run(
+        [str(CLICKWATCH), "import", str(har), "--db", str(db), "--config", str(config), "--run", run],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return db
+
+
+def _entries(har: Path) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = json.loads(har.read_text())["log"]["entries"]
+    return entries
+
+
+def _same_as_live(clickwatch: Clickwatch, visit: Visit, tmp_path: Path) -> list[Delivery]:
+    visit.close()
+    settled(clickwatch, visit.run)
+    assert visit.har is not None and visit.har.exists()
+    imported = _import(visit.har, tmp_path, visit.run)
+    live, offline = _deliveries(clickwatch.db, visit.run), _deliveries(imported, visit.run)
+    # The browser's clock and the proxy's order calls made within a millisecond differently: compared as a
+    # whole, and the tracking events in their order.
+    assert Counter(offline) == Counter(live)
+    assert [d for d in offline if d[0] == "clickstream"] == [d for d in live if d[0] == "clickstream"]
+    assert _findings(imported, visit.run) == _findings(clickwatch.db, visit.run)
+    return live
+
+
+def test_a_healthy_visit_imports_healthy_with_the_same_deliveries(
+    clickwatch: Clickwatch, recorded_visit: Visit, make_standin: Any, tmp_path: Path
+) -> None:
+    standin = make_standin()
+    _walk(recorded_visit, standin)
+    live = _same_as_live(clickwatch, recorded_visit, tmp_path)
+    assert [d[1] for d in live if d[0] == "clickstream"] == ["CategoryView", "ProductView", "AddedToCart", "KeywordSearch"]
+    assert not _findings(clickwatch.db, recorded_visit.run)
+    assert recorded_visit.har is not None
+    assert any(OBSERVE_PATH in e["request"]["url"] for e in _entries(recorded_visit.har))
+
+
+def test_a_push_the_tag_never_sent_is_found_offline_as_live(
+    clickwatch: Clickwatch, recorded_visit: Visit, make_standin: Any, tmp_path: Path
+) -> None:
+    # Only the observer's reports can tell: the network shows nothing of an event that was never sent.
+    standin = make_standin("drop-event:AddedToCart")
+    _walk(recorded_visit, standin)
+    _same_as_live(clickwatch, recorded_visit, tmp_path)
+    assert _findings(clickwatch.db, recorded_visit.run) == {("event_not_sent", "error"): 1}
+
+
+def test_failed_requests_playwright_writes_as_status_minus_1_are_failed_deliveries(
+    clickwatch: Clickwatch, recorded_visit: Visit, make_standin: Any, tmp_path: Path
+) -> None:
+    standin = make_standin("reset")
+    _walk(recorded_visit, standin)
+    live = _same_as_live(clickwatch, recorded_visit, tmp_path)
+    assert [d[2] for d in live if d[0] == "clickstream"] == ["failed"] * 4
+    assert recorded_visit.har is not None
+    failed = [e for e in _entries(recorded_visit.har) if e["response"]["status"] == -1]
+    assert failed and all(e["response"].get("_failureText") for e in failed)
