@@ -43,7 +43,8 @@ def _deliveries(db: Path, run: str) -> list[Delivery]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = conn.execute(
-            "SELECT kind, schema_name, verdict, status_code, consent FROM deliveries WHERE run = ? ORDER BY sent_at, id",
+            "SELECT kind, schema_name, verdict, status_code, consent FROM deliveries WHERE run = ? "
+            "ORDER BY sent_at, id",
             (run,),
         ).fetchall()
     finally:
@@ -96,7 +97,8 @@ def test_a_healthy_visit_imports_healthy_with_the_same_deliveries(
     standin = make_standin()
     _walk(recorded_visit, standin)
     live = _same_as_live(clickwatch, recorded_visit, tmp_path)
-    assert [d[1] for d in live if d[0] == "clickstream"] == ["CategoryView", "ProductView", "AddedToCart", "KeywordSearch"]
+    tracked = [d[1] for d in live if d[0] == "clickstream"]
+    assert tracked == ["CategoryView", "ProductView", "AddedToCart", "KeywordSearch"]
     assert not _findings(clickwatch.db, recorded_visit.run)
     assert recorded_visit.har is not None
     assert any(OBSERVE_PATH in e["request"]["url"] for e in _entries(recorded_visit.har))
