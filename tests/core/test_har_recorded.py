@@ -1,8 +1,10 @@
-"""A HAR's request without an answer is a failed delivery, with the reason the browser wrote (issue 21).
+"""HAR import reads what the browser recorded (issue 21): a request without an answer is a failed delivery,
+with the reason the browser wrote; the observer's reports the proxy accepted are read as live.
 
-Playwright writes `status: -1` and `response._failureText`; Chromium's DevTools export `status: 0` and
-`response._error` (older versions `_error` on the entry). The entries below are shaped as those tools write them
-(fields taken from HARs they recorded); tests/e2e/test_har_roundtrip.py imports HARs Playwright really recorded.
+Playwright (1.65 measured) writes `status: -1` and `response._failureText`; Chromium's DevTools HAR export writes
+`status: 0` and `response._error` (the request's failure description); `_error` on the entry is also read. The
+entries below have those shapes; tests/e2e/test_har_roundtrip.py imports HARs Playwright really recorded through
+`clickwatch up`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 
 from clickwatch.core.har import observations
 from clickwatch.core.matching import Patterns
-from clickwatch.core.model import Answer, StorefrontSeen
+from clickwatch.core.model import Answer, BrowserReport, StorefrontSeen
 from clickwatch.store.importer import import_har
 from clickwatch.store.schema import open_database
 
@@ -84,3 +86,20 @@ def test_import_stores_failed_deliveries_with_their_reason(tmp_path: Path) -> No
         ("failed", None, "net::ERR_CONNECTION_REFUSED"),
         ("failed", None, "net::ERR_NAME_NOT_RESOLVED"),
     ]
+
+
+def _observe(status: int, body: str) -> dict[str, Any]:
+    entry = _entry("https://shop.example/__clickwatch/observe", status, _transferSize=100)
+    entry["request"]["postData"] = {"mimeType": "text/plain;charset=UTF-8", "text": body}
+    entry["request"]["headers"] = [{"name": "User-Agent", "value": "Chromium test"}]
+    return entry
+
+
+def test_observer_reports_the_proxy_accepted_are_read_and_clickwatch_traffic_is_no_storefront_traffic() -> None:
+    page = _entry("https://shop.example/p/1", 200, method="GET")
+    script = _entry("https://shop.example/__clickwatch/observer.js", 200, method="GET")
+    accepted, flooded = _observe(204, '{"v": 1}'), _observe(429, '{"v": 2}')
+    seen = observations({"log": {"entries": [page, script, accepted, flooded]}}, "r", Patterns.compile())
+    assert [type(o).__name__ for o in seen] == ["StorefrontSeen", "BrowserReport"]
+    [report] = [o for o in seen if isinstance(o, BrowserReport)]
+    assert (report.run, report.user_agent, report.body) == ("r", "Chromium test", b'{"v": 1}')
