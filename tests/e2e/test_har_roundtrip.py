@@ -123,4 +123,12 @@ def test_failed_requests_playwright_writes_as_status_minus_1_are_failed_deliveri
     assert [d[2] for d in live if d[0] == "clickstream"] == ["failed"] * 4
     assert recorded_visit.har is not None
     failed = [e for e in _entries(recorded_visit.har) if e["response"]["status"] == -1]
-    assert failed and all(e["response"].get("_failureText") for e in failed)
+    reasons = {e["response"].get("_failureText") for e in failed if "clickstreamEvents" in e["request"]["url"]}
+    assert len(failed) >= 4 and None not in reasons
+    # Each failed delivery keeps the reason the browser wrote.
+    conn = sqlite3.connect(tmp_path / "imported.db")
+    try:
+        errors = {r[0] for r in conn.execute("SELECT error FROM deliveries WHERE kind = 'clickstream'")}
+    finally:
+        conn.close()
+    assert errors == reasons
