@@ -18,8 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from clickwatch.core.timeparse import clock_utc, iso_utc
+from tests.dashboard.browser_fixtures import WatchedPage, chromium, serve_dashboard, tab
 from tests.dashboard.conftest import T0, StoreBuilder
 from tests.rig import CLICKWATCH
+
+__all__ = ["chromium", "tab"]  # fixtures used by name below
 
 # Year 10000 in UTC (what '9999-12-31T23:59:59-23:59' is), far in the future, before year 1, and infinite.
 EXTREMES = [253_402_387_139.0, 1e300, -1e14, float("inf"), float("-inf")]
@@ -116,3 +119,26 @@ def test_times_no_date_can_hold_are_shown_as_numbers() -> None:
     assert clock_utc(T0 + 0.25) == "2026-09-21 14:13:20.250 UTC"
     for value in EXTREMES:
         assert iso_utc(value) == clock_utc(value) == f"out of range ({value:g} s)"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("value", [1e300, 253_402_387_139.0], ids=["1e300", "year-10000"])
+def test_the_pages_scripts_show_any_stored_time_without_throwing(
+    store_builder: Callable[..., StoreBuilder], tab: WatchedPage, value: float
+) -> None:
+    # JavaScript's dates end at the year 275760: 1e300 s is no date there either; the year 10000 is one.
+    store = _fill(store_builder)
+    _overwrite_times(store.path, value)
+    with serve_dashboard(store.path) as dashboard:
+        tab.page.goto(f"{dashboard.url}/")
+        # The banner's "last delivered" is drawn by the page script from the summary it fetches.
+        last = tab.page.locator("#health-last time")
+        last.wait_for()
+        tab.page.wait_for_function("() => document.getElementById('health-word').textContent === 'Failing'")
+        shown = last.text_content() or ""
+        assert ("out of range" in shown) == (value == 1e300), shown
+        visitors = tab.page.locator("a[href^='/visitors/']")
+        tab.page.goto(f"{dashboard.url}/visitors")
+        tab.page.goto(f"{dashboard.url}{visitors.first.get_attribute('href')}")
+        tab.page.wait_for_load_state("load")
+    assert tab.problems() == []
