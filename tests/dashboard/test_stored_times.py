@@ -98,10 +98,14 @@ def test_every_page_answer_export_and_bundle_survives_any_stored_time(
     assert clock_utc(value) in page
     har = client.get("/api/export?format=har").json()
     assert {e["startedDateTime"] for e in har["log"]["entries"]} == {iso_utc(value)}
-    # The CLI's exports and bundle read the same store.
+    # The CLI's exports, bundle, check and diff read the same store.
+    db = ["--db", str(store.path)]
     for args in (["--format", "har"], ["--format", "jsonl"], ["--format", "csv"]):
-        done = _cli("export", "--db", str(store.path), *args)
+        done = _cli("export", *db, *args)
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    for command in (["check", *db, "--run", RUN, "--junit", str(tmp_path / "j.xml")], ["diff", RUN, RUN, *db]):
+        done = _cli(*command)
+        assert done.returncode in (0, 1) and "Traceback" not in done.stderr, (command, done.stderr)
     target = tmp_path / "run.zip"
     done = _cli("export", "--db", str(store.path), "--run", RUN, "--bundle", str(target))
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
