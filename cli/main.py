@@ -182,9 +182,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
         result = import_har(args.file, given.db, args.run, config)
     except HarImportError as exc:
         raise UsageError(str(exc)) from None
+    observer = ""
+    if result.observer_reports or result.observer_refused:
+        observer = f", {result.observer_reports} observer reports ({result.observer_refused} refused)"
     print(
         f"imported {result.deliveries} deliveries ({result.findings} findings, "
-        f"{result.storefront_requests} storefront requests) as run {result.run!r} into {given.db}"
+        f"{result.storefront_requests} storefront requests{observer}) as run {result.run!r} into {given.db}"
     )
     return 0
 

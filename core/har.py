@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -16,8 +17,26 @@ from urllib.parse import urlsplit
 
 from clickwatch.core.findings import clip
 from clickwatch.core.matching import Match, Patterns
-from clickwatch.core.model import Answer, BrowserReport, Headers, Kind, RequestSeen, StorefrontSeen
-from clickwatch.core.observer import OBSERVE_PATH, OBSERVER_PATH_PREFIX
+from clickwatch.core.model import (
+    Answer,
+    BrowserReport,
+    Headers,
+    Kind,
+    ObserverRejected,
+    RequestSeen,
+    StorefrontSeen,
+)
+from clickwatch.core.observer import (
+    OBSERVE_PATH,
+    OBSERVER_PATH_PREFIX,
+    TOKEN_ATTRIBUTE,
+    PageGrant,
+    ReportFacts,
+    grant,
+    page_origin,
+    refusal,
+    token_of,
+)
 from clickwatch.core.record import header
 from clickwatch.core.storefront import RawHeaders, read_exchange
 from clickwatch.core.timeparse import in_range
@@ -26,6 +45,8 @@ HAR_CLIENT = "har-import"  # a HAR names no client address; one recording is one
 _KINDS = frozenset(k.value for k in Kind)
 # An entry's total time beyond a day is no browser's measurement.
 MAX_ENTRY_SECONDS = 86400.0
+# The token of a page clickwatch served: the first such attribute in the page, where the proxy put it (the start).
+_PAGE_TOKEN = re.compile(re.escape(TOKEN_ATTRIBUTE).encode() + rb'="([A-Za-z0-9_-]{22})"')
 
 
 class HarError(ValueError):
@@ -172,7 +193,7 @@ def _exported_kind(entry: dict[str, Any]) -> Match | None:
     return Match(kind, Kind(target) if target in _KINDS else Kind.CLICKSTREAM)
 
 
-Observation = RequestSeen | Answer | StorefrontSeen | BrowserReport
+Observation = RequestSeen | Answer | StorefrontSeen | BrowserReport | ObserverRejected
 
 
 def observations(har: Any, run: str, patterns: Patterns) -> list[Observation]:
@@ -200,6 +221,7 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[Observation]:
     parsed.sort(key=lambda p: (p[0], p[1]))
     out: list[Observation] = []
     answers: list[Answer] = []
+    grants: dict[str, PageGrant] = {}  # the pages clickwatch served in this recording, by token
     for started, i, method, where_to, status, elapsed, req_headers, resp_headers, req_body, resp_body, error in parsed:
         url, host, path = where_to
         user_agent = header(req_headers, "user-agent") or ""
@@ -208,13 +230,21 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[Observation]:
             # clickwatch's own traffic, answered by its proxy, is never storefront traffic. An observer report
             # the proxy accepted (answered 204) is read as the live proxy hands it on.
             if method == "POST" and path.split("?", 1)[0] == OBSERVE_PATH and status == 204:
-                out.append(BrowserReport(run, HAR_CLIENT, user_agent, started, req_body))
+                facts = ReportFacts(
+                    page_origin(url) or "", header(req_headers, "origin"), header(req_headers, "sec-fetch-site"),
+                    HAR_CLIENT, user_agent, started,
+                )  # fmt: skip
+                out.append(_report(grants.get(token_of(path) or ""), facts, req_body))
             continue
         match = patterns.classify(method, host, path) or _exported_kind(entries[i])
         if match is None:
             # No status: the browser recorded no answer, as the proxy sees an error.
             answered = status is not None
             signals = read_exchange(method, path, _raw(req_headers), _raw(resp_headers) if answered else None)
+            if signals.page_load and answered and (token := _PAGE_TOKEN.search(resp_body)):
+                # A page the proxy added the observer to: its reports count as the live proxy counted them.
+                page_token = token.group(1).decode("ascii")
+                grants[page_token] = grant(page_token, run, HAR_CLIENT, signals.user_agent, url, started)
             out.append(
                 StorefrontSeen(
                     run=run,
@@ -267,4 +297,17 @@ def _at(obs: Observation) -> float:
         return obs.received_at
     if isinstance(obs, StorefrontSeen):
         return obs.request_at
+    if isinstance(obs, ObserverRejected):
+        return -math.inf  # placed where it was met; its time is not kept
     return obs.ended_at
+
+
+def _report(page: PageGrant | None, facts: ReportFacts, body: bytes) -> BrowserReport | ObserverRejected:
+    """An observe request in the recording, bound to its page by the rule the live proxy applies
+    (core.observer.refusal): the report of that page, or refused with the reason."""
+    reason = refusal(page, facts)
+    if reason is not None or page is None:
+        return ObserverRejected(((reason or "unbound", 1),))
+    return BrowserReport(
+        page.run, page.client_addr, page.user_agent, facts.received_at, body, page.origin, page.served_at, page.token
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 from clickwatch.core.config import Config
 from clickwatch.core.findings import clip
 from clickwatch.core.har import HarError, observations
-from clickwatch.core.model import StorefrontSeen
+from clickwatch.core.model import BrowserReport, ObserverRejected, StorefrontSeen
 from clickwatch.core.pipeline import Pipeline, StoreOps
 from clickwatch.store.apply import apply_ops
 from clickwatch.store.schema import open_database
@@ -28,6 +28,8 @@ class ImportResult:
     deliveries: int
     findings: int
     storefront_requests: int
+    observer_reports: int = 0  # the data-layer observer's reports read, bound to their pages as live
+    observer_refused: int = 0  # those that did not fit their page (core.observer.refusal)
 
 
 def import_har(har_path: str, db_path: str, run: str | None = None, config: Config | None = None) -> ImportResult:
@@ -70,4 +72,6 @@ def import_har(har_path: str, db_path: str, run: str | None = None, config: Conf
         deliveries=len(ops.inserts),
         findings=len(ops.findings),
         storefront_requests=sum(1 for o in seen if isinstance(o, StorefrontSeen)),
+        observer_reports=sum(1 for o in seen if isinstance(o, BrowserReport)),
+        observer_refused=sum(n for o in seen if isinstance(o, ObserverRejected) for _, n in o.counts),
     )

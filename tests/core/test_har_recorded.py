@@ -17,7 +17,7 @@ import pytest
 
 from clickwatch.core.har import observations
 from clickwatch.core.matching import Patterns
-from clickwatch.core.model import Answer, BrowserReport, StorefrontSeen
+from clickwatch.core.model import Answer, BrowserReport, ObserverRejected, StorefrontSeen
 from clickwatch.store.importer import import_har
 from clickwatch.store.schema import open_database
 
@@ -88,18 +88,91 @@ def test_import_stores_failed_deliveries_with_their_reason(tmp_path: Path) -> No
     ]
 
 
-def _observe(status: int, body: str) -> dict[str, Any]:
-    entry = _entry("https://shop.example/__clickwatch/observe", status, _transferSize=100)
-    entry["request"]["postData"] = {"mimeType": "text/plain;charset=UTF-8", "text": body}
-    entry["request"]["headers"] = [{"name": "User-Agent", "value": "Chromium test"}]
-    return entry
+TOKEN = "AAAAAAAAAAAAAAAAAAAAAA"  # 22 characters, as core.observer.new_token makes them
+SHOP = "https://shop.example"
+UA = "Chromium test"
 
 
-def test_observer_reports_the_proxy_accepted_are_read_and_clickwatch_traffic_is_no_storefront_traffic() -> None:
-    page = _entry("https://shop.example/p/1", 200, method="GET")
-    script = _entry("https://shop.example/__clickwatch/observer.js", 200, method="GET")
-    accepted, flooded = _observe(204, '{"v": 1}'), _observe(429, '{"v": 2}')
-    seen = observations({"log": {"entries": [page, script, accepted, flooded]}}, "r", Patterns.compile())
-    assert [type(o).__name__ for o in seen] == ["StorefrontSeen", "BrowserReport"]
+def _page(token: str = TOKEN, started: str = "2026-11-27T08:00:00.000Z") -> dict[str, Any]:
+    """A storefront page the proxy added the observer to, with its token."""
+    body = f'<html><head><script src="/__clickwatch/observer.js" data-clickwatch-page="{token}"></script></head>'
+    return {
+        "startedDateTime": started,
+        "time": 20,
+        "request": {
+            "method": "GET",
+            "url": f"{SHOP}/p/1",
+            "headers": [{"name": "User-Agent", "value": UA}, {"name": "Sec-Fetch-Dest", "value": "document"}],
+        },
+        "response": {
+            "status": 200,
+            "headers": [{"name": "Content-Type", "value": "text/html; charset=utf-8"}],
+            "content": {"mimeType": "text/html", "text": body},
+        },
+    }
+
+
+def _observe(
+    body: str, token: str = TOKEN, status: int = 204, ua: str = UA, origin: str = SHOP, at: str = "08:00:01"
+) -> dict[str, Any]:
+    """An observe request as Playwright records the observer's beacon."""
+    headers = {"User-Agent": ua, "Origin": origin, "Sec-Fetch-Site": "same-origin"}
+    return {
+        "startedDateTime": f"2026-11-27T{at}.000Z",
+        "time": 2,
+        "request": {
+            "method": "POST",
+            "url": f"{SHOP}/__clickwatch/observe?token={token}",
+            "headers": [{"name": k, "value": v} for k, v in headers.items()],
+            "postData": {"mimeType": "text/plain;charset=UTF-8", "text": body},
+        },
+        "response": {"status": status, "headers": [], "content": {"size": 0, "mimeType": "x-unknown"}},
+    }
+
+
+def test_an_observer_report_counts_only_for_the_page_its_token_names_by_the_live_rule() -> None:
+    script = _entry(f"{SHOP}/__clickwatch/observer.js", 200, method="GET")
+    entries = [
+        _page(), script,
+        _observe('{"n": 1}'),
+        _observe('{"n": 2}', token="B" * 22),  # a page this recording never served
+        _observe('{"n": 3}', origin="https://evil.example"),  # sent from another site's page
+        _observe('{"n": 4}', ua="another browser"),
+        _observe('{"n": 5}', status=429),  # the proxy dropped it (flood): it stays dropped
+    ]  # fmt: skip
+    seen = observations({"log": {"entries": entries}}, "r", Patterns.compile())
+    [page] = [o for o in seen if isinstance(o, StorefrontSeen)]
+    assert page.page_load  # the observer's script and reports are no storefront traffic
     [report] = [o for o in seen if isinstance(o, BrowserReport)]
-    assert (report.run, report.user_agent, report.body) == ("r", "Chromium test", b'{"v": 1}')
+    assert (report.run, report.user_agent, report.body, report.origin, report.token) == (
+        "r", UA, b'{"n": 1}', SHOP, TOKEN
+    )  # fmt: skip
+    assert report.served_at == page.request_at
+    refused = [reason for o in seen if isinstance(o, ObserverRejected) for reason, _ in o.counts]
+    assert refused == ["unbound", "wrong_origin", "wrong_visitor"]
+
+
+def _batch(at_ms: int, *events: dict[str, Any]) -> str:
+    return json.dumps({"v": 1, "page": "page-0001", "url": f"{SHOP}/p/1", "sent": at_ms, "events": list(events)})
+
+
+def test_a_push_never_sent_is_found_from_the_reports_of_a_bound_page_only(tmp_path: Path) -> None:
+    sent = 1_795_766_401_000  # 2026-11-27T08:00:01Z, when the report arrives
+    consent = {"t": sent - 500, "type": "push", "name": "ConsentChanged", "data": {"granted": True}}
+    cart = {"t": sent - 400, "type": "push", "name": "AddedToCart", "data": {"productSku": "1", "productQty": 1}}
+    body = _batch(sent, {"t": sent - 900, "type": "page"}, consent, cart)
+
+    def findings(report: dict[str, Any], name: str) -> list[str]:
+        har = tmp_path / f"{name}.har"
+        har.write_text(json.dumps({"log": {"entries": [_page(), report]}}))
+        db = tmp_path / f"{name}.db"
+        import_har(str(har), str(db))
+        conn = open_database(str(db)).conn
+        try:
+            return [r[0] for r in conn.execute("SELECT kind FROM findings")]
+        finally:
+            conn.close()
+
+    assert findings(_observe(body), "bound") == ["event_not_sent"]
+    # The same report under a token no page of the recording carries tells nothing.
+    assert findings(_observe(body, token="B" * 22), "unbound") == []
