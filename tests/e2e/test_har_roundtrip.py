@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from clickwatch.core.observer import OBSERVE_PATH
-from tests.e2e.conftest import CONFIG, Clickwatch, Visit, settled
+from tests.e2e.conftest import CONFIG, GRACE_SECONDS, Clickwatch, Visit, settled
 from tests.rig import CLICKWATCH
 
 pytestmark = pytest.mark.integration
@@ -35,6 +35,9 @@ DWELL_MS = 600
 def _walk(visit: Visit, standin: Any, steps: tuple[str, ...] = JOURNEY) -> None:
     walker = visit.shopper(standin)
     for step in steps:
+        if step == "linger":  # on the product page, before answering the banner, past the grace window
+            walker.page.wait_for_timeout((GRACE_SECONDS + 0.5) * 1000)
+            continue
         walker.walk((step,))
         walker.page.wait_for_timeout(DWELL_MS)
 
@@ -132,3 +135,31 @@ def test_failed_requests_playwright_writes_as_status_minus_1_are_failed_deliveri
     finally:
         conn.close()
     assert errors == reasons
+
+
+# Journeys of the issue whose verdicts rest on consent and on the observer: (fault, Spartacus-style, steps,
+# the finding kinds the live run gets).
+JOURNEYS = {
+    "decline": (None, False, ("home", "decline", "category", "product", "add-to-cart"), set()),
+    "accept-then-withdraw": (None, True, ("home", "accept", "product", "withdraw", "category", "search"), set()),
+    "spartacus": (None, True, JOURNEY, set()),
+    "stale-reference-after-withdrawal": (
+        "stale-reference", True, ("home", "accept", "product", "withdraw", "category", "search"),
+        {"stale_consent_reference"},
+    ),
+    "tracks-before-consent": (
+        "track-before-consent", False, ("home", "product", "linger", "accept", "category", "product", "add-to-cart"),
+        {"consent_violation"},
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("journey", list(JOURNEYS))
+def test_each_journey_imports_to_the_live_verdicts(
+    clickwatch: Clickwatch, recorded_visit: Visit, make_standin: Any, tmp_path: Path, journey: str
+) -> None:
+    fault, spartacus, steps, kinds = JOURNEYS[journey]
+    standin = make_standin(*([fault] if fault else []), spartacus=spartacus)
+    _walk(recorded_visit, standin, steps)
+    _same_as_live(clickwatch, recorded_visit, tmp_path)
+    assert {kind for kind, _ in _findings(clickwatch.db, recorded_visit.run)} == kinds
