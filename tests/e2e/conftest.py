@@ -45,6 +45,8 @@ grace_seconds = {GRACE_SECONDS}
 silence_seconds = {SILENCE_SECONDS}
 slow_delivery_seconds = {SLOW_SECONDS}
 """
+# `clickwatch up --no-observer` judges from the network only: a Spartacus-style visitor's calls wait for an echo.
+NETWORK_CONFIG = CONFIG.replace("[consent]\n", f"[consent]\necho_seconds = {ECHO_SECONDS}\n")
 _runs = itertools.count(1)
 
 
@@ -138,8 +140,7 @@ def clickwatch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clickwatch]
 def clickwatch_network(clickwatch: Clickwatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clickwatch]:
     """`clickwatch up --no-observer`: judging from network traffic only (same CA as `clickwatch`)."""
     root = tmp_path_factory.mktemp("clickwatch-up-network")
-    config = CONFIG.replace("[consent]\n", f"[consent]\necho_seconds = {ECHO_SECONDS}\n")
-    with _clickwatch_up(root, clickwatch.ca_cert.parent, config, "--no-observer") as running:
+    with _clickwatch_up(root, clickwatch.ca_cert.parent, NETWORK_CONFIG, "--no-observer") as running:
         yield running
 
 
@@ -232,6 +233,15 @@ def recorded_visit(
 ) -> Iterator[Visit]:
     """As `visit`, with Playwright recording it to the HAR `visit.har` (written when the visit closes)."""
     with _visit(browser, clickwatch, request, tmp_path / "visit.har") as running:
+        yield running
+
+
+@pytest.fixture
+def recorded_network_visit(
+    browser: Browser, clickwatch_network: Clickwatch, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Visit]:
+    """As `network_visit`, with Playwright recording it to the HAR `visit.har`."""
+    with _visit(browser, clickwatch_network, request, tmp_path / "visit.har") as running:
         yield running
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from clickwatch.core.observer import OBSERVE_PATH
-from tests.e2e.conftest import CONFIG, GRACE_SECONDS, Clickwatch, Visit, settled
+from tests.e2e.conftest import CONFIG, GRACE_SECONDS, NETWORK_CONFIG, Clickwatch, Visit, settled
 from tests.rig import CLICKWATCH
 
 pytestmark = pytest.mark.integration
@@ -63,9 +63,9 @@ def _findings(db: Path, run: str) -> Counter[tuple[str, str]]:
         conn.close()
 
 
-def _import(har: Path, tmp_path: Path, run: str) -> Path:
+def _import(har: Path, tmp_path: Path, run: str, config_text: str = CONFIG) -> Path:
     config = tmp_path / "clickwatch.toml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     db = tmp_path / "imported.db"
     done = subprocess.run(
         [str(CLICKWATCH), "import", str(har), "--db", str(db), "--config", str(config), "--run", run],
@@ -80,11 +80,11 @@ def _entries(har: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _same_as_live(clickwatch: Clickwatch, visit: Visit, tmp_path: Path) -> list[Delivery]:
+def _same_as_live(clickwatch: Clickwatch, visit: Visit, tmp_path: Path, config: str = CONFIG) -> list[Delivery]:
     visit.close()
     settled(clickwatch, visit.run)
     assert visit.har is not None and visit.har.exists()
-    imported = _import(visit.har, tmp_path, visit.run)
+    imported = _import(visit.har, tmp_path, visit.run, config)
     live, offline = _deliveries(clickwatch.db, visit.run), _deliveries(imported, visit.run)
     # The browser's clock and the proxy's order calls made within a millisecond differently: compared as a
     # whole, and the tracking events in their order.
@@ -163,3 +163,16 @@ def test_each_journey_imports_to_the_live_verdicts(
     _walk(recorded_visit, standin, steps)
     _same_as_live(clickwatch, recorded_visit, tmp_path)
     assert {kind for kind, _ in _findings(clickwatch.db, recorded_visit.run)} == kinds
+
+
+@pytest.mark.parametrize("spartacus", [False, True], ids=["accelerator", "spartacus"])
+def test_a_har_without_observer_reports_is_judged_from_the_network_as_live(
+    clickwatch_network: Clickwatch, recorded_network_visit: Visit, make_standin: Any, tmp_path: Path, spartacus: bool
+) -> None:
+    # `clickwatch up --no-observer`: no page carries a token, no report is sent; both sides judge the network.
+    standin = make_standin(spartacus=spartacus)
+    _walk(recorded_network_visit, standin)
+    _same_as_live(clickwatch_network, recorded_network_visit, tmp_path, NETWORK_CONFIG)
+    assert recorded_network_visit.har is not None
+    assert not [e for e in _entries(recorded_network_visit.har) if "/__clickwatch/" in e["request"]["url"]]
+    assert not _findings(clickwatch_network.db, recorded_network_visit.run)
