@@ -1,7 +1,8 @@
 """Read a browser's HAR export into the same observations the proxy makes, in the order they happened.
 
-Owns the HAR format: its validation and the mapping of its entries onto tracking calls, answers and storefront
-traffic. What storefront traffic says is read by `core.storefront`, the reader the proxy uses.
+Owns the HAR format: its validation and the mapping of its entries onto tracking calls, answers, storefront
+traffic and the data-layer observer's reports. What storefront traffic says is read by `core.storefront`, the
+reader the proxy uses; whether a report counts for its page by `core.observer.refusal`, the rule the proxy applies.
 """
 
 from __future__ import annotations
@@ -291,6 +292,7 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[Observation]:
 
 
 def _at(obs: Observation) -> float:
+    """When the proxy would have met it."""
     if isinstance(obs, RequestSeen):
         return obs.sent_at
     if isinstance(obs, BrowserReport):
