@@ -145,4 +145,5 @@ def test_the_pages_scripts_show_any_stored_time_without_throwing(
         tab.page.goto(f"{dashboard.url}/visitors")
         tab.page.goto(f"{dashboard.url}{visitors.first.get_attribute('href')}")
         tab.page.wait_for_load_state("load")
-    assert tab.problems() == []
+        # Read while the dashboard still serves: a connection cut by its stop is no problem of the page's.
+        assert tab.problems() == []
