@@ -101,6 +101,7 @@ class Clickwatch:
         self._webhook_message = wire.Webhook("", 10)
         self._connection_runs: dict[str, str] = {}
         self._pages = storefront.PageFolding()
+        self._workers = storefront.WorkerSightings()
         self._flush_timer: asyncio.TimerHandle | None = None
         self.flows_seen = 0
         self.addon_errors = 0
@@ -336,26 +337,34 @@ class Clickwatch:
         page = content_type[:9].lower() == b"text/html" and self.observer.enabled
         if page and self._add_observer(flow, resp, content_type, small):
             return
-        if not small:
-            resp.stream = True  # nothing here reads the body of an answer that is not a tracking call's
+        if not small and not self.observer.wants_whole(flow.request):
+            # Nothing here reads the body of an answer that is not a tracking call's, but a service worker's manifest
+            # and the file whose hash it checks (read whole, however large).
+            resp.stream = True
 
     def _add_observer(self, flow: http.HTTPFlow, resp: http.Response, content_type: bytes, small: bool) -> bool:
         """Pass a top-level storefront page through the observer's injection: a small one read whole (it keeps a
         Content-Length), any other as it streams. False: not such a page."""
         req = flow.request
         dest: bytes | None = None
+        mode: bytes | None = None
         accept = agent = b""
         for name, value in req.headers.fields:  # one pass: each lookup by name would scan them all again
             lowered = name.lower()
             if lowered == b"sec-fetch-dest":
                 dest = value if dest is None else dest
+            elif lowered == b"sec-fetch-mode":
+                mode = value if mode is None else mode
             elif lowered == b"accept":
                 accept += value
             elif lowered == b"user-agent":
                 agent = value if not agent else agent + b", " + value
-        if dest is not None and dest.lower() != b"document":
+        # A navigation a service worker passed to the network (Sec-Fetch-Dest: empty) is the top-level document it
+        # fetched for.
+        worker_navigation = dest is not None and dest.lower() == b"empty" and (mode or b"").lower() == b"navigate"
+        if dest is not None and dest.lower() != b"document" and not worker_navigation:
             return False  # a frame (or anything but a top-level document): left as it is
-        if not matching.is_page_load(req.method, dest, accept, content_type):
+        if not matching.is_page_load(req.method, dest, accept, content_type, mode):
             return False
         if self._storefronts is not None and not self._on_storefront(req):
             return False
@@ -402,7 +411,7 @@ class Clickwatch:
         metadata = flow.metadata
         if OWN_METADATA in metadata:
             # (The run a report counts for is its page's, from the page's grant: never this request's.)
-            self.observer.request(flow, _client_ip(flow))
+            self.observer.request(flow, _client_ip(flow), metadata.get(RUN_METADATA, DEFAULT_RUN))
             return
         if PASSTHROUGH_METADATA in metadata:
             return
@@ -442,6 +451,10 @@ class Clickwatch:
         if self.link is None or resp is None:
             return
         if started is None:
+            on_storefront = self._storefronts is None or self._on_storefront(flow.request)
+            if on_storefront:
+                # First: whether a worker's pages carry the observer decides whether its signs are handed on.
+                self.observer.worker_file(flow)
             # A streamed answer has no body here: its headers still say what they say about consent.
             self._storefront(flow, resp)
             page = metadata.get(PAGE_METADATA)
@@ -488,6 +501,8 @@ class Clickwatch:
         signals = storefront.read_exchange(
             req.method, req.path, req.headers.fields, resp.headers.fields if resp is not None else None
         )
+        if signals.worker:
+            self._worker(flow, signals)
         if not signals.telling:
             return  # an asset that tells nothing about consent
         browser = (flow.metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow), signals.user_agent)
@@ -500,6 +515,18 @@ class Clickwatch:
                     browser, fresh, req.timestamp_start, resp.timestamp_end if resp is not None else None
                 )
             )
+
+    def _worker(self, flow: http.HTTPFlow, signals: storefront.Signals) -> None:
+        """Hand on a sign of a service worker at work for a storefront origin (at most one per origin and second)."""
+        req = flow.request
+        browser = (flow.metadata.get(RUN_METADATA, DEFAULT_RUN), _client_ip(flow), signals.user_agent)
+        _, origin = self._origin(req)
+        if self._workers.note(browser, origin, req.timestamp_start, self.observer.keeps_worker_pages(req)):
+            # Pages folded so far came before it: hand them on first, so the store sees them in order.
+            for pages in self._pages.flush(browser):
+                self._send(_folded_message(pages))
+            path = req.path.partition("?")[0]  # a query says nothing of the worker, and may carry anything
+            self._send(wire.Worker(*browser, req.timestamp_start, origin + path, signals.worker))
 
     def _flush_pages(self) -> None:
         """Hand on the page loads folded so far, of every browser."""

@@ -15,6 +15,7 @@
 
   var FLAG = "__clickwatchObserver";
   var PATH = "/__clickwatch/observe";
+  var TOKEN_PATH = "/__clickwatch/page"; // where a page without a token of its own (a service worker's copy) asks
   var MAX_EVENTS = 100; // events per request (the contract's limit)
   var MAX_BODY = 60 * 1024; // bytes per request: the proxy refuses bodies over 64 KiB
   var MAX_DATA = 4096; // bytes of one push's data as JSON; larger data is cut to its top-level scalars
@@ -54,15 +55,46 @@
   // document. Read while this script runs (currentScript is only set then), and taken off the element so that code
   // copying the page's markup elsewhere (session-replay tools) does not carry it away.
   var query = "";
+  var asking = false;
+  var deferred = false; // a flush came while asking: it is done once the answer is in
   try {
     var element = document.currentScript;
     var token = element ? element.getAttribute("data-clickwatch-page") : null;
     if (token) {
       query = "?token=" + encodeURIComponent(token);
       element.removeAttribute("data-clickwatch-page");
+    } else if (element && element.hasAttribute("data-clickwatch-worker")) {
+      asking = true; // a copy a service worker keeps, the same for every page it serves: no token in it
     }
   } catch (e) {
     /* no token: the proxy will not count our reports, and the page is none the worse */
+  }
+  if (asking) askForToken();
+
+  // Reports wait (but for a leaving page's) until the proxy has answered: it gives this page a token of its own.
+  // Nothing is sent sooner than it would have been: a flush due meanwhile is done when the answer comes.
+  function askForToken() {
+    try {
+      nativeFetch(location.protocol + "//" + location.host + TOKEN_PATH, {
+        method: "POST",
+        credentials: "same-origin",
+        cache: "no-store"
+      }).then(function (response) {
+        return response.ok ? response.json() : null;
+      }).then(function (answer) {
+        if (answer && typeof answer.token === "string") query = "?token=" + encodeURIComponent(answer.token);
+      }, function () {
+        /* no token: reports will not count */
+      }).then(function () {
+        asking = false;
+        if (deferred) {
+          deferred = false;
+          flush(false);
+        }
+      });
+    } catch (e) {
+      asking = false;
+    }
   }
   var queue = [];
   var timer = null;
@@ -126,6 +158,10 @@
       if (timer !== null) clearTimer(timer);
       timer = null;
       if (!queue.length) return;
+      if (asking && !leaving) {
+        deferred = true;
+        return;
+      }
       var events = queue;
       queue = [];
       // The page's own origin, spelled out: a <base href> elsewhere must not redirect a relative URL.

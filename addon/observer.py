@@ -9,6 +9,7 @@ reports and bytes per page and per visitor), then handed on unread: its format i
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections import Counter
@@ -17,8 +18,8 @@ from importlib import resources
 
 from mitmproxy import http
 
-from clickwatch.core import csp
-from clickwatch.core.decoding import DecodeError, stream_codings
+from clickwatch.core import csp, serviceworker
+from clickwatch.core.decoding import DecodeError, stream_codings, undo_content_encoding
 from clickwatch.core.inject import PageStream, Place, script_element, unplaceable
 from clickwatch.core.observer import (
     GRANT_SECONDS,
@@ -45,6 +46,7 @@ from clickwatch.store import wire
 log = logging.getLogger("clickwatch.addon")
 
 OWN_METADATA = "clickwatch_own"
+_SHELL_METADATA = "clickwatch_shell"  # a page given the observer without a nonce: a worker's copy may be made of it
 # A consent push is a report of its own, other batches come at most every 250 ms per page. Beyond these, a page
 # (or its browser: all its tabs together) floods. Keyed by the page's token and by the visitor its grant names,
 # never by a header the client chooses.
@@ -54,6 +56,7 @@ MAX_REPORTS_PER_SECOND_PER_VISITOR = 60
 MAX_GRANTS = 50_000
 _ALLOWED = csp.CspDecision(True)
 _MAX_REMEMBERED_BROWSERS = 10000
+_MAX_REWRITTEN = 4096
 _SCRIPT_HEADERS = {
     "Content-Type": "text/javascript; charset=utf-8",
     # Served by the proxy on every page load: cached briefly, so repeated pages cost no round trip.
@@ -110,6 +113,9 @@ class ObserverSide:
         # Storefront pages left as they came, without the observer (each also sent as Blocked).
         self.pages_untouched = 0
         self._last_log = 0.0
+        self.shells = serviceworker.ShellHashes()
+        # (origin, path) -> a file of an Angular worker's manifest served with the observer added
+        self._rewritten: dict[tuple[str, str], serviceworker.Rewritten] = {}
 
     # --- requests ----------------------------------------------------------------------------------------
 
@@ -129,8 +135,8 @@ class ObserverSide:
             self._reject("too_large", declared)
             flow.kill()
 
-    def request(self, flow: http.HTTPFlow, client_addr: str) -> None:
-        """Answer a /__clickwatch/ request here."""
+    def request(self, flow: http.HTTPFlow, client_addr: str, run: str | None = None) -> None:
+        """Answer a /__clickwatch/ request here (`run`: the proxy credentials' run, for a worker page's token)."""
         req = flow.request
         path = req.path.split("?", 1)[0]
         if req.method == "HEAD":
@@ -142,6 +148,9 @@ class ObserverSide:
                 flow.response = _plain(404, "the clickwatch observer is switched off")
                 return
             flow.response = http.Response.make(200, self.script, _SCRIPT_HEADERS)
+            return
+        if path == serviceworker.WORKER_PAGE_PATH and req.method == "POST":
+            self._worker_page(flow, client_addr, run)
             return
         if path != OBSERVE_PATH:
             flow.response = _plain(404, "not a clickwatch endpoint")
@@ -281,6 +290,8 @@ class ObserverSide:
                 return None
             token = new_token()
             self.grants.issue(token, run, client_addr, agent, req.pretty_url, req.timestamp_start)
+            if decision.nonce is None:
+                flow.metadata[_SHELL_METADATA] = True  # the page a service worker's copy may be made of
             return script_element(decision.nonce, token)
 
         stream = PageStream(choose, encoding.decode("latin-1"))
@@ -305,12 +316,16 @@ class ObserverSide:
             return
         raw = resp.raw_content or b""
         encoded = stream.decoder is not None
+        coding = (resp.headers.get("content-encoding") or "") if encoded else ""
         content = stream.whole(raw)
         if stream.failed is not None:
             log.warning("clickwatch: page %s left as it came (%s)", flow.request.pretty_url, stream.failed)
             return
         if not encoded and len(content) == len(raw):
             return  # left as it came
+        if flow.metadata.get(_SHELL_METADATA):
+            # Kept as it came (a reference: decoded and hashed only if a service worker's manifest asks).
+            self.shells.learn(_origin(flow.request), raw, resp.headers.get("content-type", ""), coding)
         # Sent uncompressed, with its new length; set on the raw fields, since the content setter's header lookups
         # cost more than this.
         length = b"%d" % len(content)
@@ -324,6 +339,93 @@ class ObserverSide:
         resp.headers.fields = tuple(fields)
         resp.raw_content = content
 
+    # --- service workers (Angular's ngsw-worker.js) ---------------------------------------------------------
+
+    def _worker_page(self, flow: http.HTTPFlow, client_addr: str, run: str | None) -> None:
+        """Give a page a service worker served with the observer (whose copy has no token) a token of its own.
+
+        Only for an origin whose worker the proxy gave the observer, asked by a page of that origin (same-origin
+        request, its Origin the host asked), in the run of the proxy credentials, as page loads get theirs.
+        """
+        req = flow.request
+        headers = req.headers
+        origin = page_origin(req.pretty_url) or ""
+        if (
+            not self.enabled
+            or run is None
+            or not self.keeps_worker_pages(req)
+            or headers.get("sec-fetch-site", "same-origin") != "same-origin"
+            or page_origin(headers.get("origin", "")) != origin
+        ):
+            self._reject("unbound", f"a page token asked from {headers.get('origin') or 'no origin'} for {origin}")
+            flow.response = _plain(403, "no page of a service worker clickwatch serves here")
+            return
+        agent = headers.get("user-agent", "")
+        if not self._within_rate((run, normalise_ip(client_addr), agent), MAX_REPORTS_PER_SECOND_PER_VISITOR):
+            self._reject("flood", "more page tokens a second than a browser asks for")
+            flow.response = _plain(429, "too many page tokens")
+            return
+        referer = headers.get("referer", "")
+        url = referer if page_origin(referer) == origin else origin + "/"
+        token = new_token()
+        self.grants.issue(token, run, client_addr, agent, url, req.timestamp_start)
+        body = json.dumps({"token": token}).encode()
+        flow.response = http.Response.make(200, body, {"Content-Type": "application/json", "Cache-Control": "no-store"})
+
+    def wants_whole(self, req: http.Request) -> bool:
+        """Whether an answer must be read whole (not streamed): a worker's manifest, or a file whose hash it checks."""
+        if not self.enabled:
+            return False
+        return serviceworker.is_manifest(req.path) or (
+            bool(self._rewritten) and (_origin(req), req.path.partition("?")[0]) in self._rewritten
+        )
+
+    def keeps_worker_pages(self, req: http.Request) -> bool:
+        """Whether pages the service worker of the request's origin serves from its cache carry the observer."""
+        if not self._rewritten:
+            return False
+        origin = _origin(req)
+        return any(key[0] == origin for key in self._rewritten)
+
+    def worker_file(self, flow: http.HTTPFlow) -> None:
+        """Give an Angular worker's manifest the hash of its index.html with the observer, and add the observer to
+        the worker's own fetch of that file, the same bytes as on a page load: its integrity checks then pass."""
+        req, resp = flow.request, flow.response
+        if not self.enabled or resp is None or resp.status_code != 200 or not resp.raw_content:
+            return
+        manifest = serviceworker.is_manifest(req.path)
+        if not manifest and not self._rewritten:
+            return  # the usual case: no worker's files pass here
+        origin = _origin(req)
+        path = req.path.partition("?")[0]
+        rewritten = None if manifest else self._rewritten.get((origin, path))
+        if not manifest and rewritten is None:
+            return
+        read = _readable(resp)
+        if read is None:
+            return
+        content, content_type, _ = read
+        if manifest:
+            result = serviceworker.rewrite_manifest(content, self.shells.of(origin))
+            for key in [key for key in self._rewritten if key[0] == origin]:
+                del self._rewritten[key]  # a new build the proxy cannot observe: its pages will carry no observer
+            if result is not None:
+                body, files = result
+                for file in files:
+                    self._rewritten[(origin, file.path)] = file
+                while len(self._rewritten) > _MAX_REWRITTEN:
+                    del self._rewritten[next(iter(self._rewritten))]
+                _replace_body(resp, body)
+            return
+        assert rewritten is not None
+        if (req.headers.get("sec-fetch-mode") or "").lower() == "navigate":
+            return  # a page load: it gets the observer as pages do
+        if serviceworker.sha1(content) != rewritten.original:
+            return  # not the file the manifest named (a new build): the worker judges it as it came
+        changed = serviceworker.with_observer(content, content_type.decode("latin-1"))
+        if changed is not None and serviceworker.sha1(changed) == rewritten.observed:
+            _replace_body(resp, changed)
+
     def _not_added(self, flow: http.HTTPFlow, run: str, client_addr: str, agent: str, reason: str) -> None:
         self.pages_untouched += 1
         at = time.time()
@@ -334,6 +436,45 @@ class ObserverSide:
 def _unplaceable(content_type: bytes) -> str | None:
     # A storefront sends the same Content-Type page after page: the answer is remembered.
     return unplaceable(content_type.decode("latin-1"))
+
+
+def _origin(req: http.Request) -> str:
+    # The connection's own fields: the Host header's (pretty_host) cost several microseconds per page load.
+    return f"{req.scheme}://{req.host}:{req.port}"
+
+
+def _readable(resp: http.Response) -> tuple[bytes, bytes, list[str]] | None:
+    """A response's decoded body, content type and Content-Security-Policy headers; None: not decodable."""
+    # One pass over the raw fields: every case-insensitive lookup by name would cost a scan of its own.
+    encoding = content_type = b""
+    policies: list[str] = []
+    for name, value in resp.headers.fields:
+        lowered = name.lower()
+        if lowered == b"content-encoding":
+            encoding = value.strip().lower()
+        elif lowered == b"content-type" and not content_type:
+            content_type = value
+        elif lowered == b"content-security-policy":
+            policies.append(value.decode("latin-1"))
+    raw = resp.raw_content or b""
+    if encoding in (b"", b"identity"):
+        return raw, content_type, policies
+    try:
+        # clickwatch's decoder, not mitmproxy's get_content (which inflates without a cap).
+        return undo_content_encoding(raw, encoding.decode("latin-1")), content_type, policies
+    except DecodeError:
+        return None
+
+
+def _replace_body(resp: http.Response, body: bytes) -> None:
+    # Sent uncompressed (re-compressing every page would cost the shopper more than the bytes saved), with its new
+    # length; set on the raw fields, since the content setter's header lookups cost more than this.
+    resp.headers.fields = tuple(
+        (name, str(len(body)).encode() if name.lower() == b"content-length" else value)
+        for name, value in resp.headers.fields
+        if name.lower() != b"content-encoding"
+    )
+    resp.raw_content = body
 
 
 def _plain(status: int, text: str) -> http.Response:

@@ -31,6 +31,8 @@ LISTEN = "127.0.0.1"
 STARTUP_SECONDS = 30.0
 STOP_SECONDS = 20.0
 JOURNEY_STEPS = ("accept", "product", "add-to-cart", "search")
+# With the service worker: once it controls the page, a reload comes from its cache, and the visit goes on there.
+WORKER_JOURNEY_STEPS = ("accept", "worker", "reload", "product", "add-to-cart", "search")
 EXPECTED = ("ProductView", "AddedToCart", "KeywordSearch")
 # Short windows in journey mode, so the verdict comes seconds after the visit. A person reads a page longer
 # than a script does, and the proxy sees a newly given consent only on the next storefront request: the
@@ -59,6 +61,7 @@ class DemoOptions:
     shop_port: int = 0  # 0: a free port
     tenant_port: int = 0
     set_options: tuple[str, ...] = ()
+    service_worker: bool = False  # Spartacus style with a service worker like Angular's (implies spartacus)
 
 
 def parse_faults(names: list[str]) -> Faults:
@@ -136,7 +139,9 @@ def clickwatch_up(options: DemoOptions, db: str, config: Path, log: Path) -> Ite
 
 def print_banner(standin: StandIn, options: DemoOptions, db: str, ca_cert: Path, out: TextIO) -> None:
     """What is running and what to open."""
-    style = "Spartacus style" if options.spartacus else "accelerator style"
+    style = "Spartacus style" if options.spartacus or options.service_worker else "accelerator style"
+    if options.service_worker:
+        style += ", with a service worker"
     proxy = f"http://{LISTEN}:{options.proxy_port}"
     out.write("clickwatch demo: a stand-in storefront and ISS tenant behind the clickwatch proxy\n")
     out.write(f"  storefront  {standin.storefront_url()}  ({style}; also {standin.storefront_url('http')})\n")
@@ -173,7 +178,10 @@ def take_journey(standin: StandIn, options: DemoOptions, ca_cert: Path, home: Pa
             # The shopper reads the home page (and the banner) for longer than the grace window: whatever the
             # tag sends before consent is then judged as sent without consent.
             time.sleep(JOURNEY_GRACE_SECONDS + 1)
-            walker.walk(JOURNEY_STEPS)
+            walker.walk(WORKER_JOURNEY_STEPS if options.service_worker else JOURNEY_STEPS)
+            if options.service_worker:
+                state = next((line for line in walker.worker_state().splitlines() if "Driver state" in line), "")
+                out.write(f"service worker (/ngsw/state): {state or 'no state'}\n")
             # Closing the tab first lets the data-layer observer send its last report (pagehide).
             walker.page.close()
             time.sleep(0.3)
@@ -254,7 +262,8 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
         try:
             with (
                 StandIn(
-                    spartacus=options.spartacus,
+                    spartacus=options.spartacus or options.service_worker,
+                    service_worker=options.service_worker,
                     faults=options.faults,
                     directory=state / "standin",
                     ports={k: v for k, v in (("storefront", options.shop_port), ("tenant", options.tenant_port)) if v},

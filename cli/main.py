@@ -334,6 +334,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             journey=args.journey,
             faults=parse_faults(args.fault),
             spartacus=args.spartacus,
+            service_worker=args.service_worker,
             proxy_port=args.proxy_port,
             dashboard_port=args.dashboard_port,
             db=args.db,
@@ -514,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fault", action="append", default=[], metavar="NAME", help="a stand-in fault (repeatable)")
     demo.add_argument(
         "--spartacus", action="store_true", help="a Spartacus-style storefront instead of the accelerator"
+    )
+    demo.add_argument(
+        "--service-worker",
+        action="store_true",
+        help="Spartacus style with a service worker like Angular's, serving pages from its cache",
     )
     for name in ("proxy_port", "dashboard_port"):
         port = settings.BY_NAME[name]

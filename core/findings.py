@@ -34,6 +34,7 @@ class FindingKind(enum.StrEnum):
     EVENT_NOT_SENT = "event_not_sent"
     EVENT_WITHOUT_PUSH = "event_without_push"
     OBSERVER_BLOCKED = "observer_blocked"
+    SERVICE_WORKER = "service_worker"
     UNREADABLE_MESSAGE = "unreadable_message"
 
 
@@ -55,6 +56,8 @@ DEFAULT_SEVERITY: Mapping[FindingKind, Severity] = MappingProxyType(
         FindingKind.EVENT_NOT_SENT: Severity.ERROR,
         FindingKind.EVENT_WITHOUT_PUSH: Severity.INFO,
         FindingKind.OBSERVER_BLOCKED: Severity.INFO,
+        # Nobody is accused: pages the worker serves from its cache are judged from the network, and the user is told.
+        FindingKind.SERVICE_WORKER: Severity.INFO,
         # clickwatch could not read or judge a message: nobody is accused, but the delivery went unjudged.
         FindingKind.UNREADABLE_MESSAGE: Severity.WARNING,
     }

@@ -25,6 +25,7 @@ from clickwatch.core.model import (
     Kind,
     ObserverRejected,
     RequestSeen,
+    ServiceWorkerSeen,
     StorefrontSeen,
 )
 from clickwatch.core.observer import (
@@ -39,7 +40,7 @@ from clickwatch.core.observer import (
     token_of,
 )
 from clickwatch.core.record import header
-from clickwatch.core.storefront import RawHeaders, read_exchange
+from clickwatch.core.storefront import RawHeaders, WorkerSightings, read_exchange
 from clickwatch.core.timeparse import in_range
 
 HAR_CLIENT = "har-import"  # a HAR names no client address; one recording is one browser
@@ -194,7 +195,7 @@ def _exported_kind(entry: dict[str, Any]) -> Match | None:
     return Match(kind, Kind(target) if target in _KINDS else Kind.CLICKSTREAM)
 
 
-Observation = RequestSeen | Answer | StorefrontSeen | BrowserReport | ObserverRejected
+Observation = RequestSeen | Answer | StorefrontSeen | BrowserReport | ObserverRejected | ServiceWorkerSeen
 
 
 def observations(har: Any, run: str, patterns: Patterns) -> list[Observation]:
@@ -223,6 +224,7 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[Observation]:
     out: list[Observation] = []
     answers: list[Answer] = []
     grants: dict[str, PageGrant] = {}  # the pages clickwatch served in this recording, by token
+    workers = WorkerSightings()
     for started, i, method, where_to, status, elapsed, req_headers, resp_headers, req_body, resp_body, error in parsed:
         url, host, path = where_to
         user_agent = header(req_headers, "user-agent") or ""
@@ -246,6 +248,10 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[Observation]:
                 # A page the proxy added the observer to: its reports count as the live proxy counted them.
                 page_token = token.group(1).decode("ascii")
                 grants[page_token] = grant(page_token, run, HAR_CLIENT, signals.user_agent, url, started)
+            origin = url[: len(url) - len(path)] if url.endswith(path) else url
+            if signals.worker and workers.note((run, HAR_CLIENT, signals.user_agent), origin, started):
+                where_seen = origin + path.partition("?")[0]
+                out.append(ServiceWorkerSeen(run, HAR_CLIENT, signals.user_agent, started, where_seen, signals.worker))
             out.append(
                 StorefrontSeen(
                     run=run,
@@ -299,6 +305,8 @@ def _at(obs: Observation) -> float:
         return obs.received_at
     if isinstance(obs, StorefrontSeen):
         return obs.request_at
+    if isinstance(obs, ServiceWorkerSeen):
+        return obs.at
     if isinstance(obs, ObserverRejected):
         return -math.inf  # placed where it was met; its time is not kept
     return obs.ended_at

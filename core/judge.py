@@ -32,6 +32,7 @@ from clickwatch.core.model import (
     Kind,
     ObserverBlocked,
     RequestSeen,
+    ServiceWorkerSeen,
     StorefrontSeen,
     Verdict,
 )
@@ -237,7 +238,7 @@ class _Visitor:
     offsets: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))  # (received, offset)
     # Calls cleared at once because the data layer said given: a withdrawal reported late re-opens them.
     given_early: deque[_Candidate] = field(default_factory=lambda: deque(maxlen=512))
-    blocked_reported: bool = False
+    told: set[FindingKind] = field(default_factory=set)  # visitor-level findings said once (observer_blocked, ...)
     stale_reported_for: float | None = None
     header_based: bool = False  # Spartacus: consent travels in a header, pages carry no consent cookie
     page_loads: int = 0
@@ -436,20 +437,34 @@ class Judge:
     def observer_blocked(self, seen: ObserverBlocked) -> Judgement:
         """The observer was not added to a page (its policy, or no place for it): judge this visitor from the network,
         and say so once."""
+        return self._unobserved(
+            seen.run, seen.client_addr, seen.user_agent, seen.at, seen.url, FindingKind.OBSERVER_BLOCKED,
+            f"clickwatch's data-layer observer was not added to a page ({seen.reason}); "
+            "this visitor is judged from network signals only",
+        )  # fmt: skip
+
+    def service_worker(self, seen: ServiceWorkerSeen) -> Judgement:
+        """A service worker serves this visitor's storefront: pages it serves from its cache reach no proxy, so they
+        carry no observer. From now on the network decides where it is newer than the data layer; say so once."""
+        return self._unobserved(
+            seen.run, seen.client_addr, seen.user_agent, seen.at, seen.url, FindingKind.SERVICE_WORKER,
+            f"a service worker serves this storefront ({seen.evidence}: {seen.url}); pages it answers from its "
+            "cache never reach the proxy and are not counted as page loads. Where the proxy could add its "
+            "observer to the worker's own copy of the page (Angular's ngsw-worker.js), those pages are still "
+            "observed; on a page without it, network consent signals newer than the data layer decide, and "
+            "events it pushes are not seen (a lost one cannot be reported)",
+        )  # fmt: skip
+
+    def _unobserved(
+        self, run: str, client_addr: str, user_agent: str, at: float, url: str, kind: FindingKind, message: str
+    ) -> Judgement:
+        """Pages from `at` on have no observer: network signals newer than the data layer decide; told once a kind."""
         out = Judgement()
-        v = self._visitor(seen.run, seen.client_addr, seen.user_agent, seen.at)
-        v.mark(seen.at, False, page_origin(seen.url))
-        if not v.blocked_reported:
-            v.blocked_reported = True
-            self._find(
-                out,
-                FindingKind.OBSERVER_BLOCKED,
-                v,
-                seen.at,
-                None,
-                f"clickwatch's data-layer observer was not added to a page ({seen.reason}); "
-                "this visitor is judged from network signals only",
-            )
+        v = self._visitor(run, client_addr, user_agent, at)
+        v.mark(at, False, page_origin(url))
+        if kind not in v.told:
+            v.told.add(kind)
+            self._find(out, kind, v, at, None, message)
         out.visitors[(v.run, v.key)] = self._snapshot(v)
         return out
 
@@ -902,7 +917,7 @@ class Judge:
         if v.references and v.withdrawn_between(v.references[-1], answer.sent_at):
             v.references.clear()  # withdrawn, then given again: a new reference is what the tag must obtain
         v.references.append(answer.sent_at)
-        if v.header_based and not v.datalayer:
+        if v.header_based and (not v.datalayer or not v.observed_at(answer.sent_at)):
             return  # Spartacus withdraws without a request: without the data layer a withdrawal may be unseen
         if len(v.references) > 1:
             self._find(

@@ -105,14 +105,21 @@ class Patterns:
         return None
 
 
-def is_page_load(method: str, sec_fetch_dest: bytes | None, accept: bytes, content_type: bytes) -> bool:
+def is_page_load(
+    method: str, sec_fetch_dest: bytes | None, accept: bytes, content_type: bytes, sec_fetch_mode: bytes | None = None
+) -> bool:
     """Whether a storefront exchange is a page (an HTML document the browser navigated to), not an asset.
 
     On raw header values, as the proxy holds them: it runs for every storefront request, and HAR import turns its
-    header strings back into bytes for it (`core.storefront.read_exchange` reads both).
+    header strings back into bytes for it (`core.storefront.read_exchange` reads both). A navigation a service
+    worker fetched on the page's behalf (`fetch(event.request)`) keeps `Sec-Fetch-Mode: navigate` but is sent with
+    `Sec-Fetch-Dest: empty`: it is a page load too, and its answer reaches the page as it left the proxy.
     """
     if content_type[:9].lower() != b"text/html" or method.upper() != "GET":
         return False
     if sec_fetch_dest is not None:
-        return sec_fetch_dest.lower() in (b"document", b"iframe")
+        dest = sec_fetch_dest.lower()
+        return dest in (b"document", b"iframe") or (
+            dest == b"empty" and sec_fetch_mode is not None and sec_fetch_mode.lower() == b"navigate"
+        )
     return b"text/html" in accept.lower()

@@ -156,6 +156,18 @@ class ObserverBlocked:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceWorkerSeen:
+    """A service worker at work for a storefront origin, seen in a browser's traffic (first sign per origin)."""
+
+    run: str
+    client_addr: str
+    user_agent: str
+    at: float
+    url: str  # the request that showed it (the worker's script, its manifest, a fetch of its own)
+    evidence: str  # what in that request showed it
+
+
+@dataclass(frozen=True, slots=True)
 class BrowserReport:
     """An observe request as the proxy accepted it for its page (core.observer.refusal): its body is checked and
     read on the store side. Run, visitor, origin and serving time are the page's grant's, never the request's."""

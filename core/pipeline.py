@@ -19,6 +19,7 @@ from clickwatch.core.model import (
     ObserverBlocked,
     ObserverRejected,
     RequestSeen,
+    ServiceWorkerSeen,
     StorefrontSeen,
     Verdict,
 )
@@ -35,7 +36,9 @@ from clickwatch.core.redaction import Redaction
 from clickwatch.core.verdict import verdict_for
 from clickwatch.core.visitor import visitor_key
 
-Observation = RequestSeen | Answer | StorefrontSeen | BrowserReport | ObserverBlocked | ObserverRejected
+Observation = (
+    RequestSeen | Answer | StorefrontSeen | BrowserReport | ObserverBlocked | ObserverRejected | ServiceWorkerSeen
+)
 # Why an observe request was answered and dropped: a small fixed set (a metric label). The proxy drops what is too
 # large, floods, does not fit its page (REFUSALS) or is over its page's or visitor's cap; the store what is not the
 # format, does not fit its page's life on the proxy's clock, or brings more events than the caps allow.
@@ -296,6 +299,8 @@ class Pipeline:
             return ops
         if isinstance(observation, ObserverBlocked):
             return _judged(ops, self.judge.observer_blocked(observation))
+        if isinstance(observation, ServiceWorkerSeen):
+            return _judged(ops, self.judge.service_worker(observation))
         if isinstance(observation, ObserverRejected):
             ops.rejected.extend((reason, n, "answered by the proxy") for reason, n in observation.counts)
             return ops

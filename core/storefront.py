@@ -21,6 +21,7 @@ from clickwatch.core.consent import (
     signed_in,
 )
 from clickwatch.core.matching import is_page_load
+from clickwatch.core.serviceworker import is_manifest
 
 # Header fields as a proxy holds them: (name, value) byte pairs, in the order they were sent.
 RawHeaders = tuple[tuple[bytes, bytes], ...]
@@ -34,6 +35,8 @@ _READ = frozenset(
         b"user-agent",
         b"accept",
         b"sec-fetch-dest",
+        b"sec-fetch-mode",
+        b"service-worker",
         b"x-anonymous-consents",
         b"authorization",
         b"x-consent-reference",
@@ -56,6 +59,7 @@ class Signals(NamedTuple):
     set_cookies: tuple[str, ...]  # only those whose cookie name holds a consent cookie name
     page_load: bool
     telling: bool
+    worker: str = ""  # what in this exchange shows a service worker at work for the origin ("": nothing)
 
 
 # What Signals(...) does, without the Python-level __new__ it wraps: a third of a microsecond per request.
@@ -69,6 +73,8 @@ def read_exchange(method: str, path: str, request: RawHeaders, response: RawHead
     cookies: list[bytes] = []
     anonymous: bytes | None = None
     dest: bytes | None = None
+    mode: bytes | None = None
+    worker_script = False
     accept = b""
     agent: bytes | None = None
     authorization: bytes | None = None
@@ -85,6 +91,10 @@ def read_exchange(method: str, path: str, request: RawHeaders, response: RawHead
             accept = value if not accept else accept + b", " + value
         elif lowered == b"sec-fetch-dest":
             dest = value if dest is None else dest + b", " + value
+        elif lowered == b"sec-fetch-mode":
+            mode = value if mode is None else mode + b", " + value
+        elif lowered == b"service-worker":
+            worker_script = worker_script or value.strip().lower() == b"script"
         elif lowered == b"x-anonymous-consents":
             anonymous = value if anonymous is None else anonymous + b", " + value
         elif lowered == b"authorization":
@@ -103,9 +113,10 @@ def read_exchange(method: str, path: str, request: RawHeaders, response: RawHead
             elif lowered == b"content-type" and content_type is None:
                 content_type = value
         if content_type is not None:
-            page_load = is_page_load(method, dest, accept, content_type)
+            page_load = is_page_load(method, dest, accept, content_type, mode)
     cookie = (cookies[0] if len(cookies) == 1 else b"; ".join(cookies)).decode("utf-8", "surrogateescape")
     query = path.find("?")
+    worker = service_worker_evidence(path, query, worker_script, dest, mode)
     logged_in = signed_in(
         path[:query] if query >= 0 else path,
         authorization.decode("utf-8", "surrogateescape") if authorization is not None else None,
@@ -128,8 +139,28 @@ def read_exchange(method: str, path: str, request: RawHeaders, response: RawHead
             or reference
             or logged_in is not None
             or _has_consent_cookie(cookie),
+            worker,
         ),
     )
+
+
+def service_worker_evidence(path: str, query: int, script: bool, dest: bytes | None, mode: bytes | None) -> str:
+    """What in a storefront request shows a service worker at work for its origin ("": nothing).
+
+    Its script as the browser fetches it to register or update it (`Service-Worker: script`), Angular's manifest
+    (`ngsw.json`) or a fetch of Angular's worker (its `ngsw-cache-bust` query), and a navigation a worker passed to
+    the network (`Sec-Fetch-Mode: navigate` with `Sec-Fetch-Dest: empty`). `query` is the index of the path's `?`.
+    """
+    if script:
+        return "its script was fetched (Service-Worker: script)"
+    if "ngsw" in path:
+        if is_manifest(path):
+            return "its manifest was fetched (ngsw.json)"
+        if query >= 0 and "ngsw-cache-bust=" in path[query:]:
+            return "it fetched a file for its cache (ngsw-cache-bust)"
+    if mode is not None and dest is not None and mode.lower() == b"navigate" and dest.lower() == b"empty":
+        return "it fetched a navigation on the page's behalf (Sec-Fetch-Mode: navigate, Sec-Fetch-Dest: empty)"
+    return ""
 
 
 @dataclass(slots=True)
@@ -197,3 +228,29 @@ class PageFolding:
         taken = tuple(self._folded.values())
         self._folded.clear()
         return taken
+
+
+# A browser's service worker shows itself again and again (every update check fetches its manifest): one sign per
+# origin and second is enough to mark where pages stop being observed.
+WORKER_SIGN_SECONDS = 1.0
+
+
+class WorkerSightings:
+    """Per browser and storefront origin, when a service worker was last handed on: which signs to hand on."""
+
+    def __init__(self, max_entries: int = MAX_REMEMBERED_BROWSERS) -> None:
+        self._last: OrderedDict[tuple[Browser, str], float] = OrderedDict()
+        self._max_entries = max_entries
+
+    def note(self, browser: Browser, origin: str, at: float, observed: bool = False) -> bool:
+        """Whether this sign of a worker is to be handed on: the first for the origin, or one a second after the
+        last while the pages the worker serves are not `observed` (the proxy could not add the observer to them)."""
+        key = (browser, origin)
+        last = self._last.get(key)
+        if last is not None and (observed or 0.0 <= at - last < WORKER_SIGN_SECONDS):
+            return False
+        self._last[key] = at
+        self._last.move_to_end(key)
+        if len(self._last) > self._max_entries:
+            self._last.popitem(last=False)
+        return True

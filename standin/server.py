@@ -11,11 +11,16 @@ The storefront behaves like the SAP Commerce accelerator (a page per request; co
 as `X-Anonymous-Consents`, the tag's consent reference as `X-Consent-Reference`; a shopper can sign in, and
 then the account's consent decides). With `carousel=True` its home page shows a merchandising carousel fed by
 the tenant's strategy service; with `csp="nonce"` or `csp="paths"` its pages send a Content-Security-Policy.
+With `service_worker=True` (Spartacus style only) the shell registers a service worker modelled on Angular's
+`ngsw-worker.js`, with its `ngsw.json` manifest: after the first page, navigations are answered from the worker's
+cache (`worker_hash_mismatch=True` gives the manifest a wrong hash for index.html, which degrades the worker;
+`server_rendered=True` makes navigations differ from index.html, as server-side rendering does).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -72,6 +77,18 @@ GIVEN_COOKIE = f"{SITE}-profile.consent.given"
 ANONYMOUS_CONSENTS = "anonymous-consents"
 NO_DECISION = quote(json.dumps([{"templateCode": CONSENT_TEMPLATE, "templateVersion": 1, "consentState": None}]))
 STATIC = Path(__file__).with_name("static")
+WORKER_PATH = "/ngsw-worker.js"
+MANIFEST_PATH = "/ngsw.json"
+INDEX_PATH = "/index.html"
+# The files the worker prefetches and checks against their hashes (Angular's default "app" asset group).
+WORKER_ASSETS = (INDEX_PATH, "/static/storefront.css", "/static/storefront.js")
+# Angular's default navigationUrls ('/**', '!/**/*.*', '!/**/*__*', '!/**/*__*/**') as ngsw.json spells them.
+NAVIGATION_URLS = (
+    {"positive": True, "regex": r"^\/.*$"},
+    {"positive": False, "regex": r"^\/(?:.+\/)?[^/]*\.[^/]*$"},
+    {"positive": False, "regex": r"^\/(?:.+\/)?[^/]*__[^/]*$"},
+    {"positive": False, "regex": r"^\/(?:.+\/)?[^/]*__[^/]*\/.*$"},
+)
 MAX_BODY = 1 << 20
 MAX_RECEIVED = 2000
 
@@ -277,6 +294,9 @@ class StorefrontHandler(_Handler):
         if url.path.startswith("/static/"):
             self._static(url.path.removeprefix("/static/"))
             return
+        if self.standin.service_worker and url.path in (WORKER_PATH, MANIFEST_PATH, INDEX_PATH):
+            self._worker_file(url.path)
+            return
         if self._api():
             token, allowed = self._bearer()
             if not allowed:
@@ -292,7 +312,7 @@ class StorefrontHandler(_Handler):
                 self._json(200, data)
             return
         data = page_data(url.path, query, self.standin.carts.get(self._cookies().get(CART_COOKIE)))
-        self._page(200 if data is not None else 404, data)
+        self._page(200 if data is not None else 404, data, navigation=True)
 
     do_HEAD = do_GET
 
@@ -368,7 +388,53 @@ class StorefrontHandler(_Handler):
         headers = [] if self.standin.spartacus else [("Set-Cookie", self._cookie(CART_COOKIE, cart_id))]
         self._json(200, {"cart": cart, "entry": {**product.as_json(), "quantity": quantity}}, headers)
 
-    def _page(self, status: int, data: dict[str, Any] | None) -> None:
+    def _worker_file(self, path: str) -> None:
+        """The service worker's script, its manifest, or the app shell it caches as index.html."""
+        if path == WORKER_PATH:
+            self._send(200, self.standin.static["ngsw-worker.js"], "text/javascript; charset=utf-8")
+        elif path == INDEX_PATH:
+            self._page(200, None)
+        else:
+            self._json(200, self._manifest())
+
+    def _manifest(self) -> dict[str, Any]:
+        """An ngsw.json as Angular's CLI writes it: the asset group, and the SHA-1 of every file the worker checks."""
+        shell, _ = self._shell(None)
+        files = {path: self.standin.static[path.removeprefix("/static/")] for path in WORKER_ASSETS[1:]}
+        files[INDEX_PATH] = shell
+        hashes = {path: hashlib.sha1(body).hexdigest() for path, body in files.items()}
+        if self.standin.worker_hash_mismatch:
+            hashes[INDEX_PATH] = hashlib.sha1(shell + b"<!-- an older build -->").hexdigest()
+        group = {
+            "name": "app",
+            "installMode": "prefetch",
+            "updateMode": "prefetch",
+            "cacheQueryOptions": {"ignoreVary": True},
+            "urls": list(WORKER_ASSETS),
+            "patterns": [],
+        }
+        return {
+            "configVersion": 1,
+            "timestamp": self.standin.build_timestamp,
+            "index": INDEX_PATH,
+            "assetGroups": [group],
+            "dataGroups": [],
+            "hashTable": hashes,
+            "navigationUrls": list(NAVIGATION_URLS),
+            "navigationRequestStrategy": "performance",
+        }
+
+    def _page(self, status: int, data: dict[str, Any] | None, navigation: bool = False) -> None:
+        html, policy = self._shell(data)
+        if navigation and self.standin.server_rendered:
+            html += SERVER_RENDERED
+        headers = self._consent_cookies()
+        if policy:
+            headers.append(("Content-Security-Policy", policy))
+        self._send(status, html, "text/html; charset=utf-8", headers)
+
+    def _shell(self, data: dict[str, Any] | None) -> tuple[bytes, str | None]:
+        """A page's HTML and its Content-Security-Policy (None: no policy)."""
         tenant = self.standin.tenant_origin(self.server.scheme)
         carousel = None
         if self.standin.carousel:
@@ -385,6 +451,7 @@ class StorefrontHandler(_Handler):
             "tokenUrl": TOKEN_PATH,
             "account": ACCOUNT,
             "carousel": carousel,
+            "serviceWorker": WORKER_PATH if self.standin.service_worker else None,
             **self.standin.faults.storefront_behaviour(),
             # The accelerator renders each page on the server; Spartacus asks the Commerce API from the browser.
             "page": None if self.standin.spartacus else (data or {"type": "notfound"}),
@@ -394,10 +461,7 @@ class StorefrontHandler(_Handler):
         policy = content_security_policy(self.standin.csp, self._origin(), tenant, nonce)
         carried = f' nonce="{nonce}"' if self.standin.csp == "nonce" else ""
         html = SHELL.replace("{{settings}}", embedded).replace("{{nonce}}", carried)
-        headers = self._consent_cookies()
-        if policy:
-            headers.append(("Content-Security-Policy", policy))
-        self._send(status, html.encode(), "text/html; charset=utf-8", headers)
+        return html.encode(), policy
 
     def _origin(self) -> str:
         """The storefront origin the browser asked (under either loopback name)."""
@@ -594,6 +658,10 @@ class StandIn:
     csp: str | None = None  # None, "nonce" or "paths": see content_security_policy
     # Fixed HTTPS ports by role ("storefront", "tenant"); a role not named gets a free one (so do the HTTP ones).
     ports: dict[str, int] = field(default_factory=dict)
+    service_worker: bool = False  # Spartacus style: a service worker like Angular's serves pages from its cache
+    worker_hash_mismatch: bool = False  # the worker's manifest names a wrong hash for index.html (it degrades)
+    server_rendered: bool = False  # navigations get other bytes than /index.html (as with server-side rendering)
+    build_timestamp: int = field(default_factory=lambda: int(time.time() * 1000))  # the manifest's "timestamp"
     carts: catalog.Carts = field(default_factory=catalog.Carts, init=False)
     stopping: threading.Event = field(default_factory=threading.Event, init=False)
     static: dict[str, bytes] = field(default_factory=dict, init=False)
@@ -609,6 +677,8 @@ class StandIn:
     def __post_init__(self) -> None:
         if self.csp not in (None, *CSP_MODES):
             raise ValueError(f"csp: None, 'nonce' or 'paths', not {self.csp!r}")
+        if self.service_worker and not self.spartacus:
+            raise ValueError("service_worker: the worker caches a single-page app's shell; it needs spartacus=True")
 
     def start(self) -> StandIn:
         """Make certificates, open the four listeners and serve in background threads."""
@@ -711,6 +781,9 @@ class StandIn:
                 self._accounts[token] = state
 
 
+# What a server-side rendered navigation adds to the shell: the page a navigation gets is then not the worker's
+# index.html byte for byte (Spartacus with SSR renders each route on the server).
+SERVER_RENDERED = b"<!-- rendered on the server -->\n"
 SHELL = """<!doctype html>
 <html lang="en">
 <head>

@@ -39,6 +39,8 @@ _VIEW_CHANGED = """before => {
   const s = window.standinStorefront;
   return !!s && (s.id !== before.id || s.views > before.views) && !s.busy;
 }"""
+_WORKER_CONTROLS = "() => !!(navigator.serviceWorker && navigator.serviceWorker.controller)"
+_WORKER_STATE = "() => fetch('/ngsw/state', {cache: 'no-store'}).then(r => r.text())"
 _SETTLED = """() => {
   const s = window.standinStorefront, t = window.Y_TRACKING && window.Y_TRACKING.standin;
   return !!s && !s.busy && !!t && t.settled();
@@ -140,7 +142,7 @@ class Shopper:
 
     def walk(self, steps: Iterable[str] = JOURNEY) -> Shopper:
         """Take the named steps in order (home, home-link, accept, decline, withdraw, grant, sign-in, category,
-        product, carousel-click, add-to-cart, search, cart)."""
+        product, carousel-click, add-to-cart, search, cart, reload, worker)."""
         actions = {
             "home": self.home,
             "home-link": self.home_link,
@@ -155,6 +157,8 @@ class Shopper:
             "add-to-cart": self.add_to_cart,
             "search": self.search,
             "cart": self.cart,
+            "reload": self.reload,
+            "worker": self.worker,
         }
         for step in steps:
             actions[step]()
@@ -216,6 +220,20 @@ class Shopper:
     def cart(self) -> None:
         """Open the cart page."""
         self._navigate("cart", lambda: self.page.click("#cart-link"))
+
+    def reload(self) -> None:
+        """Reload the current page (a navigation: with a service worker in control, answered from its cache)."""
+        self._navigate("reload", lambda: self.page.reload())
+
+    def worker(self) -> None:
+        """Wait until the storefront's service worker controls the page and has set up its version."""
+        self._record("worker", lambda: None)
+        self.page.wait_for_function(_WORKER_CONTROLS, timeout=VIEW_TIMEOUT_MS)
+        self.worker_state()  # the worker answers its debug page once it has initialized
+
+    def worker_state(self) -> str:
+        """The service worker's debug page (`/ngsw/state`, as Angular's worker answers it), asked from the page."""
+        return str(self.page.evaluate(_WORKER_STATE))
 
     def settle(self) -> bool:
         """Wait (bounded) until the tag has handed every event to the network and had its answers."""

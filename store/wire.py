@@ -96,6 +96,17 @@ class Blocked(NamedTuple):
     reason: str
 
 
+class Worker(NamedTuple):
+    """A sign of a service worker for a storefront origin in one browser's traffic (`Clickwatch._worker`)."""
+
+    run: str
+    client_addr: str
+    user_agent: str
+    at: float
+    url: str
+    evidence: str
+
+
 class Rejected(NamedTuple):
     """Observe requests the proxy answered and dropped since it last said, as (reason, how many) pairs
     (`ObserverSide.flush`)."""
@@ -147,14 +158,14 @@ class Reset(NamedTuple):
     at: float
 
 
-type Observed = Request | Answer | Storefront | Browser | Blocked | Rejected
+type Observed = Request | Answer | Storefront | Browser | Blocked | Rejected | Worker
 type Control = Config | Webhook | Counts | Reset
 type Message = Observed | Control
 
 # Pickling a NamedTuple costs over twice what a plain tuple does (it goes through copyreg): a batch crosses the
 # pipe as plain tuples and one byte per message naming its class, both made in C loops (docs/store.md, "Cost").
 _CLASSES: tuple[type[Message], ...] = (
-    Request, Answer, Storefront, Browser, Blocked, Rejected, Config, Webhook, Counts, Reset,
+    Request, Answer, Storefront, Browser, Blocked, Rejected, Config, Webhook, Counts, Reset, Worker,
 )  # fmt: skip
 _TAGS = {cls: tag for tag, cls in enumerate(_CLASSES)}
 _PLAIN = operator.itemgetter(slice(None))  # a tuple subclass sliced is a plain tuple, and faster than tuple()
@@ -239,6 +250,8 @@ def observation(message: Observed) -> Observation:
             return model.BrowserReport(*message)
         case Blocked():
             return model.ObserverBlocked(*message)
+        case Worker():
+            return model.ServiceWorkerSeen(*message)
         case Rejected():
             return model.ObserverRejected(tuple((str(reason), int(n)) for reason, n in message.counts))
     raise ValueError(f"not an observation message: {message!r}")

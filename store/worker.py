@@ -77,6 +77,7 @@ class StoreService:
                     | wire.Storefront()
                     | wire.Browser()
                     | wire.Blocked()
+                    | wire.Worker()
                     | wire.Rejected()
                 ):
                     self.received += 1

@@ -35,7 +35,17 @@ from clickwatch.store.apply import apply_ops, next_changes, remove_captured
 from clickwatch.store.inbox import Inbox
 from clickwatch.store.metrics_schema import COUNTERS, QUEUE_DEPTH
 from clickwatch.store.schema import open_database
-from clickwatch.store.wire import Blocked, Browser, Counts, Observed, Request, Reset, Storefront, observation
+from clickwatch.store.wire import (
+    Blocked,
+    Browser,
+    Counts,
+    Observed,
+    Request,
+    Reset,
+    Storefront,
+    Worker,
+    observation,
+)
 
 log = logging.getLogger("clickwatch.store")
 
@@ -59,6 +69,7 @@ RESETS_REMEMBERED = 64
 # When each observation was captured: what a reset compares with its own time.
 _CAPTURED_AT: dict[type, int] = {cls: cls._fields.index(name) for cls, name in (
     (Request, "sent_at"), (Storefront, "request_at"), (Browser, "received_at"), (Blocked, "at"),
+    (Worker, "at"),
 )}  # fmt: skip
 EVALUATE_EVERY_SECONDS = 1.0
 # How long the writer lets observations gather before a commit: a hard kill loses at most this much.

@@ -11,6 +11,7 @@
    until consent is given. A shopper can sign in (OAuth password grant): then every OCC call carries the bearer
    token, user calls go to /users/current/..., and the account's consent decides, whatever the anonymous one
    says.
+   Spartacus style may register a service worker (settings.serviceWorker), which then serves the shell.
    Both styles: the home page may show a merchandising carousel (settings.carousel) from the tenant's strategy
    service, asked with consent-reference while a reference is known.
 
@@ -479,6 +480,10 @@
   }
 
   document.getElementById("mode").textContent = spa ? "Spartacus-style storefront" : "Accelerator-style storefront";
+  // Spartacus with PWA support registers Angular's service worker as the app starts (registerImmediately).
+  if (settings.serviceWorker && navigator.serviceWorker) {
+    navigator.serviceWorker.register(settings.serviceWorker, { scope: "/" }).catch(function () { /* no worker */ });
+  }
   var token = spa ? storedToken() : null;
   if (token) loadAccount(token).then(start); // a shopper signed in on an earlier visit: the account decides
   else start();

@@ -1,4 +1,5 @@
 import base64
+import json
 import sqlite3
 
 import pytest
@@ -6,6 +7,8 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow, tutils
 
 from clickwatch.addon.capture import STOPPED_ERROR, Clickwatch
+from clickwatch.core import serviceworker
+from clickwatch.core.serviceworker import sha1
 from clickwatch.store import wire
 from clickwatch.store.link import StoreLink
 
@@ -368,4 +371,127 @@ async def test_a_header_that_is_not_latin_1_is_no_addon_error(addon_ctx):
     flow.response.headers.fields = ((b"content-type", b"application/octet-stream"),)
     addon.responseheaders(flow)
     assert flow.response.stream is True  # unknown length, not a page: streamed, and no exception on the way
+    assert addon.addon_errors == 0
+
+
+# --- a service worker (Angular's ngsw-worker.js) ------------------------------------------------------------------
+
+SHELL = b"<!doctype html><html><head><title>Shop</title></head><body><app-root></app-root></body></html>"
+
+
+def shop_flow(path: bytes, body: bytes, content_type: str, **headers: str):
+    req = tutils.treq(method=b"GET", host="shop.example", port=443, scheme=b"https", path=path)
+    req.headers["user-agent"] = "Mozilla/5.0 test"
+    for name, value in headers.items():
+        req.headers[name.replace("_", "-")] = value
+    flow = tflow.tflow(req=req)
+    flow.response = tutils.tresp(status_code=200, content=body)
+    flow.response.headers["content-type"] = content_type
+    return flow
+
+
+def ngsw(index_hash: str) -> bytes:
+    table = {"/index.html": index_hash, "/main.js": "0" * 40}
+    value = {"configVersion": 1, "timestamp": 1, "index": "/index.html", "assetGroups": [], "hashTable": table}
+    return json.dumps(value).encode()
+
+
+def shell_fetch():
+    """The worker's own fetch of index.html for its cache (not a navigation), with a length it did not announce."""
+    flow = shop_flow(
+        b"/index.html?ngsw-cache-bust=0.3", SHELL, "text/html", sec_fetch_dest="empty", sec_fetch_mode="cors"
+    )
+    del flow.response.headers["content-length"]
+    flow.request.timestamp_start += 5  # later than the one-a-second limit on the worker's signs
+    return flow
+
+
+async def test_the_worker_gets_the_hash_of_its_shell_with_the_observer_and_the_shell_with_it(addon_ctx):
+    addon, tctx, _ = addon_ctx
+    script = shop_flow(b"/ngsw-worker.js", b"/* worker */", "text/javascript", service_worker="script")
+    await tctx.cycle(addon, script)
+    page = shop_flow(b"/p/1", SHELL, "text/html", sec_fetch_dest="document", sec_fetch_mode="navigate")
+    await tctx.cycle(addon, page)
+    assert b'data-clickwatch-page="' in page.response.raw_content  # the page load's own token
+    # The worker's copy gets the observer without a token: the same bytes for every page it will serve.
+    observed = serviceworker.with_observer(SHELL, "text/html")
+    assert observed is not None and b"data-clickwatch-worker" in observed and b"data-clickwatch-page" not in observed
+    manifest = shop_flow(b"/ngsw.json?ngsw-cache-bust=0.1", ngsw(sha1(SHELL)), "application/json")
+    await tctx.cycle(addon, manifest)
+    assert json.loads(manifest.response.raw_content)["hashTable"] == {
+        "/index.html": sha1(observed),
+        "/main.js": "0" * 40,
+    }
+    fetch = shell_fetch()
+    addon.responseheaders(fetch)
+    assert not fetch.response.stream  # read whole: the worker checks its hash
+    await tctx.cycle(addon, fetch)
+    assert fetch.response.raw_content == observed
+    # The worker's signs: its script (the first); none once its pages carry the observer.
+    workers = [m for m in addon.link.sent if isinstance(m, wire.Worker)]
+    assert [(w.url, w.evidence[:14]) for w in workers] == [("https://shop.example/ngsw-worker.js", "its script was")]
+    assert addon.addon_errors == 0
+
+
+async def test_a_worker_whose_shell_the_proxy_never_saw_on_a_page_load_gets_its_files_as_they_came(addon_ctx):
+    addon, tctx, _ = addon_ctx
+    manifest = shop_flow(b"/ngsw.json", ngsw(sha1(SHELL)), "application/json")
+    await tctx.cycle(addon, manifest)
+    assert manifest.response.raw_content == ngsw(sha1(SHELL))
+    fetch = shell_fetch()
+    await tctx.cycle(addon, fetch)
+    assert fetch.response.raw_content == SHELL
+    # ... and its signs keep coming (one a second at most): its pages carry no observer.
+    workers = [m for m in addon.link.sent if isinstance(m, wire.Worker)]
+    assert [w.url for w in workers] == ["https://shop.example/ngsw.json", "https://shop.example/index.html"]
+
+
+async def test_a_new_build_the_proxy_cannot_observe_passes_as_it_came_and_the_workers_signs_resume(addon_ctx):
+    addon, tctx, _ = addon_ctx
+    page = shop_flow(b"/", SHELL, "text/html", sec_fetch_dest="document", sec_fetch_mode="navigate")
+    await tctx.cycle(addon, page)
+    first = shop_flow(b"/ngsw.json", ngsw(sha1(SHELL)), "application/json")
+    await tctx.cycle(addon, first)
+    assert first.response.raw_content != ngsw(sha1(SHELL))  # this build's pages carry the observer
+    deployed = shop_flow(b"/ngsw.json", ngsw("a" * 40), "application/json")
+    deployed.request.timestamp_start += 5
+    await tctx.cycle(addon, deployed)
+    assert deployed.response.raw_content == ngsw("a" * 40)
+    fetch = shell_fetch()
+    await tctx.cycle(addon, fetch)
+    assert fetch.response.raw_content == SHELL
+    workers = [m.url for m in addon.link.sent if isinstance(m, wire.Worker)]
+    assert workers == ["https://shop.example/ngsw.json", "https://shop.example/ngsw.json"]
+
+
+def token_request(origin: str, run: str = "run-7"):
+    req = tutils.treq(method=b"POST", host="shop.example", port=443, scheme=b"https", path=b"/__clickwatch/page")
+    req.headers["origin"] = origin
+    req.headers["sec-fetch-site"] = "same-origin"
+    req.headers["referer"] = "https://shop.example/p/1"
+    req.headers["user-agent"] = "Mozilla/5.0 test"
+    req.headers["proxy-authorization"] = basic(f"{run}:x".encode())
+    return tflow.tflow(req=req)
+
+
+async def test_a_page_from_the_workers_copy_gets_a_token_of_its_own_and_only_there(addon_ctx):
+    addon, tctx, _ = addon_ctx
+    before = token_request("https://shop.example")
+    await tctx.cycle(addon, before)
+    assert before.response.status_code == 403  # no worker serves this origin's pages with the observer (yet)
+    await tctx.cycle(addon, shop_flow(b"/", SHELL, "text/html", sec_fetch_dest="document", sec_fetch_mode="navigate"))
+    await tctx.cycle(addon, shop_flow(b"/ngsw.json", ngsw(sha1(SHELL)), "application/json"))
+    asked = token_request("https://shop.example")
+    await tctx.cycle(addon, asked)
+    assert asked.response.status_code == 200
+    token = json.loads(asked.response.content)["token"]
+    page = addon.observer.grants.get(token)
+    assert page is not None and (page.run, page.url, page.origin) == (
+        "run-7",
+        "https://shop.example/p/1",
+        "https://shop.example",
+    )
+    forged = token_request("https://evil.example")
+    await tctx.cycle(addon, forged)
+    assert forged.response.status_code == 403
     assert addon.addon_errors == 0

@@ -79,3 +79,22 @@ def test_bad_pattern_names_the_setting():
 )
 def test_is_page_load(method, dest, accept, content_type, expected):
     assert is_page_load(method, dest, accept, content_type) is expected
+
+
+@pytest.mark.parametrize(
+    ("dest", "mode", "expected"),
+    [
+        # A navigation a service worker passed to the network (Angular's worker when degraded, or "freshness").
+        (b"empty", b"navigate", True),
+        (b"empty", b"Navigate", True),
+        # The worker's own fetch of the app shell for its cache: not a page the browser shows as it came.
+        (b"empty", b"same-origin", False),
+        (b"empty", b"cors", False),
+        (b"empty", None, False),
+        (b"document", b"navigate", True),
+        # Nested navigations keep their own destination and rule.
+        (b"embed", b"navigate", False),
+    ],
+)
+def test_a_navigation_a_service_worker_fetched_is_a_page_load(dest, mode, expected):
+    assert is_page_load("GET", dest, b"text/html", b"text/html; charset=utf-8", mode) is expected

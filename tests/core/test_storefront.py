@@ -1,6 +1,8 @@
 """Folding a browser's repeated page loads: what the proxy hands on and in which order."""
 
-from clickwatch.core.storefront import PageFolding, Signals, read_exchange
+import pytest
+
+from clickwatch.core.storefront import PageFolding, Signals, WorkerSightings, read_exchange
 
 GIVEN = b"anonymous-consents=%5B%7B%22templateCode%22%3A%22PROFILE%22%2C%22consentState%22%3A%22GIVEN%22%7D%5D"
 PAGE = ((b"Sec-Fetch-Dest", b"document"), (b"Cookie", GIVEN))
@@ -49,3 +51,35 @@ def test_the_oldest_browser_is_forgotten_beyond_the_bound():
         folding.note(("default", f"10.0.0.{n}", ""), page(), 1.0)
     assert folding.note(("default", "10.0.0.0", ""), page(), 2.0) is not None  # forgotten: handed on again
     assert folding.note(("default", "10.0.0.2", ""), page(), 2.0) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "evidence"),
+    [
+        ("/ngsw-worker.js", ((b"Service-Worker", b"script"), (b"Sec-Fetch-Dest", b"serviceworker")), "its script"),
+        ("/ngsw.json?ngsw-cache-bust=0.42", ((b"Sec-Fetch-Dest", b"empty"),), "its manifest"),
+        ("/static/app.js?ngsw-cache-bust=0.42", ((b"Sec-Fetch-Dest", b"empty"),), "a file for its cache"),
+        ("/p/1", ((b"Sec-Fetch-Mode", b"navigate"), (b"Sec-Fetch-Dest", b"empty")), "a navigation"),
+        # Ordinary traffic shows no worker: a page, the worker's own fetch of the shell, an API call.
+        ("/p/1", ((b"Sec-Fetch-Mode", b"navigate"), (b"Sec-Fetch-Dest", b"document")), None),
+        ("/index.html", ((b"Sec-Fetch-Mode", b"same-origin"), (b"Sec-Fetch-Dest", b"empty")), None),
+        ("/occ/v2/el/products/1?fields=ngsw", ((b"Sec-Fetch-Dest", b"empty"),), None),
+        ("/ngsw.json.bak", (), None),
+    ],
+)
+def test_signs_of_a_service_worker(path, fields, evidence):
+    said = read_exchange("GET", path, fields, HTML)
+    if evidence is None:
+        assert said.worker == ""
+    else:
+        assert evidence in said.worker
+
+
+def test_a_worker_sign_is_handed_on_once_per_origin_and_second():
+    sightings = WorkerSightings()
+    browser = ("run", "10.0.0.1", "UA")
+    assert sightings.note(browser, "https://shop", 100.0)
+    assert not sightings.note(browser, "https://shop", 100.5)
+    assert sightings.note(browser, "https://other", 100.5)
+    assert sightings.note(("run", "10.0.0.2", "UA"), "https://shop", 100.5)
+    assert sightings.note(browser, "https://shop", 101.2)

@@ -165,8 +165,24 @@ def make_standin() -> Iterator[Callable[..., StandIn]]:
     """Start stand-ins for this test (each with its own faults); all stop at teardown."""
     started: list[StandIn] = []
 
-    def make(*faults: str, spartacus: bool = False, carousel: bool = False, csp: str | None = None) -> StandIn:
-        standin = StandIn(spartacus=spartacus, faults=Faults.parse(faults), carousel=carousel, csp=csp).start()
+    def make(
+        *faults: str,
+        spartacus: bool = False,
+        carousel: bool = False,
+        csp: str | None = None,
+        service_worker: bool = False,
+        worker_hash_mismatch: bool = False,
+        server_rendered: bool = False,
+    ) -> StandIn:
+        standin = StandIn(
+            spartacus=spartacus,
+            faults=Faults.parse(faults),
+            carousel=carousel,
+            csp=csp,
+            service_worker=service_worker,
+            worker_hash_mismatch=worker_hash_mismatch,
+            server_rendered=server_rendered,
+        ).start()
         started.append(standin)
         return standin
 

@@ -139,3 +139,17 @@ def test_demo_without_journey_serves_until_interrupted(tmp_path: Path, backgroun
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_demo_journey_with_the_service_worker_is_healthy_and_names_the_worker(tmp_path: Path) -> None:
+    result = demo(tmp_path, "--journey", "--service-worker")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(Spartacus style, with a service worker;" in result.stdout
+    assert "journey: home → accept → worker → reload → product → add-to-cart → search" in result.stdout
+    assert "service worker (/ngsw/state): Driver state: NORMAL ((nominal))" in result.stdout
+    for text in ["ok   ProductView", "ok   AddedToCart", "ok   KeywordSearch", "HEALTHY"]:
+        assert text in result.stdout, result.stdout
+    assert re.search(r"\n  service_worker +1\n", result.stdout), result.stdout
+    # The pages after the reload came from the worker's cache, with the observer the proxy added to its copy.
+    for schema in ("ProductView", "AddedToCart", "KeywordSearch"):
+        assert re.search(rf"\n  {schema} +1 +1 +1 +1\n", result.stdout), result.stdout
