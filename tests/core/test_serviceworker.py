@@ -2,7 +2,7 @@
 
 import json
 
-from clickwatch.core.inject import inject
+from clickwatch.core.inject import inject, script_element
 from clickwatch.core.serviceworker import ShellHashes, is_manifest, rewrite_manifest, sha1, with_observer
 
 SHELL = b"<!doctype html><html><head><title>Shop</title></head><body><app-root></app-root></body></html>"
@@ -56,7 +56,7 @@ def test_the_workers_copy_carries_the_element_that_asks_for_a_token_and_nothing_
         SHELL.replace(b"<head>", b'<head><script src="/__clickwatch/observer.js" data-clickwatch-worker></script>')
         == OBSERVED
     )
-    already = inject(SHELL, "text/html")
+    already = inject(SHELL, "text/html", script_element())
     assert already is not None and with_observer(already, "text/html") is None
 
 
