@@ -32,6 +32,7 @@ from mitmproxy.proxy.layer import NextLayer
 from clickwatch.addon.observer import OWN_METADATA, ObserverSide, is_own
 from clickwatch.core import intercept, matching, settings, storefront
 from clickwatch.core.config import Config, ConfigError, build_config
+from clickwatch.core.consent import ACCOUNT_BODY_LIMIT
 from clickwatch.core.verdict import StatusSpecError
 from clickwatch.store import wire
 from clickwatch.store.link import Link, LinkFactory, StoreLink
@@ -58,6 +59,7 @@ _REQUEST_READ = {
     b"transfer-encoding": _CHUNKED,
 }
 _MAX_REMEMBERED_ORIGINS = 4096
+TAP_METADATA = "clickwatch_tap"
 _EVENT_STREAM = b"text/event-stream"
 
 # Options of judged settings: unset (None) unless given; given, even as the default, they override the config file.
@@ -83,6 +85,25 @@ def fail_open[F: Callable[..., Any]](hook: F) -> F:
 def _raw(value: str) -> bytes:
     """A header value back as the bytes it came as (mitmproxy decodes them as UTF-8 with surrogateescape)."""
     return value.encode("utf-8", "surrogateescape")
+
+
+class _BodyTap:
+    """A streamed answer's body passed on unchanged, its first bytes kept (one more than core reads, so an answer too
+    long to read is known as such)."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept = bytearray()
+
+    def __call__(self, data: bytes) -> bytes:
+        room = ACCOUNT_BODY_LIMIT + 1 - len(self._kept)
+        if room > 0:
+            self._kept += data[:room]
+        return data
+
+    def body(self) -> bytes:
+        return bytes(self._kept)
 
 
 class Clickwatch:
@@ -337,6 +358,12 @@ class Clickwatch:
         page = content_type[:9].lower() == b"text/html" and self.observer.enabled
         if page and self._add_observer(flow, resp, content_type, small):
             return
+        if not small and storefront.reads_body(flow.request.path):
+            # A signed-in shopper's consents, of unknown or large length: passed on as it comes, its beginning kept.
+            tap = _BodyTap()
+            flow.metadata[TAP_METADATA] = tap
+            resp.stream = tap
+            return
         if not small and not self.observer.wants_whole(flow.request):
             # Nothing here reads the body of an answer that is not a tracking call's, but a service worker's manifest
             # and the file whose hash it checks (read whole, however large).
@@ -498,9 +525,14 @@ class Clickwatch:
     def _storefront(self, flow: http.HTTPFlow, resp: http.Response | None) -> None:
         """Hand on what storefront traffic says about consent, sign-in and page loads; most of it says nothing new."""
         req = flow.request
-        signals = storefront.read_exchange(
-            req.method, req.path, req.headers.fields, resp.headers.fields if resp is not None else None
-        )
+        if resp is None:
+            signals = storefront.read_exchange(req.method, req.path, req.headers.fields, None)
+        else:
+            tap = flow.metadata.get(TAP_METADATA)
+            body = tap.body() if tap is not None else resp.raw_content
+            signals = storefront.read_exchange(
+                req.method, req.path, req.headers.fields, resp.headers.fields, resp.status_code, body
+            )
         if signals.worker:
             self._worker(flow, signals)
         if not signals.telling:
@@ -617,6 +649,7 @@ def _storefront_message(
         last_at,
         said.consent_reference,
         said.logged_in,
+        said.account,
     )
 
 

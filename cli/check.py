@@ -42,6 +42,7 @@ WINDOWS = (
     ("events after consent", "silence window (windows.silence_seconds)"),
     ("await their clickstream POST", "reconcile window (observer.reconcile_seconds)"),
     ("await their data-layer push", "reconcile window (observer.reconcile_seconds)"),
+    ("await the page that asked", "reconcile window (observer.reconcile_seconds)"),
 )
 
 

@@ -1,9 +1,9 @@
 """`clickwatch demo`: the stand-in storefront and tenant, the proxy and the dashboard, started together.
 
 Without `--journey` it runs until Ctrl-C while a person browses. With `--journey` a headless Chromium takes a
-scripted visit through the proxy (home, accept consent, product, add to cart, search), and the run is judged
-as `clickwatch check` would: exit 0 when healthy, 1 when not. `clickwatch up` runs as a child process, so
-the demo exercises exactly what a user starts.
+scripted visit through the proxy (home, read, accept consent, product, add to cart, search; or the `--steps`
+given), and the run is judged as `clickwatch check` would: exit 0 when healthy, 1 when not. `clickwatch up` runs
+as a child process, so the demo exercises exactly what a user starts.
 """
 
 from __future__ import annotations
@@ -30,10 +30,13 @@ from clickwatch.standin.server import TAG_PATTERN, StandIn
 LISTEN = "127.0.0.1"
 STARTUP_SECONDS = 30.0
 STOP_SECONDS = 20.0
-JOURNEY_STEPS = ("accept", "product", "add-to-cart", "search")
+# The shopper reads the home page (and its banner) for a couple of seconds, then accepts: whatever the tag sends
+# before that is sent without consent, however soon the acceptance follows.
+JOURNEY_STEPS = ("home", "read", "accept", "product", "add-to-cart", "search")
+# What the check expects delivered, for the steps that push it (with consent given).
+_EXPECTED_BY_STEP = {"product": "ProductView", "add-to-cart": "AddedToCart", "search": "KeywordSearch"}
 # With the service worker: once it controls the page, a reload comes from its cache, and the visit goes on there.
-WORKER_JOURNEY_STEPS = ("accept", "worker", "reload", "product", "add-to-cart", "search")
-EXPECTED = ("ProductView", "AddedToCart", "KeywordSearch")
+WORKER_JOURNEY_STEPS = ("home", "read", "accept", "worker", "reload", "product", "add-to-cart", "search")
 # Short windows in journey mode, so the verdict comes seconds after the visit. A person reads a page longer
 # than a script does, and the proxy sees a newly given consent only on the next storefront request: the
 # interactive demo gives that more time.
@@ -62,6 +65,28 @@ class DemoOptions:
     tenant_port: int = 0
     set_options: tuple[str, ...] = ()
     service_worker: bool = False  # Spartacus style with a service worker like Angular's (implies spartacus)
+    steps: tuple[str, ...] = JOURNEY_STEPS
+    carousel: bool = False
+
+
+def parse_steps(text: str | None) -> tuple[str, ...]:
+    """The --steps value (comma-separated shopper steps), or a DemoUsageError naming the unknown one."""
+    from clickwatch.standin.shopper import STEPS
+
+    if text is None:
+        return JOURNEY_STEPS
+    steps = tuple(step.strip() for step in text.split(",") if step.strip())
+    unknown = [step for step in steps if step not in STEPS]
+    if unknown or not steps:
+        raise DemoUsageError(f"--steps: unknown step {', '.join(unknown) or '(none)'} (known: {', '.join(STEPS)})")
+    if steps[0] != "home":
+        steps = ("home", *steps)  # every visit starts on the home page
+    return steps
+
+
+def expected(steps: tuple[str, ...]) -> tuple[str, ...]:
+    """The schemas a journey's steps make the tag send (what `clickwatch check` then expects delivered)."""
+    return tuple(dict.fromkeys(_EXPECTED_BY_STEP[step] for step in steps if step in _EXPECTED_BY_STEP))
 
 
 def parse_faults(names: list[str]) -> Faults:
@@ -144,6 +169,7 @@ def print_banner(standin: StandIn, options: DemoOptions, db: str, ca_cert: Path,
         style += ", with a service worker"
     proxy = f"http://{LISTEN}:{options.proxy_port}"
     out.write("clickwatch demo: a stand-in storefront and ISS tenant behind the clickwatch proxy\n")
+    style += ", with a carousel" if options.carousel else ""
     out.write(f"  storefront  {standin.storefront_url()}  ({style}; also {standin.storefront_url('http')})\n")
     out.write(f"  tenant      {standin.tenant_origin()}  faults: {', '.join(options.faults.names()) or 'none'}\n")
     out.write(f"  proxy       {proxy}  CA certificate {ca_cert}\n")
@@ -163,7 +189,7 @@ def print_banner(standin: StandIn, options: DemoOptions, db: str, ca_cert: Path,
 
 
 def take_journey(standin: StandIn, options: DemoOptions, ca_cert: Path, home: Path, run: str, out: TextIO) -> None:
-    """Headless Chromium through the proxy as run `run`: home, (read), accept, product, add to cart, search."""
+    """Headless Chromium through the proxy as run `run`, taking the journey's steps."""
     from playwright.sync_api import sync_playwright
 
     from clickwatch.standin import shopper
@@ -174,11 +200,8 @@ def take_journey(standin: StandIn, options: DemoOptions, ca_cert: Path, home: Pa
         try:
             context = shopper.visit(browser, f"http://{LISTEN}:{options.proxy_port}", run)
             walker = shopper.Shopper(context.new_page(), standin.storefront_url(), settle_seconds=3.0)
-            walker.home()
-            # The shopper reads the home page (and the banner) for longer than the grace window: whatever the
-            # tag sends before consent is then judged as sent without consent.
-            time.sleep(JOURNEY_GRACE_SECONDS + 1)
-            walker.walk(WORKER_JOURNEY_STEPS if options.service_worker else JOURNEY_STEPS)
+            worker = options.service_worker and options.steps == JOURNEY_STEPS
+            walker.walk(WORKER_JOURNEY_STEPS if worker else options.steps)
             if options.service_worker:
                 state = next((line for line in walker.worker_state().splitlines() if "Driver state" in line), "")
                 out.write(f"service worker (/ngsw/state): {state or 'no state'}\n")
@@ -188,20 +211,20 @@ def take_journey(standin: StandIn, options: DemoOptions, ca_cert: Path, home: Pa
             context.close()
         finally:
             browser.close()
-    steps = " → ".join(name for name, _ in walker.steps)
+    taken = " → ".join(name for name, _ in walker.steps)
     unanswered = f" (no answer yet after: {', '.join(walker.unsettled)})" if walker.unsettled else ""
-    out.write(f"journey: {steps} as run {run!r}{unanswered}\n")
+    out.write(f"journey: {taken} as run {run!r}{unanswered}\n")
     out.flush()
 
 
-def judge(dashboard: str, run: str, out: TextIO) -> bool:
+def judge(dashboard: str, run: str, out: TextIO, steps: tuple[str, ...] = JOURNEY_STEPS) -> bool:
     """Wait for the run's pending decisions, then print the `clickwatch check` report; True when healthy."""
     from clickwatch.cli.check import DEFAULT_FAIL_ON, Expectation, parse_fail_on, print_report, run_check
 
     source = ApiSource(dashboard)
     fail_on = parse_fail_on(DEFAULT_FAIL_ON)
     run_check(source, {"run": run}, fail_on, [], CHECK_WAIT_SECONDS)  # decisions first, so no time is spent on
-    report = run_check(source, {"run": run}, fail_on, [Expectation(e) for e in EXPECTED], 0.0)  # unmet ones
+    report = run_check(source, {"run": run}, fail_on, [Expectation(e) for e in expected(steps)], 0.0)  # unmet ones
     print_report(report, out)
     print_funnel(source, run, out)
     return report.healthy
@@ -265,6 +288,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
                     spartacus=options.spartacus or options.service_worker,
                     service_worker=options.service_worker,
                     faults=options.faults,
+                    carousel=options.carousel,
                     directory=state / "standin",
                     ports={k: v for k, v in (("storefront", options.shop_port), ("tenant", options.tenant_port)) if v},
                 ) as standin,
@@ -279,7 +303,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
                     take_journey(standin, options, ca_cert, state / "browser-home", run, out)
                 except ShopperError as exc:
                     raise DemoUsageError(str(exc)) from None
-                return 0 if judge(f"http://{LISTEN}:{options.dashboard_port}", run, out) else 1
+                return 0 if judge(f"http://{LISTEN}:{options.dashboard_port}", run, out, options.steps) else 1
         except KeyboardInterrupt:
             out.write("clickwatch demo: stopped\n")
             return 0

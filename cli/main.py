@@ -327,7 +327,7 @@ def _cmd_addon_path(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from clickwatch.cli.demo import DemoOptions, DemoUsageError, parse_faults, run_demo
+    from clickwatch.cli.demo import DemoOptions, DemoUsageError, parse_faults, parse_steps, run_demo
 
     try:
         options = DemoOptions(
@@ -342,12 +342,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             shop_port=args.shop_port,
             tenant_port=args.tenant_port,
             set_options=tuple(args.set),
+            steps=parse_steps(args.steps),
+            carousel=args.carousel,
         )
         for flag, value in (("--shop-port", args.shop_port), ("--tenant-port", args.tenant_port)):
             if value and not 1 <= value <= 65535:
                 raise UsageError(f"{flag}: must be a port number 1-65535, not {value}")
             if value:
                 _check_port_free("127.0.0.1", value)
+        if args.steps is not None and not args.journey:
+            raise UsageError("--steps: only with --journey")
         for name in ("proxy_port", "dashboard_port"):
             port = settings.BY_NAME[name]
             problem = port.problem(getattr(args, name))
@@ -520,6 +524,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-worker",
         action="store_true",
         help="Spartacus style with a service worker like Angular's, serving pages from its cache",
+    )
+    demo.add_argument(
+        "--carousel", action="store_true", help="the home page shows a merchandising carousel (strategy calls)"
+    )
+    demo.add_argument(
+        "--steps",
+        default=None,
+        metavar="LIST",
+        help="with --journey: the shopper's steps, comma-separated (default home,read,accept,product,add-to-cart,"
+        "search; the names are in docs/demo.md)",
     )
     for name in ("proxy_port", "dashboard_port"):
         port = settings.BY_NAME[name]

@@ -7,8 +7,13 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.cookiejar import http2time  # type: ignore[attr-defined]  # public, missing from typeshed
+from typing import Any
 from urllib.parse import unquote
+
+from clickwatch.core.decoding import DecodeError, parse_json, undo_content_encoding
+from clickwatch.core.model import AccountAnswer
 
 ANONYMOUS_CONSENTS = "anonymous-consents"
 ANONYMOUS_CONSENTS_HEADER = "x-anonymous-consents"
@@ -19,10 +24,19 @@ SIGNED_IN_COOKIE = "acceleratorSecureGUID"
 # A browser keeps a cookie of 4 KB at most; a header is given a little more room. Longer is not read.
 MAX_CONSENTS_CHARS = 16384
 MAX_CONSENTS_VALUES = 200
+# A signed-in shopper's consent templates: a few hundred bytes per template. Longer answers are not read.
+ACCOUNT_BODY_LIMIT = 64 * 1024
+# /users/<id>/consenttemplates[/<template>] and /users/<id>/consents[/<code>] of a signed-in shopper: the
+# anonymous user's templates hold no account consent (Spartacus asks for them with the bearer token too).
+_ACCOUNT_PATH = re.compile(r"/users/(?!anonymous/)[^/]+/(consenttemplates|consents)(?:/([^/]+))?/?")
 
 
 class ConsentState(enum.StrEnum):
-    """A visitor's tracking consent at one moment."""
+    """A visitor's tracking consent at one moment.
+
+    `absent` is "not given": no decision, or a decision against before any consent was given; `withdrawn` is
+    consent taken back after it was given (or as the shopper's consent list names it: `WITHDRAWN`).
+    """
 
     GIVEN = "given"
     WITHDRAWN = "withdrawn"
@@ -185,13 +199,112 @@ def has_consent_cookie(cookie_header: str) -> bool:
 def signed_in(method_path: str, authorization: str | None, cookie_header: str, page_load: bool) -> bool | None:
     """Whether storefront traffic shows a signed-in shopper (True), an anonymous one (False), or says nothing.
 
-    Spartacus: Commerce API calls to /users/current/... with a bearer token, /users/anonymous/... without one.
+    Spartacus: any Commerce API call to /users/... with a bearer token (it asks for users/anonymous/consenttemplates
+    with the token too); /users/current/... or /users/anonymous/... without one is anonymous.
     Accelerator: page loads carry the acceleratorSecureGUID cookie only while a shopper is signed in.
     """
-    if "/users/current/" in method_path or method_path.endswith("/users/current"):
-        return authorization is not None and authorization.lstrip()[:7].lower() == "bearer "
-    if "/users/anonymous/" in method_path:
-        return False
+    if "/users/" in method_path:
+        if authorization is not None and authorization.lstrip()[:7].lower() == "bearer ":
+            return True
+        if "/users/anonymous/" in method_path or "/users/current/" in method_path:
+            return False
+        return False if method_path.endswith("/users/current") else None
     if page_load:
         return SIGNED_IN_COOKIE in parse_cookie_header(cookie_header) if cookie_header else False
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountReading:
+    """What a Commerce API answer says of a signed-in shopper's consent to one template.
+
+    `state`: GIVEN, WITHDRAWN, or ABSENT (no consent on record). `changed_at`: the consent's given or withdrawn
+    date as the Commerce server dated it (None when it gave none). `code`: the consent's code, kept in memory to
+    recognise its withdrawal (`DELETE …/consents/<code>` answers with no body), never stored.
+    """
+
+    state: ConsentState
+    source: str
+    detail: str
+    changed_at: float | None = None
+    code: str | None = None
+    by_code: bool = False  # a withdrawal that names the consent by its code only (which template is not said)
+
+
+def is_account_path(path: str) -> bool:
+    """Whether a Commerce API path (without its query) answers about a signed-in shopper's consents."""
+    return "/users/" in path and _ACCOUNT_PATH.search(path) is not None
+
+
+def account_answer(method: str, path: str, status: int, content_encoding: str, body: bytes) -> AccountAnswer | None:
+    """The answer to hand on for `read_account`, its body bounded; None when the path is not about account consent."""
+    query = path.find("?")
+    path = path[:query] if query >= 0 else path
+    if not is_account_path(path):
+        return None
+    complete = len(body) <= ACCOUNT_BODY_LIMIT
+    return AccountAnswer(method.upper(), path, status, content_encoding, body if complete else b"", complete)
+
+
+def _date(value: Any) -> float | None:
+    if not isinstance(value, str) or not value or len(value) > 64:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
+def _template_reading(item: Any, template: str, source: str) -> AccountReading | None:
+    if not isinstance(item, dict) or item.get("id") != template:
+        return None
+    current = item.get("currentConsent")
+    if not isinstance(current, dict):
+        return AccountReading(ConsentState.ABSENT, source, f"the account holds no {template} consent")
+    code = current.get("code") if isinstance(current.get("code"), str) else None
+    withdrawn = current.get("consentWithdrawnDate")
+    if withdrawn:
+        when = _date(withdrawn)
+        shown = datetime.fromtimestamp(when, UTC).isoformat() if when is not None else "an unreadable date"
+        return AccountReading(ConsentState.WITHDRAWN, source, f"{template} withdrawn on {shown}", when, code)
+    given = current.get("consentGivenDate")
+    if given:
+        when = _date(given)
+        shown = datetime.fromtimestamp(when, UTC).isoformat() if when is not None else "an unreadable date"
+        return AccountReading(ConsentState.GIVEN, source, f"{template} given on {shown}", when, code)
+    return AccountReading(ConsentState.ABSENT, source, f"the account's {template} consent has neither date")
+
+
+def read_account(answer: AccountAnswer, template: str) -> AccountReading | None:
+    """A signed-in shopper's consent to `template` as one Commerce API answer tells it; None when it does not.
+
+    Lists and single templates (`GET …/consenttemplates[/<id>]`), a consent given (`POST …/consents`, answered
+    with its template) and a consent withdrawn (`DELETE …/consents/<code>`, no body: `code` says which).
+    """
+    match = _ACCOUNT_PATH.search(answer.path)
+    if match is None or not 200 <= answer.status <= 299:
+        return None
+    resource, item = match.group(1), match.group(2)
+    source = f"account ({answer.method} {match.group(0).rstrip('/')})"
+    if answer.method == "DELETE":
+        if resource != "consents" or not item:
+            return None
+        return AccountReading(
+            ConsentState.WITHDRAWN, source, "consent withdrawn in the account", None, unquote(item), by_code=True
+        )
+    if not answer.complete or not answer.body:
+        return None
+    try:
+        data = undo_content_encoding(answer.body, answer.content_encoding, ACCOUNT_BODY_LIMIT)
+        parsed, problem, _ = parse_json(data.decode("utf-8", "replace"))
+    except (DecodeError, ValueError, EOFError, OSError):
+        return None
+    if problem is not None:
+        return None
+    if isinstance(parsed, dict) and isinstance(parsed.get("consentTemplates"), list):
+        return next(
+            (r for t in parsed["consentTemplates"] if (r := _template_reading(t, template, source)) is not None),
+            None,
+        )
+    return _template_reading(parsed, template, source)

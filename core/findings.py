@@ -36,6 +36,7 @@ class FindingKind(enum.StrEnum):
     OBSERVER_BLOCKED = "observer_blocked"
     SERVICE_WORKER = "service_worker"
     UNREADABLE_MESSAGE = "unreadable_message"
+    ACCOUNT_CONSENT_MISMATCH = "account_consent_mismatch"
 
 
 DEFAULT_SEVERITY: Mapping[FindingKind, Severity] = MappingProxyType(
@@ -60,6 +61,9 @@ DEFAULT_SEVERITY: Mapping[FindingKind, Severity] = MappingProxyType(
         FindingKind.SERVICE_WORKER: Severity.INFO,
         # clickwatch could not read or judge a message: nobody is accused, but the delivery went unjudged.
         FindingKind.UNREADABLE_MESSAGE: Severity.WARNING,
+        # The shopper consented in this browser; the account they signed in to holds no consent: a record to fix,
+        # not tracking against the shopper's will (Spartacus transfers anonymous consent only at registration).
+        FindingKind.ACCOUNT_CONSENT_MISMATCH: Severity.WARNING,
     }
 )
 

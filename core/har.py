@@ -243,7 +243,9 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[Observation]:
         if match is None:
             # No status: the browser recorded no answer, as the proxy sees an error.
             answered = status is not None
-            signals = read_exchange(method, path, _raw(req_headers), _raw(resp_headers) if answered else None)
+            # (HAR bodies are stored decoded: an account-consent answer is read without its Content-Encoding.)
+            answer = _raw(_without_encoding(resp_headers)) if answered else None
+            signals = read_exchange(method, path, _raw(req_headers), answer, status, resp_body)
             if signals.page_load and answered and (token := _PAGE_TOKEN.search(resp_body)):
                 # A page the proxy added the observer to: its reports count as the live proxy counted them.
                 page_token = token.group(1).decode("ascii")
@@ -265,6 +267,7 @@ def observations(har: Any, run: str, patterns: Patterns) -> list[Observation]:
                     page_load=signals.page_load,
                     consent_reference=signals.consent_reference,
                     logged_in=signals.logged_in,
+                    account=signals.account,
                 )
             )
             continue

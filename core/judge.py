@@ -11,14 +11,17 @@ import hashlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from clickwatch.core.checks import cors_problems, payload_problems, schema_problem
 from clickwatch.core.config import Config
 from clickwatch.core.consent import (
     CONSENT_GIVEN_SUFFIX,
+    AccountReading,
     ConsentReading,
     ConsentState,
     has_consent_cookie,
+    read_account,
     read_request,
     read_response,
 )
@@ -46,7 +49,9 @@ NO_COOKIE_SOURCE = "page load without consent cookie"
 DATALAYER_SOURCE = "data layer"
 CONSENT_CHANGED = "ConsentChanged"
 # The observer's times are estimated (received time minus the browser's own delay): a data-layer change this
-# close after a call may have happened before it, and the benefit of that doubt goes to the shopper.
+# close after a call may have happened before it, and the benefit of that doubt goes to the shopper. Where the data
+# layer said "not granted" at a call, this is also the only window in which other evidence of consent clears it:
+# a consent given later, however soon, never excuses a call made before it.
 DATALAYER_TOLERANCE_SECONDS = 1.0
 # Identifying fields compared between a push and the clickstream body that carries it, where both have them.
 IDENTIFYING_FIELDS = ("productSku", "sku", "searchTerm", "productCategory", "carouselId", "cartId", "cartCode")
@@ -167,6 +172,18 @@ def _state_at(readings: list[Reading], at: float) -> Reading | None:
     return readings[index - 1] if index else None
 
 
+def _datalayer_reading(v: _Visitor, at: float, granted: bool, site: str | None) -> ConsentReading:
+    """A ConsentChanged push as a reading: `granted:false` is a withdrawal only after a `granted:true` in the visit.
+
+    Spartacus pushes `granted:false` for a shopper who never decided as well as for one who withdrew.
+    """
+    if granted:
+        return ConsentReading(ConsentState.GIVEN, DATALAYER_SOURCE, "ConsentChanged granted=true")
+    if any(r[1] is ConsentState.GIVEN and r[0] < at for r in v.layer(site)):
+        return ConsentReading(ConsentState.WITHDRAWN, DATALAYER_SOURCE, "ConsentChanged granted=false after consent")
+    return ConsentReading(ConsentState.ABSENT, DATALAYER_SOURCE, "ConsentChanged granted=false, never given")
+
+
 def _identifying(data: object) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
@@ -204,6 +221,11 @@ def call_site(headers: Headers) -> str | None:
     return page_origin(referer.strip()) if referer else None
 
 
+def said(state: ConsentState | str) -> str:
+    """A consent state as messages word it: `absent` is "not given" (never given, or declined before giving)."""
+    return "not given" if state == ConsentState.ABSENT else str(state)
+
+
 def _explicit_no_decision(reading: Reading) -> bool:
     # Only an explicit "no decision" in the shopper's own consent list says the browser had not consented.
     return reading[1] is ConsentState.ABSENT and reading[3].endswith("has no decision")
@@ -228,6 +250,11 @@ class _Visitor:
     readings: list[Reading] = field(default_factory=list)  # from cookies and headers (later echoes)
     datalayer: list[Reading] = field(default_factory=list)  # ConsentChanged pushes: the browser's own truth
     logins: list[tuple[float, bool]] = field(default_factory=list)  # signed in (True) or anonymous, from when
+    account: list[tuple[float, AccountReading]] = field(default_factory=list)  # the signed-in shopper's, as answered
+    account_code: str | None = None  # the code of the account's consent (to recognise its withdrawal)
+    account_reported_for: float | None = None  # the account reading an account_consent_mismatch was said for
+    pages: list[float] = field(default_factory=list)  # when storefront pages were requested (page loads)
+    pending_references: list[tuple[float, float, str]] = field(default_factory=list)  # (sent, answered, uid)
     page_marks: list[tuple[float, bool]] = field(default_factory=list)  # pages with (True) or without observer
     # The same two, per site (page origin): a report speaks only for the calls its own site makes.
     site_layers: dict[str, list[Reading]] = field(default_factory=dict)
@@ -249,7 +276,7 @@ class _Visitor:
     clickstream_times: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     candidates: list[_Candidate] = field(default_factory=list)
     unknown_reported: bool = False
-    references: deque[float] = field(default_factory=deque)
+    references: deque[tuple[float, float]] = field(default_factory=deque)  # (sent, answered) of each reference
     recent_bodies: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def state_at(self, at: float) -> Reading | None:
@@ -265,6 +292,19 @@ class _Visitor:
     def signed_in_at(self, at: float) -> bool:
         index = bisect.bisect_right(self.logins, at, key=lambda r: r[0])
         return index > 0 and self.logins[index - 1][1]
+
+    def account_for(self, at: float, after: float) -> tuple[float, AccountReading] | None:
+        """The account's consent as last read at `at`, else as first read within `after` seconds after it."""
+        index = bisect.bisect_right(self.account, at, key=lambda r: r[0])
+        if index:
+            return self.account[index - 1]
+        if index < len(self.account) and self.account[index][0] <= at + after:
+            return self.account[index]
+        return None
+
+    def page_before(self, at: float) -> float | None:
+        index = bisect.bisect_right(self.pages, at)
+        return self.pages[index - 1] if index else None
 
     def observed_at(self, at: float, site: str | None = None) -> bool:
         marks = self.site_marks.get(site, []) if site else self.page_marks
@@ -306,6 +346,8 @@ class Judge:
             self._consent_check(v, _Candidate(seen.uid, seen.kind, seen.sent_at, reference, site), out)
         if seen.kind is Kind.CLICKSTREAM:
             v.clickstream_times.append(seen.sent_at)
+            if self._ends_silence(v, seen.sent_at):
+                self._silence_broken(v)
             name = self._event_checks(v, seen, body, out)
             if name and self.config.observer_enabled:
                 # A body may carry several events (an array): each can answer a push of its own.
@@ -379,10 +421,17 @@ class Judge:
         if seen.logged_in is not None and not (seen.page_load and v.header_based):
             # A Spartacus shell load carries no sign-in cookie even for a signed-in shopper: only its API calls tell.
             self._signed_in(v, seen.request_at, seen.logged_in)
+        if seen.account is not None:
+            account = read_account(seen.account, template)
+            if account is not None:
+                self._record_account(v, seen.response_at or seen.request_at, account, out)
         if seen.page_load:
             v.page_loads += 1 + seen.repeats
             last = seen.last_at or seen.request_at
             v.last_page_at = max(last, v.last_page_at or last)
+            for at in {seen.request_at, last}:
+                bisect.insort(v.pages, at)
+            del v.pages[:-_MAX_READINGS]
             self._arm_silence(v, seen.request_at)
         if seen.consent_reference and not any(c.uid is None for c in v.candidates):
             self._consent_check(v, _Candidate(None, None, seen.request_at, reference=True), out)
@@ -417,9 +466,7 @@ class Judge:
             if event.type is BrowserEventType.PUSH and event.name == CONSENT_CHANGED:
                 granted = event.data.get("granted") if isinstance(event.data, dict) else None
                 if isinstance(granted, bool):
-                    state = ConsentState.GIVEN if granted else ConsentState.WITHDRAWN
-                    reading = ConsentReading(state, DATALAYER_SOURCE, f"ConsentChanged granted={str(granted).lower()}")
-                    self._record_datalayer(v, event.at, reading, out, site)
+                    self._record_datalayer(v, event.at, _datalayer_reading(v, event.at, granted, site), out, site)
             schema = mapping.get(event.name) if event.type is BrowserEventType.PUSH else None
             consent, owed = self._push_consent(v, event.at, site)
             uid = hashlib.sha256(f"{seen.run}\n{v.key}\n{seen.page}\n{event.at!r}\n{index}".encode()).hexdigest()[:24]
@@ -484,6 +531,8 @@ class Judge:
                 changed = True
             if v.open_pushes or v.open_sent:
                 changed = self._reconcile(v, now, final, out) or changed
+            if v.pending_references:
+                changed = self._decide_references(v, now, final, out) or changed
             if v.silence_deadline is not None and (final or v.silence_deadline <= now):
                 self._decide_silence(v, out)
                 changed = True
@@ -548,6 +597,23 @@ class Judge:
                 kept.append(candidate)
         v.given_early = kept
 
+    def _record_account(self, v: _Visitor, at: float, reading: AccountReading, out: Judgement) -> None:
+        """A Commerce API answer about the signed-in shopper's consent: kept, and shown in the timeline."""
+        if reading.by_code:
+            # DELETE …/consents/<code>: a withdrawal of this template's consent only if the code is its own.
+            if reading.code is None or reading.code != v.account_code:
+                return
+            reading = replace(reading, changed_at=at)
+        elif reading.code is not None:
+            v.account_code = reading.code
+        index = bisect.bisect_right(v.account, at, key=lambda r: r[0])
+        before = v.account[index - 1][1] if index else None
+        v.account.insert(index, (at, reading))
+        del v.account[:-_MAX_READINGS]
+        if before is not None and before.state is reading.state:
+            return
+        out.signals.append(ConsentSignal(v.run, v.key, at, reading.state, reading.source, reading.detail))
+
     @staticmethod
     def _given_changed(v: _Visitor, at: float, state: ConsentState) -> None:
         if state is ConsentState.GIVEN:
@@ -582,7 +648,33 @@ class Judge:
             return True, at_call
         if soon is not None:
             return True, soon
-        return (False, at_call) if at_call is not None else None
+        if at_call is not None:
+            return False, at_call
+        return self._given_later_on_this_page(v, at, network, layer, site)
+
+    @staticmethod
+    def _given_later_on_this_page(
+        v: _Visitor, at: float, network: Reading | None, layer: list[Reading], site: str | None
+    ) -> tuple[bool, Reading] | None:
+        """The data layer said nothing before the call, but the observer watched its page and saw consent given there
+        later: consent was given after the call (an accelerator page pushes nothing before the shopper decides).
+
+        Only on the same page: a ConsentChanged pushed at the start of a later page may announce a consent given
+        earlier, without a push, and says nothing of when.
+        """
+        if (network is not None and network[1] is ConsentState.GIVEN) or not v.observed_at(at, site):
+            return None
+        start = bisect.bisect_right(layer, at + DATALAYER_TOLERANCE_SECONDS, key=lambda r: r[0])
+        later = next((r for r in layer[start:] if r[1] is ConsentState.GIVEN), None)
+        if later is None:
+            return None
+        marks = v.site_marks.get(site, []) if site else v.page_marks
+        first = bisect.bisect_right(marks, at, key=lambda m: m[0])
+        if any(mark[0] <= later[0] for mark in marks[first:]):
+            return None  # a new page began in between
+        page = marks[first - 1][0]
+        detail = f"no ConsentChanged on this page until granted=true {later[0] - at:.1f} s after the call"
+        return False, (page, ConsentState.ABSENT, DATALAYER_SOURCE, detail)
 
     def _push_consent(self, v: _Visitor, at: float, site: str | None = None) -> tuple[str, bool]:
         """The visitor's consent at a push, and whether the tag then owed a clickstream POST for it.
@@ -604,6 +696,10 @@ class Judge:
         said = self._datalayer_says(v, candidate.at, candidate.site)
         if said is not None:
             given = said[0]
+            if given and v.signed_in_at(candidate.at):
+                # The account may disagree with the browser: decided once its answer had time to come.
+                found = v.account_for(candidate.at, 0.0)
+                given = found is not None and found[1].state is ConsentState.GIVEN
         elif v.page_marks or v.signed_in_at(candidate.at):
             given = False  # the observer's report may still be on its way, or only the data layer can tell
         else:
@@ -623,29 +719,31 @@ class Judge:
     def _decide_consent(self, v: _Visitor, candidate: _Candidate, now: float, final: bool, out: Judgement) -> bool:
         """Decide a call's consent once its grace window has passed; False: it waits for more evidence."""
         said = self._datalayer_says(v, candidate.at, candidate.site)
+        grace = self.config.grace_seconds
         if said is not None:
             given, reading = said
-            grace = self.config.grace_seconds
+            # The data layer said "not granted" at the call: only evidence of consent within its own tolerance (its
+            # report may be placed late) clears it. A consent given afterwards, however soon, never does.
             since = max(candidate.at - DATALAYER_TOLERANCE_SECONDS, reading[0])
-            echoed = reading[1] is not ConsentState.PAUSED and any(
-                r[1] is ConsentState.GIVEN for r in v.readings if since < r[0] <= candidate.at + grace
+            echo = next(
+                (
+                    r
+                    for r in v.readings
+                    if since < r[0] <= candidate.at + DATALAYER_TOLERANCE_SECONDS and r[1] is ConsentState.GIVEN
+                ),
+                None,
             )
-            if given or echoed:
-                # (A cookie or header saying given within the grace window: the data layer's report may be late.)
-                self._consent_is(out, candidate, ConsentState.GIVEN.value)
+            if reading[1] is not ConsentState.PAUSED and (given or echo is not None):
+                granted = reading if given else echo
+                assert granted is not None
+                if not (v.signed_in_at(candidate.at) and self._account_disagrees(v, candidate, granted, out)):
+                    self._consent_is(out, candidate, ConsentState.GIVEN.value)
             else:
-                self._not_given(v, candidate, reading, f"as the page's data layer said ({reading[3]})", out)
+                self._not_given(v, candidate, reading, "as the page's data layer said", out)
             return True
         if v.signed_in_at(candidate.at):
-            self._unknown(
-                v,
-                candidate,
-                "the shopper is signed in: their consent lives in their account, which the proxy cannot read, and "
-                "the data layer did not say",
-                out,
-            )
+            self._signed_in_without_datalayer(v, candidate, out)
             return True
-        grace = self.config.grace_seconds
         at_call = v.state_at(candidate.at)
         start = bisect.bisect_right(v.readings, candidate.at, key=lambda r: r[0])
         end = bisect.bisect_right(v.readings, candidate.at + grace, key=lambda r: r[0])
@@ -710,6 +808,65 @@ class Judge:
         )
         return True
 
+    def _account_disagrees(self, v: _Visitor, candidate: _Candidate, granted: Reading, out: Judgement) -> bool:
+        """A signed-in shopper's browser said given: does their account say otherwise? (True: decided here.)
+
+        An account withdrawal dated after the browser's consent is the shopper's latest word: tracking then is a
+        violation. An account that simply holds no consent (Spartacus transfers anonymous consent to the account
+        only at registration, never at sign-in) is a record that disagrees with the browser: a warning, once per
+        reading of the account.
+        """
+        found = v.account_for(candidate.at, self.config.grace_seconds)
+        if found is None or found[1].state is ConsentState.GIVEN:
+            return False
+        read_at, account = found
+        both = (
+            f"the data layer said given ({granted[2]}: {granted[3]}) but the signed-in shopper's account says "
+            f"{said(account.state)} ({account.source}: {account.detail})"
+        )
+        withdrawn_at = account.changed_at if account.state is ConsentState.WITHDRAWN else None
+        if withdrawn_at is not None and withdrawn_at > granted[0]:
+            reading = (read_at, account.state, account.source, account.detail)
+            self._not_given(v, candidate, reading, f"after consent given in the browser: {both}", out)
+            return True
+        self._consent_is(out, candidate, ConsentState.GIVEN.value)
+        if candidate.kind in (Kind.CLICKSTREAM, Kind.CONSENT_REFERENCE) and v.account_reported_for != read_at:
+            v.account_reported_for = read_at
+            self._find(
+                out,
+                FindingKind.ACCOUNT_CONSENT_MISMATCH,
+                v,
+                candidate.at,
+                candidate.uid,
+                f"tracked on consent given in this browser, not in the account: {both}; the account's consent "
+                "record should hold it (Spartacus transfers anonymous consent to the account only at registration)",
+            )
+        return True
+
+    def _signed_in_without_datalayer(self, v: _Visitor, candidate: _Candidate, out: Judgement) -> None:
+        """A signed-in shopper's call and no data layer: the account decides where it was read and says enough."""
+        found = v.account_for(candidate.at, self.config.grace_seconds)
+        if found is not None:
+            read_at, account = found
+            if account.state is ConsentState.GIVEN:
+                self._consent_is(out, candidate, ConsentState.GIVEN.value)
+                return
+            if account.state is ConsentState.WITHDRAWN and (account.changed_at or 0.0) >= v.first_seen:
+                # Withdrawn in the account during this visit: whatever the browser held before, this is the latest.
+                reading = (read_at, account.state, account.source, account.detail)
+                self._not_given(v, candidate, reading, "as the signed-in shopper's account said", out)
+                return
+            why = (
+                f"the shopper is signed in and their account says {said(account.state)} ({account.source}: "
+                f"{account.detail}), but consent given in this browser cannot be told without the data layer"
+            )
+        else:
+            why = (
+                "the shopper is signed in: their consent lives in their account, whose consent answers the proxy "
+                "did not see, and the data layer did not say"
+            )
+        self._unknown(v, candidate, why, out)
+
     @staticmethod
     def _consent_is(out: Judgement, candidate: _Candidate, consent: str) -> None:
         if candidate.uid is not None:
@@ -733,7 +890,7 @@ class Judge:
                 v,
                 candidate.at,
                 candidate.uid,
-                f"{what} sent while consent was {state.value} ({source}: {detail}), {how}",
+                f"{what} sent while consent was {said(state)} ({source}: {detail}), {how}",
             )
             return
         if not candidate.reference:
@@ -750,7 +907,7 @@ class Judge:
             v,
             candidate.at,
             candidate.uid,
-            f"{what} carried {header_name} while consent was {state.value} ({source}: {detail}), {how}",
+            f"{what} carried {header_name} while consent was {said(state)} ({source}: {detail}), {how}",
         )
 
     # --- intended versus delivered ---------------------------------------------------------------------------
@@ -836,6 +993,22 @@ class Judge:
             return
         if v.silence_deadline is None:
             v.silence_deadline = page_at + self.config.silence_seconds
+            if any(self._ends_silence(v, t) for t in v.clickstream_times):
+                self._silence_broken(v)
+
+    def _ends_silence(self, v: _Visitor, sent_at: float) -> bool:
+        """Whether a clickstream event answers the silence check now waiting (as `_decide_silence` would count it)."""
+        return (
+            v.given_at is not None
+            and v.silence_deadline is not None
+            and v.given_at - self.config.grace_seconds <= sent_at <= v.silence_deadline
+        )
+
+    @staticmethod
+    def _silence_broken(v: _Visitor) -> None:
+        """An event came in the window: the check's outcome (no finding) is known, it waits no longer."""
+        v.silence_deadline = None
+        v.silence_checked_for = v.given_at
 
     def _decide_silence(self, v: _Visitor, out: Judgement) -> None:
         given_at, deadline = v.given_at, v.silence_deadline
@@ -909,26 +1082,53 @@ class Judge:
                 f"consent-reference call {how}; the tag cannot send events without a reference",
             )
             return
-        if verdict is not Verdict.DELIVERED:
-            return
+        if verdict is Verdict.DELIVERED:
+            # Judged once the page that asked is known: a folded page load reaches the judge up to a second late.
+            v.pending_references.append((answer.sent_at, answer.ended_at, answer.uid))
+            out.visitors[(v.run, v.key)] = self._snapshot(v)  # the store shows the decision waiting
+
+    def _decide_references(self, v: _Visitor, now: float, final: bool, out: Judgement) -> bool:
+        """Judge the consent references answered at least a reconcile window ago, oldest first."""
+        window = self.config.reconcile_seconds
+        due = sorted(r for r in v.pending_references if final or r[1] + window <= now)
+        if not due:
+            return False
+        v.pending_references = [r for r in v.pending_references if not (final or r[1] + window <= now)]
+        for sent, answered, uid in due:
+            self._repeated_reference(v, sent, answered, uid, out)
+        return True
+
+    def _repeated_reference(self, v: _Visitor, sent: float, answered: float, uid: str, out: Judgement) -> None:
+        """A second reference is repeated only if the tag could have known the first one.
+
+        It could when the first had come back before the page that asked again was requested (the tag keeps its
+        reference in browser storage); a page requested before that answer came could not have it.
+        """
         window = self.config.session_seconds
-        while v.references and v.references[0] < answer.sent_at - window:
+        while v.references and v.references[0][0] < sent - window:
             v.references.popleft()
-        if v.references and v.withdrawn_between(v.references[-1], answer.sent_at):
+        if v.references and v.withdrawn_between(v.references[-1][0], sent):
             v.references.clear()  # withdrawn, then given again: a new reference is what the tag must obtain
-        v.references.append(answer.sent_at)
-        if v.header_based and (not v.datalayer or not v.observed_at(answer.sent_at)):
+        earlier = v.references[-1] if v.references else None
+        v.references.append((sent, answered))
+        if v.header_based and (not v.datalayer or not v.observed_at(sent)):
             return  # Spartacus withdraws without a request: without the data layer a withdrawal may be unseen
-        if len(v.references) > 1:
-            self._find(
-                out,
-                FindingKind.REPEATED_CONSENT_REFERENCE,
-                v,
-                answer.ended_at,
-                answer.uid,
-                f"visitor obtained {len(v.references)} consent references within {window / 60:g} min, with no "
-                "withdrawal in between",
-            )
+        if earlier is None:
+            return
+        page = v.page_before(sent)
+        asked_from = page if page is not None and page > earlier[0] else sent
+        if earlier[1] > asked_from:
+            return  # the page that asked again was requested before the earlier reference came back
+        self._find(
+            out,
+            FindingKind.REPEATED_CONSENT_REFERENCE,
+            v,
+            answered,
+            uid,
+            f"visitor obtained {len(v.references)} consent references within {window / 60:g} min, with no "
+            "withdrawal in between, although the earlier one had come back before the page that asked again was "
+            "requested",
+        )
 
     # --- helpers ---------------------------------------------------------------------------------------
 
@@ -950,11 +1150,14 @@ class Judge:
         if v.candidates:
             pending.append(f"consent of {len(v.candidates)} call(s) awaits the grace window")
         if v.silence_deadline is not None:
-            pending.append("waiting for events after consent")
+            until = datetime.fromtimestamp(v.silence_deadline, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            pending.append(f"waiting for events after consent until {until} (windows.silence_seconds)")
         if v.open_pushes:
             pending.append(f"{len(v.open_pushes)} data-layer event(s) await their clickstream POST")
         if v.open_sent and v.page_marks:
             pending.append(f"{len(v.open_sent)} clickstream POST(s) await their data-layer push")
+        if v.pending_references:
+            pending.append(f"{len(v.pending_references)} consent reference(s) await the page that asked")
         return VisitorSnapshot(
             run=v.run,
             visitor=v.key,
@@ -970,7 +1173,7 @@ class Judge:
         )
 
     def _idle(self, v: _Visitor, now: float) -> bool:
-        busy = v.candidates or v.open_pushes or v.open_sent or v.silence_deadline is not None
+        busy = v.candidates or v.open_pushes or v.open_sent or v.pending_references or v.silence_deadline is not None
         return not busy and now - v.last_seen > self.config.session_seconds
 
     @staticmethod
@@ -979,7 +1182,9 @@ class Judge:
         del v.readings[:-1]
         del v.datalayer[:-1]
         del v.logins[:-1]
+        del v.account[:-1]
         del v.page_marks[:-1]
+        del v.pages[:-1]
         for layer in v.site_layers.values():
             del layer[:-1]
         for marks in v.site_marks.values():
@@ -993,7 +1198,8 @@ class Judge:
             (
                 v
                 for v in self._visitors.values()
-                if not (v.candidates or v.open_pushes or v.open_sent) and v.silence_deadline is None
+                if not (v.candidates or v.open_pushes or v.open_sent or v.pending_references)
+                and v.silence_deadline is None
             ),
             key=lambda v: v.last_seen,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Kind(enum.StrEnum):
@@ -85,6 +85,19 @@ class Answer:
     note: str | None = None  # why the response headers and body were not kept, when they were not
 
 
+class AccountAnswer(NamedTuple):
+    """A Commerce API answer about a signed-in shopper's consents (`/users/<id>/consenttemplates…`,
+    `…/consents…`): its body bounded, still in its Content-Encoding, read on the store side by
+    `core.consent.read_account`."""
+
+    method: str
+    path: str  # without the query
+    status: int
+    content_encoding: str
+    body: bytes
+    complete: bool  # False: longer than the bound, not read
+
+
 @dataclass(frozen=True, slots=True)
 class StorefrontSeen:
     """Consent-bearing or page-load storefront traffic; raw cookie values live only in memory."""
@@ -102,6 +115,7 @@ class StorefrontSeen:
     last_at: float | None = None  # when the last folded page load happened
     consent_reference: bool = False  # a Commerce API call carrying X-Consent-Reference (its value is not kept)
     logged_in: bool | None = None  # a signed-in shopper (True), an anonymous one (False), or no sign (None)
+    account: AccountAnswer | None = None  # an answer about the signed-in shopper's account consent
 
 
 class BrowserEventType(enum.StrEnum):

@@ -17,10 +17,13 @@ from clickwatch.core.consent import (
     ANONYMOUS_CONSENTS,
     CONSENT_GIVEN_SUFFIX,
     TRACKING_PAUSE,
+    account_answer,
     has_consent_cookie,
+    is_account_path,
     signed_in,
 )
 from clickwatch.core.matching import is_page_load
+from clickwatch.core.model import AccountAnswer
 from clickwatch.core.serviceworker import is_manifest
 
 # Header fields as a proxy holds them: (name, value) byte pairs, in the order they were sent.
@@ -60,14 +63,32 @@ class Signals(NamedTuple):
     page_load: bool
     telling: bool
     worker: str = ""  # what in this exchange shows a service worker at work for the origin ("": nothing)
+    account: AccountAnswer | None = None  # a Commerce API answer about the signed-in shopper's consents
 
 
 # What Signals(...) does, without the Python-level __new__ it wraps: a third of a microsecond per request.
 _new_signals = tuple.__new__
 
 
-def read_exchange(method: str, path: str, request: RawHeaders, response: RawHeaders | None) -> Signals:
-    """The signals of one storefront request and its answer (None: no answer came)."""
+def reads_body(path: str) -> bool:
+    """Whether the answer to this storefront request is read for its body (a signed-in shopper's consents)."""
+    query = path.find("?")
+    return "/users/" in path and is_account_path(path[:query] if query >= 0 else path)
+
+
+def read_exchange(
+    method: str,
+    path: str,
+    request: RawHeaders,
+    response: RawHeaders | None,
+    status: int | None = None,
+    body: bytes | None = None,
+) -> Signals:
+    """The signals of one storefront request and its answer (None: no answer came).
+
+    `status` and `body` (as sent, in its Content-Encoding) are read only from an answer about a signed-in
+    shopper's consents (`reads_body`); the body is then handed on bounded, to be read by `core.consent.read_account`.
+    """
     # One pass over the raw fields: a case-insensitive lookup per header would cost a scan each. Decoding is
     # header_text's, written out: this runs for every storefront request the proxy passes.
     cookies: list[bytes] = []
@@ -103,8 +124,10 @@ def read_exchange(method: str, path: str, request: RawHeaders, response: RawHead
             reference = reference or bool(value.strip())
     set_cookies: list[str] = []
     page_load = False
+    account: AccountAnswer | None = None
     if response is not None:
         content_type: bytes | None = None
+        encoding = b""
         for name, value in response:
             lowered = name.lower()
             if lowered == b"set-cookie":
@@ -112,8 +135,12 @@ def read_exchange(method: str, path: str, request: RawHeaders, response: RawHead
                     set_cookies.append(value.decode("utf-8", "surrogateescape"))
             elif lowered == b"content-type" and content_type is None:
                 content_type = value
+            elif lowered == b"content-encoding":
+                encoding = value if not encoding else encoding + b", " + value
         if content_type is not None:
             page_load = is_page_load(method, dest, accept, content_type, mode)
+        if status is not None and body is not None and "/users/" in path:
+            account = account_answer(method, path, status, encoding.decode("latin-1"), body)
     cookie = (cookies[0] if len(cookies) == 1 else b"; ".join(cookies)).decode("utf-8", "surrogateescape")
     query = path.find("?")
     worker = service_worker_evidence(path, query, worker_script, dest, mode)
@@ -138,8 +165,10 @@ def read_exchange(method: str, path: str, request: RawHeaders, response: RawHead
             or anonymous is not None
             or reference
             or logged_in is not None
+            or account is not None
             or _has_consent_cookie(cookie),
             worker,
+            account,
         ),
     )
 
@@ -198,6 +227,7 @@ class PageFolding:
         if last is not None:
             if (
                 not signals.set_cookies
+                and signals.account is None
                 and signals.cookie == last.cookie
                 and signals.anonymous_consents_header == last.anonymous_consents_header
                 and signals.consent_reference == last.consent_reference
@@ -206,7 +236,7 @@ class PageFolding:
                 if signals.page_load:
                     folded = self._folded.get(browser)
                     if folded is None:
-                        page = last._replace(set_cookies=(), page_load=True)
+                        page = last._replace(set_cookies=(), page_load=True, account=None)
                         self._folded[browser] = FoldedPages(browser, at, at, 1, page)
                     else:
                         folded.last_at = at
@@ -214,7 +244,7 @@ class PageFolding:
                 return None
             if signals.logged_in is None and last.logged_in is not None:
                 signals = signals._replace(logged_in=last.logged_in)
-        self._last[browser] = signals
+        self._last[browser] = signals._replace(account=None) if signals.account is not None else signals
         self._last.move_to_end(browser)
         if len(self._last) > self._max_browsers:
             self._last.popitem(last=False)

@@ -17,7 +17,10 @@ from clickwatch.core.model import Kind, Verdict
 Consent = Annotated[
     str | None,
     Field(
-        description="given, withdrawn, absent, paused; pending while its grace window runs; unknown; null: not judged"
+        description=(
+            "given; absent (not given: never given); withdrawn (given, then taken back); paused; pending while its "
+            "grace window runs; unknown; null: not judged"
+        )
     ),
 ]
 

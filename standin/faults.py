@@ -22,8 +22,12 @@ class FaultName(enum.StrEnum):
     HANG = "hang"  # clickstream POSTs never answered (until the stand-in stops or HANG_SECONDS pass)
     RESET = "reset"  # clickstream POSTs answered by a TCP reset
     SLOW = "slow"  # slow:<seconds> - clickstream POSTs answered 201 after that long
+    SLOW_REFERENCE = "slow-reference"  # slow-reference:<seconds> - consent-reference calls answered 201 that late
     CORS_NO_CONSENT_REFERENCE = "cors-no-consent-reference"  # preflights do not allow consent-reference
     TRACK_BEFORE_CONSENT = "track-before-consent"  # the tag ignores consent and tracks from the first page
+    # The tag tracks from the first page until the shopper decides (it takes "no decision yet" for consent), then
+    # follows consent: a shopper who accepts a few seconds later was tracked before consent.
+    EARLY_TRACKING = "early-tracking"
     DUPLICATE_EVENTS = "duplicate-events"  # the tag sends every event twice
     NO_CONSENT_REFERENCE = "no-consent-reference"  # the tag omits the consent-reference header
     DROP_EVENT = "drop-event"  # drop-event:<Name>[,<Name>...] - the tag silently never sends those pushes
@@ -31,11 +35,16 @@ class FaultName(enum.StrEnum):
     # The storefront keeps sending the old consent reference (X-Consent-Reference on OCC calls, consent-reference on
     # strategy calls) after a withdrawal, until the next full page load or a new reference: Spartacus bug 14105.
     STALE_REFERENCE = "stale-reference"
+    # Spartacus style: the shopper's account holds no PROFILE consent when they sign in (Spartacus transfers the
+    # anonymous consent to the account only at registration), and the storefront keeps pushing events on the
+    # anonymous consent.
+    ACCOUNT_WITHOUT_CONSENT = "account-without-consent"
 
 
 TAG_FAULTS = frozenset(
     {
         FaultName.TRACK_BEFORE_CONSENT,
+        FaultName.EARLY_TRACKING,
         FaultName.DUPLICATE_EVENTS,
         FaultName.NO_CONSENT_REFERENCE,
         FaultName.DROP_EVENT,
@@ -44,7 +53,7 @@ TAG_FAULTS = frozenset(
 )
 # What an extra-field fault puts in each field it adds.
 EXTRA_FIELD_VALUE = "stand-in"
-STOREFRONT_FAULTS = frozenset({FaultName.STALE_REFERENCE})
+STOREFRONT_FAULTS = frozenset({FaultName.STALE_REFERENCE, FaultName.ACCOUNT_WITHOUT_CONSENT})
 # Data-layer names the tag sends (its schema map in static/profile-tag.js; a test keeps the two in step).
 TRACKED_EVENTS = (
     "ProductDetailsPageViewed",
@@ -61,9 +70,9 @@ TRACKED_EVENTS = (
 HANG_SECONDS = 120.0
 MAX_SLOW_SECONDS = 60.0
 FAULT_HELP = (
-    "status:<code>, hang, reset, slow:<seconds>, cors-no-consent-reference, track-before-consent, "
-    "duplicate-events, no-consent-reference, drop-event:<Name>[,<Name>...], stale-reference, "
-    "extra-field:<field>[,<field>...]"
+    "status:<code>, hang, reset, slow:<seconds>, slow-reference:<seconds>, cors-no-consent-reference, "
+    "track-before-consent, early-tracking, duplicate-events, no-consent-reference, drop-event:<Name>[,<Name>...], "
+    "stale-reference, account-without-consent, extra-field:<field>[,<field>...]"
 )
 _EVENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
@@ -92,11 +101,11 @@ class Fault:
             if not argument.strip().isdigit() or not 100 <= int(argument) <= 599:
                 raise FaultError(f"fault {text!r}: give an HTTP status 100-599, e.g. status:503")
             return cls(name, int(argument))
-        if name is FaultName.SLOW:
+        if name in (FaultName.SLOW, FaultName.SLOW_REFERENCE):
             try:
                 seconds = float(argument)
             except ValueError:
-                raise FaultError(f"fault {text!r}: give the delay in seconds, e.g. slow:3") from None
+                raise FaultError(f"fault {text!r}: give the delay in seconds, e.g. {name.value}:3") from None
             if not 0 < seconds <= MAX_SLOW_SECONDS:
                 raise FaultError(f"fault {text!r}: the delay must be more than 0 and at most {MAX_SLOW_SECONDS:g} s")
             return cls(name, seconds)
@@ -186,6 +195,7 @@ class Faults:
         """What the tag reads from its configuration (`extraFields` only while an extra-field fault is on)."""
         behaviour: dict[str, bool | list[str]] = {
             "trackBeforeConsent": self.get(FaultName.TRACK_BEFORE_CONSENT) is not None,
+            "earlyTracking": self.get(FaultName.EARLY_TRACKING) is not None,
             "duplicateEvents": self.get(FaultName.DUPLICATE_EVENTS) is not None,
             "omitConsentReference": self.get(FaultName.NO_CONSENT_REFERENCE) is not None,
             "dropEvents": self.dropped_events(),

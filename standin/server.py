@@ -235,8 +235,14 @@ def _occ_page(path: str, query: dict[str, list[str]], cart: dict[str, Any]) -> d
     return None
 
 
-def consent_templates(state: str | None) -> list[dict[str, Any]]:
-    """The consent templates as OCC lists them for a signed-in shopper: PROFILE, with the account's consent."""
+def _occ_date(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(at))
+
+
+def consent_templates(state: str | None, changed_at: float | None = None) -> list[dict[str, Any]]:
+    """The consent templates as OCC lists them: PROFILE, with the account's consent (a signed-in shopper's, given or
+    withdrawn at `changed_at`); `state` None: no consent on record (an anonymous user's list, or an account that
+    never gave it)."""
     template: dict[str, Any] = {
         "id": CONSENT_TEMPLATE,
         "name": "Personalised shopping",
@@ -244,9 +250,10 @@ def consent_templates(state: str | None) -> list[dict[str, Any]]:
         "version": 1,
     }
     if state is not None:
-        current = {"code": f"{CONSENT_TEMPLATE}-standin", "consentGivenDate": "2024-01-01T00:00:00+0000"}
+        at = changed_at if changed_at is not None else time.time()
+        current = {"code": f"{CONSENT_TEMPLATE}-standin", "consentGivenDate": _occ_date(at)}
         if state == "WITHDRAWN":
-            current["consentWithdrawnDate"] = "2024-01-02T00:00:00+0000"
+            current["consentWithdrawnDate"] = _occ_date(at)
         template["currentConsent"] = current
     return [template]
 
@@ -280,7 +287,7 @@ class StorefrontHandler(_Handler):
         """
         authorization = self.headers.get("Authorization", "")
         token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
-        if authorization and (token is None or self.standin.account_consent(token) is None):
+        if authorization and (token is None or not self.standin.signed_in(token)):
             self._json(401, {"errors": [{"type": "InvalidTokenError", "message": "Invalid access token"}]})
             return None, False
         if token is None and "/users/current/" in urlsplit(self.path).path:
@@ -302,7 +309,12 @@ class StorefrontHandler(_Handler):
             if not allowed:
                 return
             if token is not None and url.path == f"{OCC_PREFIX}/users/current/consenttemplates":
-                self._json(200, {"consentTemplates": consent_templates(self.standin.account_consent(token))})
+                state, changed_at = self.standin.account_record(token)
+                self._json(200, {"consentTemplates": consent_templates(state, changed_at)})
+                return
+            if url.path == f"{OCC_PREFIX}/users/anonymous/consenttemplates":
+                # Spartacus asks for these at start, with the bearer token too when a shopper is signed in.
+                self._json(200, {"consentTemplates": consent_templates(None)})
                 return
             cart_id = url.path.rsplit("/", 1)[1] if "/carts/" in url.path else None
             data = _occ_page(url.path, query, self.standin.carts.get(cart_id))
@@ -351,7 +363,7 @@ class StorefrontHandler(_Handler):
                 self._json(400, {"errors": [{"type": "ValidationError", "message": "consentTemplateId: PROFILE"}]})
                 return
             self.standin.set_account_consent(token, "GIVEN")
-            self._json(201, consent_templates("GIVEN")[0])
+            self._json(201, consent_templates(*self.standin.account_record(token))[0])
             return
         self._json(404, {"errors": [{"type": "NotFound", "message": url.path}]})
 
@@ -604,6 +616,9 @@ class TenantHandler(_Handler):
             return
         self.standin.record(Received(time.time(), "POST", path, dict(self.headers.items()), body))
         if path == CONSENT_PATH:
+            slow = self.standin.faults.get(FaultName.SLOW_REFERENCE)
+            if slow is not None and slow.value is not None:
+                self.standin.stopping.wait(slow.value)
             reference = str(uuid.uuid4())
             self._json(201, {"id": reference, "link": f"{CONSENT_PATH}/{reference}"}, self._cors())
             return
@@ -668,7 +683,8 @@ class StandIn:
     certificates: certs.CertificateFiles | None = field(default=None, init=False)
     _received: deque[Received] = field(default_factory=lambda: deque(maxlen=MAX_RECEIVED), init=False)
     _storefront: deque[Received] = field(default_factory=lambda: deque(maxlen=MAX_RECEIVED), init=False)
-    _accounts: dict[str, str] = field(default_factory=dict, init=False)  # bearer token -> its PROFILE consent
+    # bearer token -> its PROFILE consent ("GIVEN", "WITHDRAWN", None: never given) and when it last changed
+    _accounts: dict[str, tuple[str | None, float]] = field(default_factory=dict, init=False)
     _servers: dict[tuple[str, str], _Server] = field(default_factory=dict, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _own_directory: bool = field(default=False, init=False)
@@ -763,22 +779,33 @@ class StandIn:
             return [r for r in self._storefront if r.path.startswith(prefix)]
 
     def sign_in(self) -> str:
-        """A new bearer token for the stand-in's one account, whose PROFILE consent starts GIVEN."""
+        """A new bearer token for the stand-in's one account, whose PROFILE consent starts GIVEN (with the
+        account-without-consent fault: never given)."""
         token = secrets.token_urlsafe(24)
+        state = None if self.faults.get(FaultName.ACCOUNT_WITHOUT_CONSENT) else "GIVEN"
         with self._lock:
-            self._accounts[token] = "GIVEN"
+            self._accounts[token] = (state, time.time())
         return token
 
-    def account_consent(self, token: str) -> str | None:
-        """The account's PROFILE consent ("GIVEN", "WITHDRAWN") as signed in with `token`; None: no such token."""
+    def signed_in(self, token: str) -> bool:
+        """Whether the stand-in issued `token`."""
         with self._lock:
-            return self._accounts.get(token)
+            return token in self._accounts
+
+    def account_record(self, token: str) -> tuple[str | None, float | None]:
+        """The account's PROFILE consent ("GIVEN", "WITHDRAWN", None: none) and when it last changed."""
+        with self._lock:
+            return self._accounts.get(token, (None, None))
+
+    def account_consent(self, token: str) -> str | None:
+        """The account's PROFILE consent ("GIVEN", "WITHDRAWN") as signed in with `token`; None: none or no token."""
+        return self.account_record(token)[0]
 
     def set_account_consent(self, token: str, state: str) -> None:
         """Give ("GIVEN") or withdraw ("WITHDRAWN") the account's PROFILE consent."""
         with self._lock:
             if token in self._accounts:
-                self._accounts[token] = state
+                self._accounts[token] = (state, time.time())
 
 
 # What a server-side rendered navigation adds to the shell: the page a navigation gets is then not the worker's

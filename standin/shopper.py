@@ -32,6 +32,12 @@ CHROMIUM_ARGS = [
 ]
 PROXY_PASSWORD = "clickwatch"  # with proxyauth=any only the user name (the run) matters
 JOURNEY = ("home", "accept", "product", "add-to-cart", "search")
+# Every step `Shopper.walk` knows, in the order its docstring names them.
+STEPS = (
+    "home", "home-link", "read", "accept", "accept-quick", "decline", "withdraw", "grant", "sign-in", "category",
+    "product", "carousel-click", "add-to-cart", "search", "cart", "reload", "worker",
+)  # fmt: skip
+READ_SECONDS = 2.0  # a shopper reading the page (and its consent banner) before answering it
 VIEW_TIMEOUT_MS = 15000
 SETTLE_SECONDS = 5.0
 
@@ -141,12 +147,13 @@ class Shopper:
     unsettled: list[str] = field(default_factory=list)
 
     def walk(self, steps: Iterable[str] = JOURNEY) -> Shopper:
-        """Take the named steps in order (home, home-link, accept, decline, withdraw, grant, sign-in, category,
-        product, carousel-click, add-to-cart, search, cart, reload, worker)."""
+        """Take the named steps in order (see STEPS)."""
         actions = {
             "home": self.home,
             "home-link": self.home_link,
+            "read": self.read,
             "accept": self.accept,
+            "accept-quick": self.accept_quick,
             "decline": self.decline,
             "withdraw": self.withdraw,
             "grant": self.grant,
@@ -172,9 +179,21 @@ class Shopper:
         """Back to the home page with the header's logo link (in Spartacus style a route, not a page load)."""
         self._navigate("home-link", lambda: self.page.click("a.logo"))
 
+    def read(self) -> None:
+        """Read the page for a moment (READ_SECONDS) before the next step, as a person does."""
+        self._record("read", lambda: self.page.wait_for_timeout(READ_SECONDS * 1000))
+
     def accept(self) -> None:
         """Accept the tracking consent in the banner."""
         self._act("accept", lambda: self.page.click("#consent-accept"))
+
+    def accept_quick(self) -> None:
+        """Accept, and go on as soon as the data layer says so: the tag may not have its reference back yet."""
+        self._record("accept-quick", lambda: self.page.click("#consent-accept"))
+        self.page.wait_for_function(
+            "() => (window.Y_TRACKING.eventLayer || []).some(e => e.name === 'ConsentChanged' && e.data.granted)",
+            timeout=VIEW_TIMEOUT_MS,
+        )
 
     def decline(self) -> None:
         """Decline the tracking consent in the banner."""

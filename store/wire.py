@@ -67,6 +67,7 @@ class Storefront(NamedTuple):
     last_at: float | None = None
     consent_reference: bool = False
     logged_in: bool | None = None
+    account: model.AccountAnswer | None = None
 
 
 class Browser(NamedTuple):

@@ -9,7 +9,8 @@
    - ConsentChanged {granted: false} clears the reference (storage and cookie) and stops tracking; granting
      again obtains a new one.
    The tenant's configuration (/config/<id>) can switch on faulty behaviour: trackBeforeConsent (consent is
-   ignored), duplicateEvents (every event sent twice), omitConsentReference (no consent-reference header),
+   ignored), earlyTracking (tracks from the start, taking "not granted" for "not decided yet", until it first
+   hears granted: true; from then on it follows consent), duplicateEvents (every event sent twice), omitConsentReference (no consent-reference header),
    dropEvents (data-layer names the tag silently never sends), extraFields (fields added to every event's body,
    each with the value "stand-in").
    Y_TRACKING.standin tells a scripted shopper when everything the page pushed has been handled. */
@@ -141,8 +142,16 @@
     }
   }
 
+  // (The faulty tag remembers across pages that the shopper has decided once: a later "not granted" is a refusal.)
+  var heardGranted = window.localStorage.getItem("profiletag-decided") === "1";
+
   function consentChanged(isGranted) {
     if (behaviour.trackBeforeConsent) return; // the faulty tag does not listen to consent at all
+    if (behaviour.earlyTracking && !isGranted && !heardGranted) return; // the faulty tag: "not yet" is no refusal
+    if (isGranted && !heardGranted) {
+      heardGranted = true;
+      window.localStorage.setItem("profiletag-decided", "1");
+    }
     granted = isGranted;
     if (granted) {
       obtainReference();
@@ -186,7 +195,7 @@
       behaviour = answer.behaviour || {};
       (behaviour.dropEvents || []).forEach(function (name) { dropped[name] = true; });
       extraFields = behaviour.extraFields || [];
-      if (behaviour.trackBeforeConsent) {
+      if (behaviour.trackBeforeConsent || (behaviour.earlyTracking && !heardGranted)) {
         granted = true;
         obtainReference();
       }

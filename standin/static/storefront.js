@@ -78,9 +78,11 @@
     return null;
   }
 
-  // The consent in force: a signed-in shopper's account consent, else the anonymous one.
+  // The consent in force: a signed-in shopper's account consent where it holds a decision, else the anonymous one
+  // (as Spartacus 4.3.8 does after an ordinary sign-in: the anonymous consent reaches the account only at
+  // registration, and the storefront keeps going on the anonymous one).
   function effectiveState() {
-    return account ? account.state : consentState();
+    return account && account.state ? account.state : consentState();
   }
 
   function granted() {
@@ -473,10 +475,17 @@
   function start() {
     showUser();
     showConsent();
-    // The storefront tells the tag about consent the shopper gave on an earlier page before anything else.
+    // The storefront tells the tag about consent the shopper gave on an earlier page before anything else;
+    // Spartacus tells it "not granted" too, for a shopper who never decided as for one who withdrew.
     if (granted()) push("ConsentChanged", { granted: true });
-    if (spa) load(new URL(window.location.href));
-    else render(settings.page);
+    else if (spa) push("ConsentChanged", { granted: false });
+    if (spa) {
+      // Spartacus loads the anonymous consent templates at start (with the bearer token when signed in).
+      occResponse("/users/anonymous/consenttemplates").catch(function () { /* nothing depends on it here */ });
+      load(new URL(window.location.href));
+    } else {
+      render(settings.page);
+    }
   }
 
   document.getElementById("mode").textContent = spa ? "Spartacus-style storefront" : "Accelerator-style storefront";

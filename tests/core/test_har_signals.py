@@ -63,3 +63,21 @@ def test_a_commerce_api_call_with_a_stale_reference_is_read_from_a_har_too():
         entry("https://shop.example/occ/v2/el/products/1", "2026-11-27T10:00:00.000Z", call, ct="application/json")
     ]
     assert judged(entries) == [FindingKind.STALE_CONSENT_REFERENCE]
+
+
+def test_a_signed_in_shoppers_account_consent_is_read_from_the_har_as_live():
+    """The HAR holds the answer's body decoded: its Content-Encoding no longer applies, and the same reader reads it."""
+    templates = '{"consentTemplates":[{"id":"PROFILE","version":1}]}'
+    answer = entry(
+        "https://shop.example/occ/v2/electronics/users/current/consenttemplates?lang=en",
+        "2026-11-27T10:00:00.000Z",
+        {"Authorization": "Bearer t", "Accept": "application/json"},
+        ct="application/json",
+    )
+    answer["response"]["headers"].append({"name": "Content-Encoding", "value": "gzip"})
+    answer["response"]["content"]["text"] = templates
+    [seen] = observations({"log": {"entries": [answer]}}, "har", Patterns.compile())
+    assert isinstance(seen, StorefrontSeen) and seen.logged_in is True
+    assert seen.account is not None and seen.account.content_encoding == ""
+    signals = Judge().storefront(seen).signals
+    assert [(s.state.value, s.source) for s in signals] == [("absent", "account (GET /users/current/consenttemplates)")]

@@ -168,7 +168,7 @@ def test_visitor_lists_its_pushes_in_time_order_with_their_deliveries(client: Te
 def test_a_push_without_consent_is_withheld(client: TestClient) -> None:
     body = client.get(f"/api/visitors/{visitor_of(client, 'other')}", params={"run": "other"}).json()
     product = next(p for p in body["pushes"] if p["name"] == "ProductDetailsPageViewed")
-    assert product["consent"] == "withdrawn"
+    assert product["consent"] == "absent"  # granted:false with no granted:true before it: not given
     assert product["outcome"] == "withheld"
     assert not [e for e in body["timeline"] if e["type"] == "finding" and e["kind"] == "event_not_sent"]
     # The run filter keeps the other run's pushes out.

@@ -251,7 +251,7 @@ def test_timeline_of_a_browser_that_tracked_before_consent(client: TestClient) -
     html = assert_page(client.get(f"/visitors/{visitor}"))
     assert "Yes: tracked without consent" in html
     assert "tl tl-delivery tl-bad" in html
-    assert '<span class="consent consent-absent">absent</span>' in html
+    assert '<span class="consent consent-absent" title="absent: never given">not given</span>' in html
     assert ">consent_violation</span>" in html
 
 

@@ -42,7 +42,7 @@ def test_demo_journey_judges_the_visit(
 ) -> None:
     result = demo(tmp_path, "--journey", *args)
     assert result.returncode == code, result.stdout + result.stderr
-    assert "journey: home → accept → product → add-to-cart → search" in result.stdout
+    assert "journey: home → read → accept → product → add-to-cart → search" in result.stdout
     for text in ["storefront  https://localhost:", "dashboard   http://127.0.0.1:", *shown]:
         assert text in result.stdout, result.stdout
     # The funnel, from the data-layer observer: pushed, pushed with consent, sent, delivered.

@@ -102,6 +102,9 @@ def test_a_client_that_never_finishes_tls_does_not_block_others(standin: StandIn
         ("drop-event:AddedToCart", Fault(FaultName.DROP_EVENT, text="AddedToCart")),
         (" Drop-Event: AddedToCart , CarouselViewed ", Fault(FaultName.DROP_EVENT, text="AddedToCart,CarouselViewed")),
         ("stale-reference", Fault(FaultName.STALE_REFERENCE)),
+        ("early-tracking", Fault(FaultName.EARLY_TRACKING)),
+        ("slow-reference:0.5", Fault(FaultName.SLOW_REFERENCE, 0.5)),
+        ("account-without-consent", Fault(FaultName.ACCOUNT_WITHOUT_CONSENT)),
     ],
 )
 def test_faults_parse_and_print_back(text: str, fault: Fault) -> None:
@@ -119,6 +122,7 @@ def test_faults_parse_and_print_back(text: str, fault: Fault) -> None:
         ("slow", "give the delay in seconds"),
         ("slow:0", "more than 0"),
         ("slow:3600", "at most 60"),
+        ("slow-reference", "give the delay in seconds, e.g. slow-reference:3"),
         ("hang:5", "hang takes no argument"),
         ("stale-reference:1", "stale-reference takes no argument"),
         ("drop-event", "give data-layer event names, e.g. drop-event:AddedToCart"),
@@ -138,11 +142,13 @@ def test_tag_faults_reach_the_tag_through_its_configuration() -> None:
     assert faults.names() == ["duplicate-events", "status:502"]
     assert faults.tag_behaviour() == {
         "trackBeforeConsent": False,
+        "earlyTracking": False,
         "duplicateEvents": True,
         "omitConsentReference": False,
         "dropEvents": [],
     }
     assert faults.storefront_behaviour() == {"staleReference": False}
+    assert Faults.parse(["early-tracking"]).tag_behaviour()["earlyTracking"] is True
 
 
 def test_drop_event_may_be_given_several_times_and_stale_reference_reaches_the_storefront() -> None:

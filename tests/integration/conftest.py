@@ -6,6 +6,8 @@ the clickwatch addon loaded from `addon/capture.py`, and tests read the database
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 import signal
@@ -195,6 +197,8 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
             )
         elif behaviour == "page":
             self._send(200, PAGE_HTML, "text/html; charset=utf-8")
+        elif behaviour == "occ":
+            self._occ()
         elif behaviour.startswith("s") and behaviour[1:].isdigit():
             status = int(behaviour[1:])
             if self.command == "OPTIONS":
@@ -210,6 +214,28 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
                 self._send(status, b'{"error":"rejected by test upstream"}')
         else:
             self._send(404, b"no such behaviour", "text/plain")
+
+    def _occ(self) -> None:
+        """A Commerce API answer about a signed-in shopper's consent templates: `/occ/<state>/users/current/…`
+        (`given` or `none`); `?chunked` sends it gzipped, in chunks, with no length."""
+        state = self.path.split("/")[2]
+        template: dict[str, Any] = {"id": "PROFILE", "version": 1}
+        if state == "given":
+            template["currentConsent"] = {"code": "c1", "consentGivenDate": "2026-01-01T00:00:00+0000"}
+        body = json.dumps({"consentTemplates": [template]}).encode()
+        if "chunked" not in self.path:
+            self._send(200, body)
+            return
+        packed = gzip.compress(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for start in range(0, len(packed), 16):
+            piece = packed[start : start + 16]
+            self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_POST = do_PUT = do_OPTIONS = do_HEAD = _handle
 

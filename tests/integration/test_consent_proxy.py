@@ -152,3 +152,42 @@ def test_happy_path_has_no_findings(consent_proxy: Proxy, upstream: Upstream) ->
         ("clickstream", "delivered", "given"),
     ]
     assert findings(consent_proxy.db_path) == []
+
+
+@pytest.mark.parametrize("how", ["", "?chunked"], ids=["with-length", "chunked-gzip"])
+def test_a_signed_in_shoppers_account_consent_is_read_from_the_commerce_api_answer(
+    consent_proxy: Proxy, upstream: Upstream, how: str
+) -> None:
+    bearer = {"User-Agent": UA, "Authorization": "Bearer t0k3n", "Accept": "application/json"}
+    event = "/s201/signed-in/edge/clickstreamEvents"
+    with consent_proxy.client() as client:
+        answer = client.get(upstream.url(f"/occ/none/users/current/consenttemplates{how}"), headers=bearer)
+        assert answer.json()["consentTemplates"][0]["id"] == "PROFILE"  # passed on whole, streamed or not
+        assert client.post(upstream.url(event), json=EVENT, headers=event_headers()).status_code == 201
+    wait_until(lambda: ("consent_unknown", event) in findings(consent_proxy.db_path), 10, "consent_unknown finding")
+    signals = query(consent_proxy.db_path, "SELECT state, source, detail FROM consent_signals")
+    assert [(s["state"], s["source"], s["detail"]) for s in signals] == [
+        ("absent", "account (GET /users/current/consenttemplates)", "the account holds no PROFILE consent")
+    ]
+    [finding] = query(consent_proxy.db_path, "SELECT message FROM findings WHERE kind = 'consent_unknown'")
+    assert "their account says not given" in finding["message"]
+    assert consent_proxy.stop() == 0
+
+
+def test_a_signed_in_shopper_whose_account_gave_consent_is_tracked_with_consent(
+    consent_proxy: Proxy, upstream: Upstream
+) -> None:
+    bearer = {"User-Agent": UA, "Authorization": "Bearer t0k3n", "Accept": "application/json"}
+    event = "/s201/account-given/edge/clickstreamEvents"
+    with consent_proxy.client() as client:
+        assert client.get(upstream.url("/occ/given/users/current/consenttemplates"), headers=bearer).status_code == 200
+        assert client.post(upstream.url(event), json=EVENT, headers=event_headers()).status_code == 201
+
+    def consent() -> list[str]:
+        return [
+            r["consent"] for r in query(consent_proxy.db_path, "SELECT consent FROM deliveries WHERE path = ?", event)
+        ]
+
+    wait_until(lambda: consent() == ["given"], 10, "the account's consent decides")
+    assert findings(consent_proxy.db_path) == []
+    assert consent_proxy.stop() == 0

@@ -58,7 +58,9 @@ def test_spartacus_consent_is_local_and_occ_calls_carry_the_reference_only_while
         "addEventListener('profiletag_consentReferenceLoaded', e => __references.push(e.detail.consentReference));"
     )
     walker = t.shopper().walk(("home", "product"))
-    assert t.layer() == []  # Spartacus' tracking service pushes no page events without consent
+    # Spartacus' tracking service pushes no page events without consent, only "not granted" (never decided).
+    assert t.layer() == ["ConsentChanged"]
+    assert t.page.evaluate("() => Y_TRACKING.eventLayer[0].data") == {"granted": False}
     assert all(header(c, "x-consent-reference") is None for c in occ_calls(t))
 
     requests, calls = len(t.requests), len(occ_calls(t))
@@ -103,6 +105,7 @@ def test_spartacus_consent_is_local_and_occ_calls_carry_the_reference_only_while
     assert len(t.standin.received(CONSENT_PATH)) == 2
     assert t.page.evaluate("() => window.__references") == [reference, again]
     assert t.layer() == [
+        "ConsentChanged",  # not granted: never decided
         "ConsentChanged", "Navigated", "CategoryPageViewed",  # accept, category
         "ConsentChanged",  # withdraw; the search pushed nothing
         "ConsentChanged", "Navigated", "CategoryPageViewed",  # grant, category
@@ -192,7 +195,7 @@ def test_a_signed_in_shopper_is_tracked_on_the_accounts_consent_while_the_anonym
 ) -> None:
     t = tab(spartacus=True)
     walker = t.shopper().walk(("home", "decline", "category"))
-    assert t.layer() == ["ConsentChanged"]
+    assert t.layer() == ["ConsentChanged", "ConsentChanged"]  # not decided, then declined: both "not granted"
     assert all(header(c, "authorization") is None for c in occ_calls(t))
     expect(t.page.locator("#sign-in")).to_be_visible()
 
