@@ -145,7 +145,7 @@ def test_demo_journey_with_the_service_worker_is_healthy_and_names_the_worker(tm
     result = demo(tmp_path, "--journey", "--service-worker")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(Spartacus style, with a service worker;" in result.stdout
-    assert "journey: home → accept → worker → reload → product → add-to-cart → search" in result.stdout
+    assert "journey: home → read → accept → worker → reload → product → add-to-cart → search" in result.stdout
     assert "service worker (/ngsw/state): Driver state: NORMAL ((nominal))" in result.stdout
     for text in ["ok   ProductView", "ok   AddedToCart", "ok   KeywordSearch", "HEALTHY"]:
         assert text in result.stdout, result.stdout
