@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from clickwatch.cli.sources import Source, SourceError
@@ -101,6 +103,17 @@ def _exists(source: Source, run: str) -> bool:
         raise
 
 
+# The judge states when each open window closes at the latest ("... until 2026-12-08T04:00:00Z").
+_UNTIL = re.compile(r"until (\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z)")
+
+
+def _epoch(text: str) -> float | None:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
 def open_windows(source: Source, run: str | None) -> str:
     """Which windows the run's open decisions wait on, per visitor, and for how long they have been open."""
     now = time.time()
@@ -110,8 +123,13 @@ def open_windows(source: Source, run: str | None) -> str:
         if not waiting:
             continue
         names = [name for words, name in WINDOWS if words in waiting] or [waiting]
-        since = max(filter(None, (visitor.get("consent_since"), visitor.get("last_page_at"))), default=None)
-        opened = f", open for {now - since:.0f} s" if since else ""
+        ends = [parsed for text in _UNTIL.findall(waiting) if (parsed := _epoch(text)) is not None]
+        if ends:
+            left = max(ends) - now
+            opened = f", {left:.0f} s left" if left > 0 else ", closing now"
+        else:
+            since = max(filter(None, (visitor.get("consent_since"), visitor.get("last_page_at"))), default=None)
+            opened = f", open for {now - since:.0f} s" if since else ""
         parts.append(f"visitor {visitor['visitor']}: {'; '.join(dict.fromkeys(names))}{opened}")
     if not parts:
         return "decisions of visitors not listed" if run is None else "the windows closed meanwhile"

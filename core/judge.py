@@ -11,7 +11,6 @@ import hashlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 
 from clickwatch.core.checks import cors_problems, payload_problems, schema_problem
 from clickwatch.core.config import Config
@@ -41,6 +40,7 @@ from clickwatch.core.model import (
 )
 from clickwatch.core.observer import page_origin
 from clickwatch.core.record import header, schema_name
+from clickwatch.core.timeparse import iso_utc
 from clickwatch.core.visitor import normalise_ip, visitor_key
 
 CONSENT_PENDING = "pending"
@@ -182,6 +182,11 @@ def _datalayer_reading(v: _Visitor, at: float, granted: bool, site: str | None) 
     if any(r[1] is ConsentState.GIVEN and r[0] < at for r in v.layer(site)):
         return ConsentReading(ConsentState.WITHDRAWN, DATALAYER_SOURCE, "ConsentChanged granted=false after consent")
     return ConsentReading(ConsentState.ABSENT, DATALAYER_SOURCE, "ConsentChanged granted=false, never given")
+
+
+def _until(at: float) -> str:
+    """When an open window closes, as a pending decision states it (`clickwatch check` reads it back)."""
+    return iso_utc(at, "seconds")
 
 
 def _identifying(data: object) -> dict[str, str]:
@@ -1146,18 +1151,31 @@ class Judge:
 
     def _snapshot(self, v: _Visitor) -> VisitorSnapshot:
         current = v.current()
+        # Each open window says when it closes at the latest, so that a waiting `check` can say how long is left.
         pending = []
+        config = self.config
         if v.candidates:
-            pending.append(f"consent of {len(v.candidates)} call(s) awaits the grace window")
+            # A Spartacus-style visitor's call may wait past the grace window for the next consent echo.
+            longest = max(config.grace_seconds, config.echo_seconds if v.header_based else 0.0)
+            until = max(c.at for c in v.candidates) + longest
+            pending.append(f"consent of {len(v.candidates)} call(s) awaits the grace window until {_until(until)}")
         if v.silence_deadline is not None:
-            until = datetime.fromtimestamp(v.silence_deadline, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            pending.append(f"waiting for events after consent until {until} (windows.silence_seconds)")
+            pending.append(
+                f"waiting for events after consent until {_until(v.silence_deadline)} (windows.silence_seconds)"
+            )
+        window = config.reconcile_seconds
         if v.open_pushes:
-            pending.append(f"{len(v.open_pushes)} data-layer event(s) await their clickstream POST")
+            until = max(p.at + window * (1 if p.consent_given else 2) for p in v.open_pushes)
+            waiting = f"{len(v.open_pushes)} data-layer event(s) await their clickstream POST"
+            pending.append(f"{waiting} until {_until(until)}")
         if v.open_sent and v.page_marks:
-            pending.append(f"{len(v.open_sent)} clickstream POST(s) await their data-layer push")
+            until = max(s.at for s in v.open_sent) + window
+            pending.append(f"{len(v.open_sent)} clickstream POST(s) await their data-layer push until {_until(until)}")
         if v.pending_references:
-            pending.append(f"{len(v.pending_references)} consent reference(s) await the page that asked")
+            until = max(r[1] for r in v.pending_references) + window
+            pending.append(
+                f"{len(v.pending_references)} consent reference(s) await the page that asked until {_until(until)}"
+            )
         return VisitorSnapshot(
             run=v.run,
             visitor=v.key,

@@ -435,7 +435,8 @@ def test_withdrawn_consent_is_a_violation_after_the_grace_window_and_not_before(
     assert early.consent == []
     assert trace.consent("c1") == CONSENT_PENDING
     (snapshot,) = trace.judge.visitors()
-    assert snapshot.pending_decision == "consent of 1 call(s) awaits the grace window"
+    # T + grace (10 s), the latest the window can close: `check` reads it to say how long is left.
+    assert snapshot.pending_decision == "consent of 1 call(s) awaits the grace window until 1970-01-01T00:16:50Z"
     late = trace.evaluate(T + 10 + 0.1)
     assert late.consent == [("c1", "withdrawn")]
     (finding,) = late.findings
