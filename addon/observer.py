@@ -253,19 +253,7 @@ class ObserverSide:
         resp = flow.response
         if resp is None or resp.status_code in (204, 304):
             return None
-        # One pass over the raw fields: every case-insensitive lookup by name would cost a scan of its own.
-        encoding = content_type = b""
-        policies: list[str] = []
-        for name, value in resp.headers.fields:
-            lowered = name.lower()
-            if lowered == b"content-encoding":
-                encoding = value.strip().lower()
-            elif lowered == b"content-type" and not content_type:
-                content_type = value
-            elif lowered == b"content-security-policy":
-                policies.append(value.decode("latin-1"))
-        if encoding == b"identity":
-            encoding = b""
+        encoding, content_type, policies = _page_headers(resp)
         why = _unplaceable(content_type)
         if why is None and encoding:
             try:
@@ -443,8 +431,8 @@ def _origin(req: http.Request) -> str:
     return f"{req.scheme}://{req.host}:{req.port}"
 
 
-def _readable(resp: http.Response) -> tuple[bytes, bytes, list[str]] | None:
-    """A response's decoded body, content type and Content-Security-Policy headers; None: not decodable."""
+def _page_headers(resp: http.Response) -> tuple[bytes, bytes, list[str]]:
+    """A page answer's Content-Encoding (b"" for none or identity), Content-Type and Content-Security-Policy values."""
     # One pass over the raw fields: every case-insensitive lookup by name would cost a scan of its own.
     encoding = content_type = b""
     policies: list[str] = []
@@ -456,8 +444,14 @@ def _readable(resp: http.Response) -> tuple[bytes, bytes, list[str]] | None:
             content_type = value
         elif lowered == b"content-security-policy":
             policies.append(value.decode("latin-1"))
+    return (b"" if encoding == b"identity" else encoding), content_type, policies
+
+
+def _readable(resp: http.Response) -> tuple[bytes, bytes, list[str]] | None:
+    """A response's decoded body, content type and Content-Security-Policy headers; None: not decodable."""
+    encoding, content_type, policies = _page_headers(resp)
     raw = resp.raw_content or b""
-    if encoding in (b"", b"identity"):
+    if not encoding:
         return raw, content_type, policies
     try:
         # clickwatch's decoder, not mitmproxy's get_content (which inflates without a cap).
